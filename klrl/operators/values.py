@@ -1,0 +1,111 @@
+"""Regularized state values v(q) and per-action bonuses: the pieces every target is built from.
+
+A regularized Bellman target is `y(s, a) = r + bonus(q̄(s))[a] + d·v(q̄(s'))` (ALGORITHMS.md §1).
+The deep targets (klrl.operators.targets) evaluate `v` at a sampled next state; the tabular
+schemes (klrl.tabular) evaluate it at every state and take the exact expectation `γ P v`.
+Both call the functions below, so the tabular checks test the deep targets' mathematics.
+
+Values return the leading shape of `q` ([..., A] -> [...]); bonuses return [..., A] (one
+entry per action; targets pick the taken action).
+"""
+
+from __future__ import annotations
+
+import chex
+import jax.numpy as jnp
+
+from klrl.operators.policies import (
+    _coef,
+    log_q,
+    mirror_descent_log_policy,
+    scaled_log_softmax,
+    soft_value,
+    tsallis_policy,
+)
+
+Array = chex.Array
+Numeric = chex.Numeric
+
+
+def greedy_value(q: Array) -> Array:
+    """v(s) = max_a q(s, a): the unregularized (DQN / value iteration) state value."""
+    return jnp.max(q, axis=-1)
+
+
+def action_gap(q: Array) -> Array:
+    """max_b q(b) − q(a) ≥ 0 for every action a: the gap advantage learning penalizes."""
+    return jnp.max(q, axis=-1, keepdims=True) - q
+
+
+def mirror_descent_value(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Numeric) -> Array:
+    """v = <π₊, q − λ ln(π₊/π₋) − τ ln π₊> at the mirror-descent policy π₊ (Vieillard et al. 2020).
+
+    With u = (λ ln π₋ + q)/(λ+τ) and ln π₊ = u − lse(u), the bracket is the constant
+    (λ+τ)·lse(u) on the support, so v = (λ+τ)·lse(q/(λ+τ) + β ln π₋), β = λ/(λ+τ): a soft value
+    with temperature λ+τ and "prior" β ln π₋. That form is exact and needs no π₊ (stable when
+    π₊ underflows). Requires λ + τ > 0.
+    """
+    chex.assert_equal_shape([q, log_pi_prev])
+    lam_c, tau_c = _coef(lam, q), _coef(tau, q)
+    beta = lam_c / (lam_c + tau_c)
+    return soft_value(q, jnp.asarray(lam, q.dtype) + jnp.asarray(tau, q.dtype), beta * log_pi_prev)
+
+
+def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeric = -1.0) -> Array:
+    """α·clip(τ ln π(a|s), l0, 0) with π = softmax(q/τ), for every action (Vieillard et al. 2020, M-DQN).
+
+    The clip acts on τ ln π (not on ln π), as in the paper; `clip_min = -inf` gives the
+    unclipped Munchausen VI bonus used in tabular checks.
+    """
+    scaled = scaled_log_softmax(q, tau)
+    return _coef(alpha, q) * jnp.clip(scaled, _coef(clip_min, q), 0.0)
+
+
+def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consistent_weight: bool):
+    """(π, τ·ln_q π) for the Tsallis policy of q, following ALGORITHMS.md §3.
+
+    Literal form (default): π = tsallis_policy(q/τ). Consistent form: π = tsallis_policy(q/(k τ)),
+    the maximizer of <π, q> + τ S_k(π), so that the value below is the exact regularized max.
+    At k = 1 both equal softmax(q/τ) and τ ln π is computed by the stable scaled_log_softmax.
+    """
+    tau_c = _coef(tau, q)
+    k = _coef(entropic_index, q)
+    temperature = tau_c * k if consistent_weight else tau_c
+    pi = tsallis_policy(q / temperature, entropic_index)
+    general = tau_c * log_q(pi, jnp.where(k == 1.0, 2.0, k))
+    if isinstance(entropic_index, (int, float)) and entropic_index != 1:
+        return pi, general
+    return pi, jnp.where(k == 1.0, scaled_log_softmax(q, tau), general)
+
+
+def tsallis_value(q: Array, *, tau: Numeric, entropic_index: Numeric, consistent_weight: bool = False) -> Array:
+    """v = <π, q − τ ln_q π> with π the Tsallis policy of q̄ (Zhu et al. 2023, MVI(q); ALGORITHMS.md §3).
+
+    Index 1 gives τ·lse(q/τ) (soft value). The literal form takes π = tsallis_policy(q/τ),
+    which is greedy for the Tsallis weight τ/k while the value uses τ (the table of §2);
+    `consistent_weight=True` takes π greedy for weight τ, making v = max_π <π,q> + τ S_k(π).
+    """
+    pi, scaled_logq = _tsallis_scaled_log(q, tau, entropic_index, consistent_weight)
+    general = jnp.sum(pi * (q - scaled_logq), axis=-1)
+    if isinstance(entropic_index, (int, float)):
+        return soft_value(q, tau) if entropic_index == 1 else general
+    is_one = _coef(entropic_index, q)[..., 0] == 1.0
+    return jnp.where(is_one, soft_value(q, tau), general)
+
+
+def tsallis_munchausen_bonus(
+    q: Array,
+    *,
+    alpha: Numeric,
+    tau: Numeric,
+    entropic_index: Numeric,
+    clip_min: Numeric = -1.0,
+    consistent_weight: bool = False,
+) -> Array:
+    """α·max(τ ln_q π(a|s), l0) for every action, π the Tsallis policy of q (MVI(q), Zhu et al. 2023).
+
+    ln_q π ≤ 0, so max(·, l0) equals the M-DQN clip to [l0, 0]; index 1 reproduces
+    `munchausen_bonus` exactly. With index 2, τ ln_2 π = τ(π − 1) ∈ [−τ, 0] is bounded anyway.
+    """
+    _, scaled_logq = _tsallis_scaled_log(q, tau, entropic_index, consistent_weight)
+    return _coef(alpha, q) * jnp.clip(scaled_logq, _coef(clip_min, q), 0.0)
