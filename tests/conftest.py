@@ -1,0 +1,23 @@
+"""Shared pytest configuration.
+
+- `x64` fixture: run a test with float64 enabled (tabular checks) without leaking the
+  setting into the float32 agent tests that share the process.
+- hypothesis: no per-example deadline (first calls compile), a modest example budget so
+  the fast suite stays fast; `HYPOTHESIS_PROFILE=thorough` for more examples.
+"""
+
+import os
+
+import jax
+import pytest
+from hypothesis import settings
+
+settings.register_profile("fast", max_examples=25, deadline=None)
+settings.register_profile("thorough", max_examples=300, deadline=None)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+@pytest.fixture
+def x64():
+    with jax.enable_x64(True):
+        yield
