@@ -1,0 +1,19 @@
+"""Deep agents: network head + loss built from `klrl.operators`; no loop code here.
+
+`AGENTS` maps the public agent names to `klrl.agents.base.Agent`s; `Agent.hparams` lists the
+traced hyperparameters each agent's target uses (the trainer's common ones are in
+`klrl.train.COMMON_HPARAMS`).
+"""
+
+from klrl.agents.al import AL, PAL
+from klrl.agents.base import LOSSES, Agent, Nets, Transition
+from klrl.agents.c51 import C51
+from klrl.agents.dqn import DOUBLE_DQN, DQN
+from klrl.agents.mdkl import MDKL
+from klrl.agents.mdqn import MDQN
+from klrl.agents.mvi import MVI
+from klrl.agents.soft_dqn import SOFT_DQN
+
+AGENTS: dict[str, Agent] = {a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51)}
+
+__all__ = ["AGENTS", "LOSSES", "Agent", "Nets", "Transition"]

@@ -1,0 +1,40 @@
+"""C51, categorical distributional DQN (Bellemare, Dabney & Munos 2017).
+
+The network outputs logits [A, N] over fixed atoms linspace(v_min, v_max, N). Target:
+Π(r + d·Z(s', a*)), a* = argmax_a' E[Z̄(s', a')] from the target net (the operator
+`categorical_td_target` with one-hot weights). Loss: cross-entropy −Σ_i y_i ln p_i(s, a).
+"""
+
+import jax
+import jax.numpy as jnp
+
+from klrl import operators as ops
+from klrl.agents.base import Agent, Transition, discount
+
+
+def atoms(cfg) -> jax.Array:
+    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, dtype=jnp.float32)
+
+
+def target_distribution(nets, batch: Transition, hp, cfg) -> jax.Array:
+    """Projected target distribution [B, N] (stop-gradient)."""
+    z = atoms(cfg)
+    logits_next = nets.target(batch.next_obs)                       # [B, A, N]
+    greedy = jnp.argmax(ops.categorical_mean(logits_next, z), axis=-1)
+    weights = jax.nn.one_hot(greedy, logits_next.shape[-2], dtype=logits_next.dtype)
+    probs_next = jax.nn.softmax(logits_next, axis=-1)
+    return ops.categorical_td_target(z, probs_next, weights, batch.reward, discount(batch, hp))
+
+
+def _loss(nets, batch, hp, cfg):
+    y = jax.lax.stop_gradient(target_distribution(nets, batch, hp, cfg))
+    logits = nets.online(batch.obs)                                  # [B, A, N]
+    logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
+    q_sa = jnp.sum(jax.nn.softmax(logits_sa, axis=-1) * atoms(cfg), axis=-1)
+    return jnp.mean(ce), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y @ atoms(cfg))}
+
+
+C51 = Agent(name="c51", hparams=(), loss=_loss,
+            num_outputs=lambda cfg: cfg.num_atoms,
+            q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)))
