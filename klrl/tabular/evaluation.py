@@ -7,12 +7,15 @@ bootstrapped from, so `γ = 1` is fine on episodic MDPs.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 
 from klrl.tabular.mdp import MDP, expected_next
 
 
+@jax.jit
 def q_of_policy(mdp: MDP, pi: jax.Array, gamma) -> jax.Array:
     """Exact action values of a stationary policy `pi` [S, A] (rows sum to one).
 
@@ -35,6 +38,7 @@ def greedy_policy(q: jax.Array) -> jax.Array:
     return is_max / jnp.sum(is_max, axis=-1, keepdims=True)
 
 
+@partial(jax.jit, static_argnames=("max_iterations", "rtol"))
 def optimal_q(mdp: MDP, gamma, *, max_iterations: int = 200, rtol: float = 1e-12) -> jax.Array:
     """The unregularized optimal action values `q*` [S, A], by exact policy iteration.
 
@@ -71,6 +75,7 @@ def optimal_q(mdp: MDP, gamma, *, max_iterations: int = 200, rtol: float = 1e-12
     return q
 
 
+@jax.jit
 def policy_error(mdp: MDP, pi: jax.Array, gamma, q_star: jax.Array) -> jax.Array:
     """`‖q* − q^π‖_∞` over all (s, a): the suboptimality of `pi` measured in action values."""
     return jnp.max(jnp.abs(q_star - q_of_policy(mdp, pi, gamma)))

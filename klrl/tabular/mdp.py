@@ -14,6 +14,7 @@ carry a leading batch axis, and every function of `klrl.tabular` vmaps over it.
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -49,6 +50,7 @@ def expected_next(mdp: MDP, v: jax.Array) -> jax.Array:
     return jnp.einsum("sat,t->sa", mdp.P, v * mdp.continuation())
 
 
+@partial(jax.jit, static_argnames=("num_states", "num_actions", "branching", "dtype"))
 def garnet(key: jax.Array, num_states: int, num_actions: int, branching: int,
            *, dtype=None) -> MDP:
     """A random Garnet(N_S, N_A, N_B) MDP (Archibald et al. 1995; the instances of
@@ -86,6 +88,7 @@ def deterministic_mdp(next_state: jax.Array, r: jax.Array, terminal: jax.Array) 
     return MDP(P=P, r=r, terminal=terminal)
 
 
+@partial(jax.jit, static_argnames=("length", "num_actions", "dtype"))
 def chain_mdp(key: jax.Array, length: int, num_actions: int = 2, *, dtype=None) -> MDP:
     """A deterministic episodic chain with `length` non-terminal states 0..L−1 and one
     absorbing terminal state L (zero reward).
@@ -107,6 +110,7 @@ def chain_mdp(key: jax.Array, length: int, num_actions: int = 2, *, dtype=None) 
     return deterministic_mdp(nxt, r, terminal)
 
 
+@partial(jax.jit, static_argnames=("depth", "num_actions", "leaf_rewards_only", "dtype"))
 def tree_mdp(key: jax.Array, depth: int, num_actions: int = 2, *,
              leaf_rewards_only: bool = False, dtype=None) -> MDP:
     """A deterministic episodic complete `num_actions`-ary tree of `depth` decision levels.

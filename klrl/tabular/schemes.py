@@ -29,6 +29,7 @@ only on `key` (not on the scheme or its coefficients): runs that share a key see
 
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -59,20 +60,28 @@ class SchemeResult(NamedTuple):
 Step = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array, Any]]
 
 
+def check_run_args(num_iterations: int, eval_every: int, noise_std, key) -> None:
+    """Host-side argument checks (shapes and the noise/key pairing), before any tracing."""
+    if not (isinstance(num_iterations, int) and isinstance(eval_every, int)) or \
+            num_iterations < 1 or eval_every < 1 or num_iterations % eval_every:
+        raise ValueError(f"num_iterations={num_iterations} must be a positive multiple of "
+                         f"eval_every={eval_every}")
+    if key is None and not (isinstance(noise_std, (int, float)) and noise_std == 0):
+        raise ValueError("noise_std != 0 needs a PRNG `key`")
+
+
 def run_scheme(mdp: MDP, gamma, step: Step, aux0: Any, num_iterations: int, *,
                noise_std=0.0, key: jax.Array | None = None, q_star: jax.Array | None = None,
                eval_every: int = 1) -> SchemeResult:
     """Runs `num_iterations` of `q_{k+1} = step(q_k) + ε_{k+1}` from `q_0 = 0` (module doc).
 
-    Without `key` no noise is added (`noise_std` must then be left at 0). `q_star` may be
+    Without `key` no noise is added (`noise_std` is then ignored; the public schemes insist
+    it is 0). This building block is not jitted itself; the schemes below are. `q_star` may be
     passed to avoid recomputing the optimum when many runs share an MDP.
     Two nested scans: the outer one over evaluation points solves for `q^{π}` once per
     `eval_every` iterations, so a sparse evaluation costs no wasted solves.
     """
-    if num_iterations < 1 or eval_every < 1 or num_iterations % eval_every:
-        raise ValueError(f"num_iterations={num_iterations} must be a positive multiple of "
-                         f"eval_every={eval_every}")
-    if key is None and not (isinstance(noise_std, (int, float)) and noise_std == 0):
+    if key is None and isinstance(noise_std, (int, float)) and noise_std != 0:
         raise ValueError("noise_std != 0 needs a PRNG `key`")
     q0 = jnp.zeros_like(mdp.r)
     if q_star is None:
@@ -111,31 +120,20 @@ def _backup(mdp: MDP, gamma, v: jax.Array, bonus: jax.Array | float = 0.0) -> ja
     return mdp.r + bonus + gamma * expected_next(mdp, v)
 
 
-def vi(mdp: MDP, gamma, num_iterations: int, **kwargs) -> SchemeResult:
-    """(Approximate) value iteration: `π_{k+1} = greedy(q_k)`, `q_{k+1} = r + γ P max q_k + ε`.
-
-    The unregularized baseline (AVI error propagation: errors accumulate, bound
-    `(2γ/(1−γ)²)·Σ_j γ^{k−j}‖ε_j‖`, ALGORITHMS.md §5). Keyword arguments: `run_scheme`'s.
-    """
+@partial(jax.jit, static_argnames=("num_iterations", "eval_every"))
+def _vi(mdp, gamma, num_iterations, noise_std, key, q_star, eval_every):
+    """Jitted body of `vi`."""
 
     def step(q, aux):
         return greedy_policy(q), _backup(mdp, gamma, ops.greedy_value(q)), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations, **kwargs)
+    return run_scheme(mdp, gamma, step, (), num_iterations,
+                      noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
-def md_vi(mdp: MDP, gamma, lam, tau, num_iterations: int, **kwargs) -> SchemeResult:
-    """Mirror-descent VI, MD-MPI(λ, τ, m = 1) of Vieillard et al. 2020 (ALGORITHMS.md §5).
-
-        π_{k+1} = argmax_π <π, q_k> − λ KL(π‖π_k) + τ H(π)       (`mirror_descent_log_policy`)
-        q_{k+1} = r + γ P <π_{k+1}, q_k − λ ln(π_{k+1}/π_k) − τ ln π_{k+1}> + ε_{k+1}
-                                                                   (`mirror_descent_value`)
-
-    from π_0 uniform and q_0 = 0. λ = 0 is entropy-only (soft VI), τ = 0 KL-only; λ + τ > 0
-    is required. Implicitly π_{k+1} = softmax(h_k/(λ+τ)), h_k = q_k + β h_{k−1}, β = λ/(λ+τ):
-    the policy is a softmax of a (β-discounted) AVERAGE of the q's, so noise averages out.
-    Keyword arguments: `run_scheme`'s (noise_std, key, q_star, eval_every).
-    """
+@partial(jax.jit, static_argnames=("num_iterations", "eval_every"))
+def _md_vi(mdp, gamma, lam, tau, num_iterations, noise_std, key, q_star, eval_every):
+    """Jitted body of `md_vi`."""
     log_pi0 = jnp.full_like(mdp.r, -jnp.log(mdp.num_actions))
 
     def step(q, log_pi):
@@ -143,40 +141,27 @@ def md_vi(mdp: MDP, gamma, lam, tau, num_iterations: int, **kwargs) -> SchemeRes
         v = ops.mirror_descent_value(q, log_pi, lam=lam, tau=tau)
         return jnp.exp(log_pi_next), _backup(mdp, gamma, v), log_pi_next
 
-    return run_scheme(mdp, gamma, step, log_pi0, num_iterations, **kwargs)
+    return run_scheme(mdp, gamma, step, log_pi0, num_iterations,
+                      noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
-def m_vi(mdp: MDP, gamma, alpha, tau, num_iterations: int, **kwargs) -> SchemeResult:
-    """Munchausen VI(α, τ) (Vieillard et al. 2020, "Munchausen RL"), unclipped:
-
-        π_{k+1} = softmax(q_k/τ)
-        q_{k+1} = r + α τ ln π_{k+1} + γ P τ lse(q_k/τ) + ε_{k+1}
-                  (`munchausen_bonus` with clip_min = −inf, `soft_value`)
-
-    Equivalent to MD-VI(λ = ατ, τ' = (1−α)τ): the same policies (tests check it to 1e-10).
-    """
+@partial(jax.jit, static_argnames=("num_iterations", "eval_every"))
+def _m_vi(mdp, gamma, alpha, tau, num_iterations, noise_std, key, q_star, eval_every):
+    """Jitted body of `m_vi`."""
 
     def step(q, aux):
         bonus = ops.munchausen_bonus(q, alpha=alpha, tau=tau, clip_min=-jnp.inf)
         v = ops.soft_value(q, tau)
         return ops.softmax_policy(q, tau), _backup(mdp, gamma, v, bonus), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations, **kwargs)
+    return run_scheme(mdp, gamma, step, (), num_iterations,
+                      noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
-def tsallis_m_vi(mdp: MDP, gamma, alpha, tau, entropic_index, num_iterations: int, *,
-                 consistent_weight: bool = False, **kwargs) -> SchemeResult:
-    """Tsallis Munchausen VI, MVI(q) (Zhu et al. 2023; ALGORITHMS.md §3), unclipped:
-
-        π_{k+1} = tsallis_policy(q_k/τ, q)                  (literal weight; see below)
-        q_{k+1} = r + α τ ln_q π_{k+1} + γ P <π_{k+1}, q_k − τ ln_q π_{k+1}> + ε_{k+1}
-                  (`tsallis_munchausen_bonus` with clip_min = −inf, `tsallis_value`)
-
-    Index 1 is M-VI, index 2 the sparsemax convention. `consistent_weight` selects the
-    operators' consistent variant (policy greedy for weight τ, i.e. of q_k/(q τ)).
-    """
-    k = jnp.asarray(entropic_index, mdp.r.dtype) if not isinstance(entropic_index, (int, float)) \
-        else entropic_index
+def _tsallis_m_vi(mdp, gamma, alpha, tau, entropic_index, num_iterations, noise_std, key, q_star,
+                  eval_every, consistent_weight):
+    """Jitted body of `tsallis_m_vi`."""
+    k = entropic_index
 
     def step(q, aux):
         bonus = ops.tsallis_munchausen_bonus(q, alpha=alpha, tau=tau, entropic_index=entropic_index,
@@ -187,4 +172,77 @@ def tsallis_m_vi(mdp: MDP, gamma, alpha, tau, entropic_index, num_iterations: in
         pi = ops.tsallis_policy(q / temperature, entropic_index)
         return pi, _backup(mdp, gamma, v, bonus), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations, **kwargs)
+    return run_scheme(mdp, gamma, step, (), num_iterations,
+                      noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
+
+
+# A Python-number index is static (tsallis_policy then dispatches to softmax / sparsemax /
+# bisection at trace time); an array index is traced (all three evaluated and selected).
+_TSALLIS_STATIC = ("num_iterations", "eval_every", "consistent_weight")
+_tsallis_m_vi_traced = jax.jit(_tsallis_m_vi, static_argnames=_TSALLIS_STATIC)
+_tsallis_m_vi_static = jax.jit(_tsallis_m_vi, static_argnames=_TSALLIS_STATIC + ("entropic_index",))
+
+
+# Public entry points: host-side checks, then the jitted scheme. They nest inside a user's
+# own jit/vmap (an inner jit is inlined), e.g. `jax.vmap(lambda lam: md_vi(mdp, γ, lam, τ, K))`.
+# Keyword arguments common to all: noise_std (std of ε, may be traced), key (PRNG key; no
+# noise without one), q_star (precomputed optimum), eval_every (static; divides K).
+
+def vi(mdp: MDP, gamma, num_iterations: int, *, noise_std=0.0, key=None, q_star=None,
+       eval_every: int = 1) -> SchemeResult:
+    """(Approximate) value iteration: `π_{k+1} = greedy(q_k)`, `q_{k+1} = r + γ P max q_k + ε`.
+
+    The unregularized baseline (AVI error propagation: errors accumulate, bound
+    `(2γ/(1−γ)²)·Σ_j γ^{k−j}‖ε_j‖`, ALGORITHMS.md §5).
+    """
+    check_run_args(num_iterations, eval_every, noise_std, key)
+    return _vi(mdp, gamma, num_iterations, noise_std, key, q_star, eval_every)
+
+
+def md_vi(mdp: MDP, gamma, lam, tau, num_iterations: int, *, noise_std=0.0, key=None,
+          q_star=None, eval_every: int = 1) -> SchemeResult:
+    """Mirror-descent VI, MD-MPI(λ, τ, m = 1) of Vieillard et al. 2020 (ALGORITHMS.md §5).
+
+        π_{k+1} = argmax_π <π, q_k> − λ KL(π‖π_k) + τ H(π)       (`mirror_descent_log_policy`)
+        q_{k+1} = r + γ P <π_{k+1}, q_k − λ ln(π_{k+1}/π_k) − τ ln π_{k+1}> + ε_{k+1}
+                                                                   (`mirror_descent_value`)
+
+    from π_0 uniform and q_0 = 0. λ = 0 is entropy-only (soft VI), τ = 0 KL-only; λ + τ > 0
+    is required. Implicitly π_{k+1} = softmax(h_k/(λ+τ)), h_k = q_k + β h_{k−1}, β = λ/(λ+τ):
+    the policy is a softmax of a (β-discounted) AVERAGE of the q's, so noise averages out.
+    Keyword arguments (all schemes): noise_std, key, q_star, eval_every (module docstring).
+    """
+    check_run_args(num_iterations, eval_every, noise_std, key)
+    return _md_vi(mdp, gamma, lam, tau, num_iterations, noise_std, key, q_star, eval_every)
+
+
+def m_vi(mdp: MDP, gamma, alpha, tau, num_iterations: int, *, noise_std=0.0, key=None,
+         q_star=None, eval_every: int = 1) -> SchemeResult:
+    """Munchausen VI(α, τ) (Vieillard et al. 2020, "Munchausen RL"), unclipped:
+
+        π_{k+1} = softmax(q_k/τ)
+        q_{k+1} = r + α τ ln π_{k+1} + γ P τ lse(q_k/τ) + ε_{k+1}
+                  (`munchausen_bonus` with clip_min = −inf, `soft_value`)
+
+    Equivalent to MD-VI(λ = ατ, τ' = (1−α)τ): the same policies (tests check it to 1e-10).
+    """
+    check_run_args(num_iterations, eval_every, noise_std, key)
+    return _m_vi(mdp, gamma, alpha, tau, num_iterations, noise_std, key, q_star, eval_every)
+
+
+def tsallis_m_vi(mdp: MDP, gamma, alpha, tau, entropic_index, num_iterations: int, *,
+                 consistent_weight: bool = False, noise_std=0.0, key=None, q_star=None,
+                 eval_every: int = 1) -> SchemeResult:
+    """Tsallis Munchausen VI, MVI(q) (Zhu et al. 2023; ALGORITHMS.md §3), unclipped:
+
+        π_{k+1} = tsallis_policy(q_k/τ, q)                  (literal weight; see below)
+        q_{k+1} = r + α τ ln_q π_{k+1} + γ P <π_{k+1}, q_k − τ ln_q π_{k+1}> + ε_{k+1}
+                  (`tsallis_munchausen_bonus` with clip_min = −inf, `tsallis_value`)
+
+    Index 1 is M-VI, index 2 the sparsemax convention. `consistent_weight` selects the
+    operators' consistent variant (policy greedy for weight τ, i.e. of q_k/(q τ)).
+    """
+    check_run_args(num_iterations, eval_every, noise_std, key)
+    fn = _tsallis_m_vi_static if isinstance(entropic_index, (int, float)) else _tsallis_m_vi_traced
+    return fn(mdp, gamma, alpha, tau, entropic_index, num_iterations, noise_std, key, q_star,
+              eval_every, consistent_weight)
