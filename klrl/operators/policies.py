@@ -31,6 +31,8 @@ def _coef(x: Numeric, q: Array) -> Array:
     trailing singleton axes, so per-example (or per-member) coefficients line up.
     """
     x = jnp.asarray(x, dtype=q.dtype)
+    if x.ndim == 0:
+        return x
     if x.ndim >= q.ndim:
         raise ValueError(f"coefficient of shape {x.shape} must have fewer axes than q {q.shape}")
     return x.reshape(x.shape + (1,) * (q.ndim - x.ndim))
