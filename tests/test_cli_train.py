@@ -1,0 +1,215 @@
+"""The `klrl train` contract end to end, on one tiny run shared by the tests of this module.
+
+The tiny run: CartPole-v1, 4 envs, 800 steps in 4 chunks, a 16-unit MLP, a sweep over
+agent.name (dqn, mdqn: two compiled populations), agent.alpha (mdqn only) and the learning
+rate (one of them 1e30, which must diverge), 2 seeds, SHARED replay. It is also the
+reference that a SIGKILLed-and-resumed run must reproduce byte for byte.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from klrl import cli
+from klrl.config import load_experiment
+from klrl.results import read_metrics
+from klrl.runner import KILL_ENV, resolve_out_dir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+TINY = """
+[env]
+name = "CartPole-v1"
+num_envs = 4
+
+[agent]
+name = "dqn"
+hidden = [16]
+
+[train]
+total_steps = 800
+chunk_steps = 200
+buffer_size = 256
+batch_size = 16
+learning_starts = 100
+target_update_every = 100
+eval_episodes = 2
+seeds = 2
+replay_mode = "shared"
+
+[sweep]
+"agent.name" = ["dqn", "mdqn"]
+"agent.alpha" = [0.5, 0.9]
+"train.learning_rate" = [1e-3, 1e30]
+
+[output]
+checkpoint_every = 2
+"""
+# members: dqn 2 lr x 2 seeds = 4 (alpha unused), mdqn 2 alpha x 2 lr x 2 seeds = 8
+CHUNKS = 4
+
+
+def _klrl(*args, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "klrl.cli", *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    base = tmp_path_factory.mktemp("cli")
+    cfg = base / "tiny.toml"
+    cfg.write_text(TINY)
+    out = base / "run"
+    res = _klrl("train", str(cfg), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"cfg": str(cfg), "out": str(out), "stderr": res.stderr, "stdout": res.stdout, "base": base}
+
+
+def test_run_directory_holds_config_metrics_checkpoints_figure(tiny):
+    out = tiny["out"]
+    record = json.load(open(os.path.join(out, "config.json")))
+    assert record["config"]["train"]["replay_mode"] == "shared"
+    assert record["config"]["sweep"]["agent.name"] == ["dqn", "mdqn"]
+    assert record["config_hash"] == load_experiment(tiny["cfg"]).config_hash()
+    prov = record["provenance"]
+    assert prov["commit"] and "jax" in prov["versions"] and prov["device"]["platform"] == "cpu"
+    assert len(record["members"]) == 12
+    head = open(os.path.join(out, "metrics.csv")).readline().strip()
+    assert head == "member,seed,alpha,learning_rate,agent,step,metric,value"
+    rows = read_metrics(os.path.join(out, "metrics.csv"))
+    assert {r["metric"] for r in rows} >= {"eval_return", "train_return", "loss", "diverged"}
+    assert len(rows) == 12 * CHUNKS * 4
+    assert sorted({r["step"] for r in rows}) == [200, 400, 600, 800]
+    assert {r["alpha"] for r in rows if r["agent"] == "dqn"} == {None}
+    assert {r["alpha"] for r in rows if r["agent"] == "mdqn"} == {0.5, 0.9}
+    for agent in ("dqn", "mdqn"):
+        assert os.path.isdir(os.path.join(out, "checkpoints", agent))
+    assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 10_000
+    summary = json.load(open(os.path.join(out, "summary.json")))
+    assert len(summary["summary"]) == 2 + 4        # dqn x 2 lr, mdqn x 2 alpha x 2 lr
+    assert "median eval" in tiny["stdout"]                      # the summary table
+    assert "agent-steps/s" in tiny["stderr"] and "ETA" in tiny["stderr"]   # progress lines
+
+
+def test_seeds_differ_and_every_member_has_its_own_run(tiny):
+    rows = read_metrics(os.path.join(tiny["out"], "metrics.csv"))
+    loss = {}
+    for r in rows:
+        if r["metric"] == "loss" and r["learning_rate"] < 1:
+            loss.setdefault(r["member"], []).append(r["value"])
+    series = [tuple(v) for v in loss.values()]
+    assert len(series) == 6 and len(set(series)) == 6      # no two healthy members identical
+    assert all(math.isfinite(x) for s in series for x in s)
+
+
+def test_divergence_is_reported_and_contained(tiny):
+    rows = read_metrics(os.path.join(tiny["out"], "metrics.csv"))
+    last = {r["member"]: r for r in rows if r["metric"] == "diverged" and r["step"] == 800}
+    bad = sorted(m for m, r in last.items() if r["value"] > 0)
+    assert bad == sorted(m for m, r in last.items() if r["learning_rate"] > 1)
+    assert len(bad) == 6
+    for m in bad:
+        assert f"DIVERGED: member {m} " in tiny["stderr"]
+    assert "learning_rate=1e+30" in tiny["stderr"]
+    summary = json.load(open(os.path.join(tiny["out"], "summary.json")))["summary"]
+    assert {s["group"]: s["diverged_members"] for s in summary if s["learning_rate"] < 1} == {
+        "dqn (learning_rate=0.001)": 0, "mdqn (alpha=0.5, learning_rate=0.001)": 0,
+        "mdqn (alpha=0.9, learning_rate=0.001)": 0}
+    assert all(s["diverged_members"] == 2 for s in summary if s["learning_rate"] > 1)
+
+
+def test_sigkill_then_resume_reproduces_the_run_byte_for_byte(tiny):
+    out = os.path.join(tiny["base"], "killed")
+    # chunk 7 of 8 (mdqn's 3rd): its rows are on disk, its last checkpoint is at chunk 2
+    res = _klrl("train", tiny["cfg"], "--out", out, env={KILL_ENV: "7"})
+    assert res.returncode == -signal.SIGKILL, res.stderr[-2000:]
+    ref = open(os.path.join(tiny["out"], "metrics.csv"), "rb").read()
+    partial = open(os.path.join(out, "metrics.csv"), "rb").read()
+    assert ref.startswith(partial) and len(partial) < len(ref)       # rows so far recoverable
+    assert partial.count(b"\n") == 1 + (4 * CHUNKS + 8 * 3) * 4
+    # a resume with a different resolved config is refused, before compiling
+    bad = _klrl("train", tiny["cfg"], "--out", out, "--resume", "--set", "agent.tau=0.05")
+    assert bad.returncode == 2 and "config whose hash" in bad.stderr
+    assert open(os.path.join(out, "metrics.csv"), "rb").read() == partial
+    res = _klrl("train", tiny["cfg"], "--out", out, "--resume")
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "[dqn] already finished" in res.stderr and "[mdqn] resumed at chunk 2/4" in res.stderr
+    assert open(os.path.join(out, "metrics.csv"), "rb").read() == ref
+
+
+def test_existing_run_is_not_overwritten(tiny, capsys):
+    before = {f: os.path.getmtime(os.path.join(tiny["out"], f)) for f in os.listdir(tiny["out"])}
+    data = open(os.path.join(tiny["out"], "metrics.csv"), "rb").read()
+    assert cli.main(["train", tiny["cfg"], "--out", tiny["out"]]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("klrl: error: --out: got") and "--resume" in err
+    after = {f: os.path.getmtime(os.path.join(tiny["out"], f)) for f in os.listdir(tiny["out"])}
+    assert before == after
+    assert open(os.path.join(tiny["out"], "metrics.csv"), "rb").read() == data
+
+
+def test_new_subdir_policy_keeps_the_existing_run(tiny):
+    exp = load_experiment(tiny["cfg"], ["output.if_exists=new_subdir"])
+    sub = resolve_out_dir(tiny["out"], exp, resume=False)
+    assert os.path.dirname(sub) == os.path.join(tiny["out"], "runs") and not os.path.exists(sub)
+    fresh = os.path.join(tiny["base"], "not-yet")
+    assert resolve_out_dir(fresh, exp, resume=False) == fresh
+
+
+def test_plot_command_redraws_from_metrics(tiny):
+    png = os.path.join(tiny["out"], "learning_curves.png")
+    os.remove(png)
+    assert cli.main(["plot", tiny["out"]]) == 0
+    assert os.path.getsize(png) > 10_000
+
+
+@pytest.mark.parametrize("sets, needle", [
+    (["agent.bogus=1"], "agent.bogus: got an unknown key"),
+    (["train.total_steps=abc"], "train.total_steps: got 'abc'; allowed an integer"),
+    (["agent.tau=-0.03"], "agent.tau: got -0.03"),
+    (["train.learning_rate=-1.0"], "train.learning_rate: got -1.0"),
+    (["agent.entropic_index=0.9"], "agent.entropic_index: got 0.9"),
+    (["env.name=Pong-v5"], "env.name: got 'Pong-v5'"),
+    (["agent.name=ppo"], "agent.name: got 'ppo'"),
+    (["sweep.agent.alpha=[]"], "sweep.agent.alpha: got []"),
+    (["sweep.train.batch_size=[8, 16]"], "a sweep over a static setting"),
+    (["agent.tau"], "--set: got 'agent.tau'; allowed SECTION.KEY=VALUE"),
+])
+def test_bad_input_exits_2_with_one_line_and_writes_nothing(tiny, capsys, sets, needle):
+    out = os.path.join(tiny["base"], "never")
+    args = ["train", tiny["cfg"], "--out", out]
+    for s in sets:
+        args += ["--set", s]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("klrl: error: ") and needle in err, err
+    assert not os.path.exists(out)
+
+
+def test_bad_input_through_the_real_command(tiny):
+    out = os.path.join(tiny["base"], "never2")
+    res = _klrl("sweep", tiny["cfg"], "--out", out, "--set", "agent.tau=-1", timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: agent.tau: got -1.0")
+    assert not os.path.exists(out)
+    res = _klrl("train", tiny["cfg"], "--out", out, "--resume", timeout=120)
+    assert res.returncode == 2 and "holds no run" in res.stderr
+    assert not os.path.exists(out)
+
+
+def test_member_table_matches_rows(tiny):
+    record = json.load(open(os.path.join(tiny["out"], "config.json")))
+    rows = read_metrics(os.path.join(tiny["out"], "metrics.csv"))
+    by_member = {r["member"]: r for r in rows}
+    for m in record["members"]:
+        r = by_member[m["member"]]
+        assert (r["seed"], r["agent"], r["alpha"]) == (m["seed"], m["agent"], m["alpha"])
+        assert np.float32(r["learning_rate"]) == np.float32(m["learning_rate"])

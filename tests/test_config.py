@@ -1,0 +1,139 @@
+"""Config parsing and validation (klrl.config): no compilation happens here."""
+
+from __future__ import annotations
+
+import dataclasses
+import glob
+import os
+
+import pytest
+
+from klrl import train
+from klrl.config import (
+    PLUMBING_KEYS, build_experiment, engine_schema, load_experiment, parse_override,
+)
+from klrl.errors import ConfigError
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return engine_schema()
+
+
+def test_every_static_field_and_hparam_has_one_key(schema):
+    names = [f.name for f in dataclasses.fields(train.StaticConfig)] + list(train.HPARAMS)
+    keys = [schema.key_of(n) for n in names]
+    assert len(set(keys)) == len(keys)
+    defaults = schema.defaults()
+    assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
+    for n in names:
+        assert schema.name_of(schema.key_of(n)) == n
+    # the keys the issue names explicitly
+    for key in ("env.name", "agent.name", "agent.alpha", "agent.tau", "agent.entropic_index",
+                "train.total_steps", "train.learning_rate", "train.seeds"):
+        assert key in defaults
+
+
+def test_defaults_round_trip_to_static_config(schema):
+    exp = build_experiment({}, schema=schema)
+    cfg = exp.static_config(exp.agents[0])
+    assert cfg == train.StaticConfig()
+    assert exp.hparam_base() == {k: float(v) for k, v in train.HPARAMS.items()}
+    assert exp.seeds == (0, 1, 2)
+
+
+def test_sections_overrides_and_sweep(schema):
+    raw = {
+        "env": {"name": "Acrobot-v1", "num_envs": 4},
+        "agent": {"name": "mvi", "hidden": [32, 32], "entropic_index": 1.5},
+        "train": {"total_steps": 1000, "chunk_steps": 100, "learning_rate": 1e-3, "seeds": [3, 7]},
+        "sweep": {"agent": {"alpha": [0.5, 0.9]}, "train.gamma": [0.9, 0.99]},
+    }
+    exp = build_experiment(raw, ["agent.tau=0.1", "sweep.agent.entropic_index=[1.0, 2.0]"], schema=schema)
+    cfg = exp.static_config("mvi")
+    assert (cfg.env, cfg.num_envs, cfg.hidden, cfg.total_steps) == ("Acrobot-v1", 4, (32, 32), 1000)
+    assert exp.seeds == (3, 7)
+    assert exp.values["agent.tau"] == 0.1 and exp.values["train.learning_rate"] == 1e-3
+    assert exp.sweep == {"agent.alpha": [0.5, 0.9], "train.gamma": [0.9, 0.99], "agent.entropic_index": [1.0, 2.0]}
+    # --set on a swept key replaces the list with one value
+    exp2 = build_experiment(raw, ["agent.alpha=0.7"], schema=schema)
+    assert "agent.alpha" not in exp2.sweep and exp2.values["agent.alpha"] == 0.7
+
+
+def test_agent_sweep_is_one_population_per_agent(schema):
+    exp = build_experiment({"sweep": {"agent.name": ["dqn", "mdqn", "mvi"]}}, schema=schema)
+    assert exp.agents == ("dqn", "mdqn", "mvi")
+    assert exp.resolved()["sweep"]["agent.name"] == ["dqn", "mdqn", "mvi"]
+    assert exp.static_config("mvi").agent == "mvi"
+
+
+def test_parse_override():
+    assert parse_override("env.name=Breakout-MinAtar") == ("env.name", "Breakout-MinAtar")
+    assert parse_override("agent.hidden=[8, 8]") == ("agent.hidden", [8, 8])
+    assert parse_override("train.total_steps = 100") == ("train.total_steps", 100)
+    assert parse_override("agent.consistent_weight=true") == ("agent.consistent_weight", True)
+
+
+@pytest.mark.parametrize("raw, overrides, needle", [
+    ({"agent": {"bogus": 1}}, [], "agent.bogus: got an unknown key"),
+    ({"nosuch": {}}, [], "nosuch: got an unknown section"),
+    ({}, ["train.totl_steps=5"], "train.totl_steps: got an unknown key"),
+    ({"train": {"total_steps": "many"}}, [], "train.total_steps: got 'many'; allowed an integer"),
+    ({"train": {"total_steps": 1.5}}, [], "train.total_steps: got 1.5"),
+    ({"agent": {"tau": -0.1}}, [], "agent.tau: got -0.1; allowed (0, inf)"),
+    ({"train": {"learning_rate": -1e-3}}, [], "train.learning_rate: got -0.001"),
+    ({"agent": {"entropic_index": 0.5}}, [], "agent.entropic_index: got 0.5; allowed [1, inf)"),
+    ({"env": {"name": "Pong"}}, [], "env.name: got 'Pong'; allowed one of CartPole-v1"),
+    ({"agent": {"name": "ppo"}}, [], "agent.name: got 'ppo'; allowed one of dqn"),
+    ({"sweep": {"agent.alpha": []}}, [], "sweep.agent.alpha: got []; allowed a non-empty list"),
+    ({"sweep": {"agent.name": ["dqn", "ppo"]}}, [], "sweep.agent.name: got 'ppo'"),
+    ({"sweep": {"train.batch_size": [32, 64]}}, [], "sweep.train.batch_size: got a sweep over a static setting"),
+    ({"sweep": {"agent.hidden": [[8], [16]]}}, [], "sweep.agent.hidden: got a sweep over a static setting"),
+    ({"sweep": {"agent.tau": [0.1, -1.0]}}, [], "sweep.agent.tau: got -1.0"),
+    ({"sweep": {"agent.alpha": 0.5}}, [], "sweep.agent.alpha: got 0.5; allowed a list"),
+    ({}, ["agent.tau"], "--set: got 'agent.tau'; allowed SECTION.KEY=VALUE"),
+    ({}, ["tau=1"], "--set: got 'tau=1'; allowed SECTION.KEY=VALUE"),
+    ({}, ["agent.tau="], "--set: got 'agent.tau='"),
+    ({"train": {"seeds": 0}}, [], "train.seeds: got 0"),
+    ({"train": {"seeds": [1, 1]}}, [], "train.seeds: got [1, 1]"),
+    ({"train": {"total_steps": 1000, "chunk_steps": 300}}, [], "train.chunk_steps: got 300; allowed a divisor"),
+    ({"train": {"buffer_size": 10, "batch_size": 32}}, [], "train.batch_size: got 32"),
+    ({"agent": {"loss": "mse"}}, [], "agent.loss: got 'mse'; allowed one of huber, l2"),
+    ({"train": {"replay_mode": "global"}}, [], "train.replay_mode: got 'global'"),
+    ({"agent": {"hidden": [0]}}, [], "agent.hidden: got [0]"),
+    ({"output": {"if_exists": "overwrite"}}, [], "output.if_exists: got 'overwrite'"),
+])
+def test_bad_input_names_field_value_and_allowed(schema, raw, overrides, needle):
+    with pytest.raises(ConfigError) as info:
+        build_experiment(raw, overrides, schema=schema)
+    msg = str(info.value)
+    assert needle in msg
+    assert "\n" not in msg and "allowed" in msg
+
+
+def test_load_missing_or_broken_file(tmp_path, schema):
+    with pytest.raises(ConfigError, match="config: got"):
+        load_experiment(str(tmp_path / "none.toml"), schema=schema)
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[env\nname = 1\n")
+    with pytest.raises(ConfigError, match="allowed valid TOML"):
+        load_experiment(str(bad), schema=schema)
+
+
+def test_config_hash_tracks_results_not_output(schema):
+    a = build_experiment({}, schema=schema)
+    b = build_experiment({}, ["output.checkpoint_every=5"], schema=schema)
+    c = build_experiment({}, ["agent.tau=0.05"], schema=schema)
+    d = build_experiment({}, ["train.seeds=4"], schema=schema)
+    assert a.config_hash() == b.config_hash()
+    assert len({a.config_hash(), c.config_hash(), d.config_hash()}) == 3
+
+
+def test_shipped_experiment_files_are_valid(schema):
+    files = sorted(glob.glob(os.path.join(ROOT, "experiments", "*.toml")))
+    mine = [f for f in files if "quickstart" in f or "minatar" in f or "cartpole" in f]
+    assert any("quickstart" in f for f in mine)
+    for path in mine:
+        load_experiment(path, schema=schema)

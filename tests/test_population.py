@@ -1,0 +1,105 @@
+"""Population grid, member keys and sharding (klrl.population): no training here."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import jax
+import numpy as np
+import pytest
+
+from klrl.config import build_experiment, engine_schema
+from klrl.population import agent_grid, build_population, build_populations, member_keys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="module")
+def schema():
+    return engine_schema()
+
+
+def test_grid_times_seeds_is_one_population(schema):
+    exp = build_experiment(
+        {"agent": {"name": "mvi"}, "train": {"seeds": 3},
+         "sweep": {"agent.alpha": [0.5, 0.9], "agent.entropic_index": [1.0, 2.0, 3.0]}},
+        schema=schema,
+    )
+    pop = build_population(exp, "mvi")
+    assert pop.size == 2 * 3 * 3
+    assert pop.columns == ("alpha", "entropic_index")
+    for name, arr in pop.hparams.items():
+        assert arr.dtype == np.float32 and arr.shape == (pop.size,)
+    # product in config order (grid outer, seeds inner) and the arrays follow the table
+    assert [m.seed for m in pop.members[:3]] == [0, 1, 2]
+    assert pop.members[0].swept == {"alpha": 0.5, "entropic_index": 1.0}
+    assert pop.members[3].swept == {"alpha": 0.5, "entropic_index": 2.0}
+    for i, m in enumerate(pop.members):
+        assert pop.hparams["alpha"][i] == np.float32(m.swept["alpha"])
+        assert pop.hparams["entropic_index"][i] == np.float32(m.swept["entropic_index"])
+        assert pop.hparams["tau"][i] == np.float32(exp.values["agent.tau"])
+    combos = {(m.seed, m.swept["alpha"], m.swept["entropic_index"]) for m in pop.members}
+    assert len(combos) == pop.size
+
+
+def test_unused_swept_hparams_collapse_per_agent(schema):
+    exp = build_experiment(
+        {"train": {"seeds": 2}, "sweep": {"agent.name": ["dqn", "mdqn"], "agent.alpha": [0.5, 0.9]}},
+        schema=schema,
+    )
+    dqn, mdqn = build_populations(exp)
+    assert dqn.size == 2 and mdqn.size == 4      # DQN does not use alpha: no duplicate members
+    assert all(m.swept == {"alpha": None} for m in dqn.members)
+    assert [m.member for m in dqn.members + mdqn.members] == list(range(6))
+    assert agent_grid(exp, "mdqn") == [{"alpha": 0.5}, {"alpha": 0.9}]
+
+
+def test_member_keys_are_distinct_and_reproducible(schema):
+    exp = build_experiment({"train": {"seeds": 4}, "sweep": {"agent.tau": [0.01, 0.03, 0.1]}}, schema=schema)
+    pop = build_population(exp, "mdqn")
+    keys = pop.keys
+    assert keys.dtype == np.uint32 and keys.shape == (12, 2)
+    assert len({tuple(k) for k in keys}) == 12            # no two members share a key
+    again = build_population(exp, "mdqn").keys
+    np.testing.assert_array_equal(keys, again)            # same config -> same keys
+    m = pop.members[5]
+    want = jax.random.fold_in(jax.random.PRNGKey(m.seed), m.grid_index)
+    np.testing.assert_array_equal(keys[5], np.asarray(want))
+    # changing the seed list changes the keys of the members whose seed changed
+    other = build_population(build_experiment({"train": {"seeds": [10, 11, 12, 13]},
+                                               "sweep": {"agent.tau": [0.01, 0.03, 0.1]}}, schema=schema), "mdqn")
+    assert not np.any(np.all(other.keys == keys, axis=1))
+
+
+def test_member_keys_formula():
+    k = member_keys([0, 0, 1], [0, 1, 0])
+    assert len({tuple(r) for r in k}) == 3
+
+
+_SHARD_SCRIPT = textwrap.dedent("""
+    import jax, numpy as np
+    from klrl.population import shard_population, population_mesh
+    assert len(jax.devices()) == 4, jax.devices()
+    tree = {"w": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "shared": np.arange(5.0)}
+    out = shard_population(tree, 8)
+    assert len(out["w"].sharding.device_set) == 4
+    assert out["w"].addressable_shards[0].data.shape == (2, 3)
+    assert out["shared"].sharding.is_fully_replicated
+    np.testing.assert_array_equal(np.asarray(out["w"]), tree["w"])
+    # a jitted per-member function runs on the sharded array and gives the same values
+    f = jax.jit(jax.vmap(lambda x: (x ** 2).sum()))
+    np.testing.assert_allclose(np.asarray(f(out["w"])), (tree["w"] ** 2).sum(1))
+    assert population_mesh(6).devices.size == 3     # largest device count dividing M
+    print("OK")
+""")
+
+
+def test_shard_population_over_fake_devices():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
+    res = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert res.stdout.strip().endswith("OK")
