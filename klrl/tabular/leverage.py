@@ -1,0 +1,552 @@
+"""The "Leverage the Average" tabular experiments (Vieillard et al. 2020; ALGORITHMS.md §5).
+
+`klrl tabular experiments/leverage_average.toml [--quick] [--out DIR]` runs, over several
+Garnets × noise seeds, exact MD-VI / VI with i.i.d. Gaussian noise on every (s, a) and
+iteration, and writes to the output directory:
+
+  metrics.csv   tidy long form, one row per (part, scheme, garnet, seed, γ, λ, τ, σ,
+                iteration, metric): the measurements behind every figure
+  summary.json  fitted horizon slopes, the bound check (max measured/bound), mean final errors
+  config.json   the resolved config (after --quick), run times and provenance
+  *.png         the figures (klrl.tabular.plots; the notebook redraws them from metrics.csv)
+
+Parts: (a) `curves`: ‖q* − q^{π_k}‖_∞ vs k for VI, entropy only, KL only, KL + entropy,
+with and without noise; (b) `heatmap`: the final error over a log grid of (λ, τ);
+(c) `horizon`: the final error vs 1/(1−γ) and fitted log-log slopes; (d) `bound`: the
+τ = 0 runs against the bound of `klrl.tabular.bounds` (both indexings; never weakened).
+
+Schemes are MD-VI(λ, τ) (entropy only: λ = 0; KL only: τ = 0) and VI. Every part is one
+jitted program vmapped over garnets × seeds × noise levels × coefficients; runs that share a
+(garnet, seed) share their noise sequence, so schemes are compared on the same noise.
+
+Defaults (chosen here; the paper's exact sizes are unverified, ALGORITHMS.md §5):
+Garnet(N_S = 50, N_A = 4, N_B = 5): branching at 10% of the states, as is common for Garnets,
+small enough that an exact 50×50 solve per evaluation is cheap. Rewards uniform in [0, 1].
+Noise σ = 1.0 per entry and iteration: the size of the reward range, large enough that VI
+sits on a visible noise floor at γ = 0.9 while KL averaging still converges within 1000
+iterations.
+"""
+
+from __future__ import annotations
+
+import copy
+import csv
+import functools
+import json
+import math
+import os
+import time
+import tomllib
+from typing import Any
+
+import numpy as np
+
+from klrl.errors import ConfigError
+
+# ----------------------------------------------------------------------------------------
+# Config: schema, defaults, quick mode, validation (pure Python: nothing is compiled here).
+
+DEFAULT_OUT_DIR = "results/leverage_average"
+
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "experiment": {"out_dir": DEFAULT_OUT_DIR, "seed": 0},
+    "garnet": {"num_garnets": 5, "num_states": 50, "num_actions": 4, "branching": 5},
+    "noise": {"std": 1.0, "num_seeds": 3},
+    "schemes": {"entropy_tau": 0.01, "kl_lam": 1.0, "kl_entropy_lam": 1.0, "kl_entropy_tau": 0.01},
+    "curves": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 10},
+    "heatmap": {"gamma": 0.9, "num_iterations": 1000,
+                "lam_min": 1e-2, "lam_max": 1e2, "num_lam": 9,
+                "tau_min": 1e-4, "tau_max": 1.0, "num_tau": 9},
+    "horizon": {"gammas": [0.8, 0.9, 0.95, 0.975, 0.9875], "num_iterations": 1000},
+    "bound": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 20,
+              "lams": [0.1, 1.0, 10.0], "noise_stds": [0.3, 1.0]},
+}
+
+# --quick: tiny sizes for smoke tests (same code path, a few seconds of compute).
+QUICK: dict[str, dict[str, Any]] = {
+    "garnet": {"num_garnets": 2, "num_states": 8, "num_actions": 3, "branching": 2},
+    "noise": {"num_seeds": 2},
+    "curves": {"num_iterations": 60, "eval_every": 10},
+    "heatmap": {"num_iterations": 60, "num_lam": 3, "num_tau": 3},
+    "horizon": {"gammas": [0.8, 0.9, 0.95], "num_iterations": 60},
+    "bound": {"num_iterations": 60, "eval_every": 10, "lams": [0.1, 1.0], "noise_stds": [1.0]},
+}
+
+
+def _is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_num(v) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def _positive_int(v):
+    return _is_int(v) and v >= 1, "an integer >= 1"
+
+
+def _nonneg_int(v):
+    return _is_int(v) and v >= 0, "an integer >= 0"
+
+
+def _positive(v):
+    return _is_num(v) and v > 0, "a finite number > 0"
+
+
+def _nonneg(v):
+    return _is_num(v) and v >= 0, "a finite number >= 0"
+
+
+def _discount(v):
+    return _is_num(v) and 0 < v < 1, "a number in (0, 1)"
+
+
+def _list_of(check):
+    def inner(v):
+        ok = isinstance(v, list) and len(v) >= 1 and all(check(x)[0] for x in v)
+        return ok, f"a non-empty list of {check(None)[1].removeprefix('a ')}s"
+    return inner
+
+
+def _string(v):
+    return isinstance(v, str) and len(v) > 0, "a non-empty string"
+
+
+SCHEMA = {
+    "experiment": {"out_dir": _string, "seed": _nonneg_int},
+    "garnet": {"num_garnets": _positive_int, "num_states": _positive_int,
+               "num_actions": _positive_int, "branching": _positive_int},
+    "noise": {"std": _positive, "num_seeds": _positive_int},
+    "schemes": {"entropy_tau": _positive, "kl_lam": _positive, "kl_entropy_lam": _positive,
+                "kl_entropy_tau": _positive},
+    "curves": {"gamma": _discount, "num_iterations": _positive_int, "eval_every": _positive_int},
+    "heatmap": {"gamma": _discount, "num_iterations": _positive_int,
+                "lam_min": _positive, "lam_max": _positive, "num_lam": _positive_int,
+                "tau_min": _positive, "tau_max": _positive, "num_tau": _positive_int},
+    "horizon": {"gammas": _list_of(_discount), "num_iterations": _positive_int},
+    "bound": {"gamma": _discount, "num_iterations": _positive_int, "eval_every": _positive_int,
+              "lams": _list_of(_positive), "noise_stds": _list_of(_positive)},
+}
+
+
+def _fail(field: str, value, allowed: str):
+    raise ConfigError(f"{field}: got {value!r}; allowed {allowed}")
+
+
+def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Checks a parsed TOML against `SCHEMA` and fills missing keys from `DEFAULTS`.
+
+    Unknown sections/keys, wrong types and out-of-range values raise `ConfigError` naming
+    the field, the value and what is allowed. Cross-field rules: branching ≤ num_states,
+    eval_every divides num_iterations, min ≤ max of the log grids.
+    """
+    if not isinstance(raw, dict):
+        _fail("config", raw, "a TOML table")
+    for section in raw:
+        if section not in SCHEMA:
+            _fail(section, "(section)", "sections " + ", ".join(SCHEMA))
+        if not isinstance(raw[section], dict):
+            _fail(section, raw[section], "a table")
+        for key in raw[section]:
+            if key not in SCHEMA[section]:
+                _fail(f"{section}.{key}", raw[section][key],
+                      f"keys of [{section}]: " + ", ".join(SCHEMA[section]))
+    cfg = copy.deepcopy(DEFAULTS)
+    for section, table in raw.items():
+        for key, value in table.items():
+            ok, allowed = SCHEMA[section][key](value)
+            if not ok:
+                _fail(f"{section}.{key}", value, allowed)
+            cfg[section][key] = value
+    g = cfg["garnet"]
+    if g["branching"] > g["num_states"]:
+        _fail("garnet.branching", g["branching"], f"1..garnet.num_states={g['num_states']}")
+    for part in ("curves", "bound"):
+        k, every = cfg[part]["num_iterations"], cfg[part]["eval_every"]
+        if k % every:
+            _fail(f"{part}.eval_every", every, f"a divisor of {part}.num_iterations={k}")
+    h = cfg["heatmap"]
+    for name in ("lam", "tau"):
+        if h[f"{name}_min"] > h[f"{name}_max"]:
+            _fail(f"heatmap.{name}_min", h[f"{name}_min"], f"<= heatmap.{name}_max={h[f'{name}_max']}")
+    return cfg
+
+
+def load_config(config_path: str, quick: bool = False) -> dict[str, dict[str, Any]]:
+    """Reads and validates a TOML experiment file; `quick` then shrinks it (`QUICK`)."""
+    try:
+        with open(config_path, "rb") as f:
+            raw = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(f"config: got {config_path!r}; allowed an existing TOML file") from None
+    except tomllib.TOMLDecodeError as err:
+        raise ConfigError(f"config: got invalid TOML in {config_path!r} ({err}); allowed valid TOML") from None
+    cfg = validate(raw)
+    if quick:
+        for section, table in QUICK.items():
+            cfg[section].update(table)
+        cfg = validate(cfg)
+    return cfg
+
+
+def heatmap_grid(cfg) -> tuple[np.ndarray, np.ndarray]:
+    """The (λ, τ) log grids of part (b)."""
+    h = cfg["heatmap"]
+    lams = np.geomspace(h["lam_min"], h["lam_max"], h["num_lam"])
+    taus = np.geomspace(h["tau_min"], h["tau_max"], h["num_tau"])
+    return lams, taus
+
+
+def scheme_coefficients(cfg) -> dict[str, tuple[float, float]]:
+    """(λ, τ) of the MD-VI schemes of parts (a) and (c); VI is separate."""
+    s = cfg["schemes"]
+    return {
+        "entropy": (0.0, s["entropy_tau"]),
+        "kl": (s["kl_lam"], 0.0),
+        "kl_entropy": (s["kl_entropy_lam"], s["kl_entropy_tau"]),
+    }
+
+
+SCHEMES = ("vi", "entropy", "kl", "kl_entropy")
+
+# ----------------------------------------------------------------------------------------
+# Computation: one jitted, vmapped program per part.
+
+
+@functools.lru_cache(maxsize=None)
+def _sweep_fns():
+    """Builds the jitted sweeps once per process (imports JAX lazily: config errors never pay
+    for it). Cached so that repeated runs in one process reuse the compiled programs."""
+    import jax
+
+    from klrl.tabular.schemes import md_vi, vi
+
+    def md_run(mdp, q_star, key, gamma, std, lam, tau, *, num_iterations, eval_every):
+        res = md_vi(mdp, gamma, lam, tau, num_iterations, noise_std=std, key=key,
+                    q_star=q_star, eval_every=eval_every)
+        return res.errors, res.noise_mean_norm
+
+    def vi_run(mdp, q_star, key, gamma, std, *, num_iterations, eval_every):
+        res = vi(mdp, gamma, num_iterations, noise_std=std, key=key, q_star=q_star,
+                 eval_every=eval_every)
+        return res.errors, res.noise_mean_norm
+
+    static = ("num_iterations", "eval_every")
+
+    def md_sweep(mdps, q_stars, keys, gamma, stds, lams, taus, *, num_iterations, eval_every):
+        """-> errors [G, R, N, C, E], noise_mean_norm [G, R, N, C, K]; C pairs (λ_c, τ_c)."""
+        f = lambda m, q, k, s, l, t: md_run(m, q, k, gamma, s, l, t, num_iterations=num_iterations,
+                                             eval_every=eval_every)
+        f = jax.vmap(f, (None, None, None, None, 0, 0))      # coefficient pairs
+        f = jax.vmap(f, (None, None, None, 0, None, None))   # noise levels
+        f = jax.vmap(f, (None, None, 0, None, None, None))   # seeds
+        f = jax.vmap(f, (0, 0, 0, None, None, None))         # garnets
+        return f(mdps, q_stars, keys, stds, lams, taus)
+
+    def vi_sweep(mdps, q_stars, keys, gamma, stds, *, num_iterations, eval_every):
+        """-> errors [G, R, N, E], noise_mean_norm [G, R, N, K]."""
+        f = lambda m, q, k, s: vi_run(m, q, k, gamma, s, num_iterations=num_iterations,
+                                       eval_every=eval_every)
+        f = jax.vmap(f, (None, None, None, 0))
+        f = jax.vmap(f, (None, None, 0, None))
+        f = jax.vmap(f, (0, 0, 0, None))
+        return f(mdps, q_stars, keys, stds)
+
+    from klrl.tabular.evaluation import optimal_q
+
+    return (jax.jit(md_sweep, static_argnames=static), jax.jit(vi_sweep, static_argnames=static),
+            jax.jit(jax.vmap(optimal_q, (0, None))))
+
+
+def make_instances(cfg):
+    """The Garnets [G] and the noise keys [G, R] of an experiment (deterministic in the seed:
+    garnet i and seed j always get the same MDP and noise; different (i, j), different noise)."""
+    import jax
+
+    from klrl.tabular.mdp import garnet
+
+    g, n = cfg["garnet"], cfg["noise"]
+    root = jax.random.key(cfg["experiment"]["seed"])
+    mdp_keys = jax.random.split(jax.random.fold_in(root, 0), g["num_garnets"])
+    mdps = jax.vmap(lambda k: garnet(k, g["num_states"], g["num_actions"], g["branching"]))(mdp_keys)
+    noise_keys = jax.random.split(jax.random.fold_in(root, 1), g["num_garnets"] * n["num_seeds"])
+    noise_keys = noise_keys.reshape(g["num_garnets"], n["num_seeds"])
+    return mdps, noise_keys
+
+
+def _optimal_qs(mdps, gamma):
+    """q* of every Garnet [G, S, A] (one compiled program, γ traced)."""
+    return _sweep_fns()[2](mdps, gamma)
+
+
+def compute(cfg) -> dict[str, Any]:
+    """Runs parts (a)-(d) in float64 and returns numpy arrays plus compute times."""
+    import jax
+    import jax.numpy as jnp
+
+    from klrl.tabular.bounds import bound_for_policies
+
+    out: dict[str, Any] = {"seconds": {}}
+    with jax.enable_x64(True):
+        md_sweep, vi_sweep, _ = _sweep_fns()
+        mdps, keys = make_instances(cfg)
+        r_max = np.asarray(jnp.max(jnp.abs(mdps.r), axis=(1, 2)))  # [G]
+        A = cfg["garnet"]["num_actions"]
+        coefs = scheme_coefficients(cfg)
+        md_names = list(coefs)
+        lams_c = jnp.array([coefs[n][0] for n in md_names])
+        taus_c = jnp.array([coefs[n][1] for n in md_names])
+        sigma = cfg["noise"]["std"]
+
+        # (a) curves: with and without noise.
+        t0 = time.perf_counter()
+        c = cfg["curves"]
+        kw = dict(num_iterations=c["num_iterations"], eval_every=c["eval_every"])
+        q_stars = _optimal_qs(mdps, c["gamma"])
+        stds = jnp.array([0.0, sigma])
+        md_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, lams_c, taus_c, **kw)
+        vi_err, _ = vi_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, **kw)
+        errs = np.concatenate([np.asarray(vi_err)[:, :, :, None], np.asarray(md_err)], axis=3)
+        out["curves"] = {"errors": errs, "schemes": ["vi", *md_names], "noise_stds": np.asarray(stds),
+                         "iterations": np.arange(1, c["num_iterations"] // c["eval_every"] + 1) * c["eval_every"]}
+        out["seconds"]["curves"] = time.perf_counter() - t0
+
+        # (b) heatmap: final error over the (λ, τ) log grid, noisy.
+        t0 = time.perf_counter()
+        h = cfg["heatmap"]
+        lams, taus = heatmap_grid(cfg)
+        L, T = np.meshgrid(lams, taus, indexing="ij")
+        q_stars = _optimal_qs(mdps, h["gamma"]) if h["gamma"] != c["gamma"] else q_stars
+        hm_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(h["gamma"]), jnp.array([sigma]),
+                             jnp.asarray(L.ravel()), jnp.asarray(T.ravel()),
+                             num_iterations=h["num_iterations"], eval_every=h["num_iterations"])
+        final = np.asarray(hm_err)[:, :, 0, :, -1].reshape(*hm_err.shape[:2], len(lams), len(taus))
+        out["heatmap"] = {"final_error": final, "lams": lams, "taus": taus}
+        out["seconds"]["heatmap"] = time.perf_counter() - t0
+
+        # (c) horizon: final error vs 1/(1−γ), noisy; one compiled program, γ traced.
+        t0 = time.perf_counter()
+        hz = cfg["horizon"]
+        K = hz["num_iterations"]
+        finals, bound_ratio_h = [], []
+        for gamma in hz["gammas"]:
+            qs = _optimal_qs(mdps, gamma)
+            g = jnp.asarray(gamma)
+            md_e, md_noise = md_sweep(mdps, qs, keys, g, jnp.array([sigma]), lams_c, taus_c,
+                                      num_iterations=K, eval_every=K)
+            vi_e, _ = vi_sweep(mdps, qs, keys, g, jnp.array([sigma]), num_iterations=K, eval_every=K)
+            finals.append(np.concatenate([np.asarray(vi_e)[:, :, 0, None, -1],
+                                          np.asarray(md_e)[:, :, 0, :, -1]], axis=2))
+            # The KL-only runs also enter the bound check (final iteration, both indexings).
+            kl = md_names.index("kl")
+            for offset in (0, 1):
+                b = bound_for_policies(md_noise[:, :, 0, kl], jnp.array([K]), gamma, coefs["kl"][0],
+                                       jnp.asarray(r_max)[:, None, None], A, policy_offset=offset)
+                bound_ratio_h.append((offset, np.asarray(md_e[:, :, 0, kl, -1] / b[..., -1])))
+        out["horizon"] = {"final_error": np.stack(finals, axis=2),  # [G, R, Γ, scheme]
+                          "gammas": np.asarray(hz["gammas"]), "schemes": ["vi", *md_names]}
+        out["seconds"]["horizon"] = time.perf_counter() - t0
+
+        # (d) bound: τ = 0 runs over λ × σ against the bound, at every evaluated iteration.
+        t0 = time.perf_counter()
+        bd = cfg["bound"]
+        q_stars_b = _optimal_qs(mdps, bd["gamma"])
+        lam_b = jnp.asarray(bd["lams"], dtype=jnp.float64)
+        b_err, b_noise = md_sweep(mdps, q_stars_b, keys, jnp.asarray(bd["gamma"]), jnp.asarray(bd["noise_stds"]),
+                                  lam_b, jnp.zeros_like(lam_b), num_iterations=bd["num_iterations"],
+                                  eval_every=bd["eval_every"])
+        iters = np.arange(1, bd["num_iterations"] // bd["eval_every"] + 1) * bd["eval_every"]
+        bounds = {}
+        for offset, name in ((1, "bound"), (0, "bound_literal")):
+            bounds[name] = np.asarray(bound_for_policies(
+                b_noise, jnp.asarray(iters), bd["gamma"], lam_b[None, None, None, :, None],
+                jnp.asarray(r_max)[:, None, None, None, None], A, policy_offset=offset))
+        out["bound"] = {"errors": np.asarray(b_err), "iterations": iters, **bounds,
+                        "lams": np.asarray(bd["lams"]), "noise_stds": np.asarray(bd["noise_stds"])}
+        out["bound_horizon_ratios"] = bound_ratio_h
+        out["seconds"]["bound"] = time.perf_counter() - t0
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Summaries: slopes and the bound check.
+
+
+def fit_loglog_slope(x, y) -> float:
+    """Least-squares slope of log y against log x."""
+    return float(np.polyfit(np.log(np.asarray(x, float)), np.log(np.asarray(y, float)), 1)[0])
+
+
+def summarize(cfg, out) -> dict[str, Any]:
+    hz = out["horizon"]
+    horizons = 1.0 / (1.0 - hz["gammas"])
+    mean_final = hz["final_error"].mean(axis=(0, 1))  # [Γ, scheme]
+    slopes = {s: fit_loglog_slope(horizons, mean_final[:, i]) for i, s in enumerate(hz["schemes"])}
+
+    bd = out["bound"]
+    ratio = bd["errors"] / bd["bound"]
+    ratio_lit = bd["errors"] / bd["bound_literal"]
+    h_ratios = {o: max(float(r.max()) for oo, r in out["bound_horizon_ratios"] if oo == o) for o in (0, 1)}
+    cv = out["curves"]
+    final_curves = cv["errors"][..., -1].mean(axis=(0, 1))  # [N, scheme]
+    return {
+        "horizon_slopes": slopes,
+        "horizon_mean_final_error": {s: mean_final[:, i].tolist() for i, s in enumerate(hz["schemes"])},
+        "horizons": horizons.tolist(),
+        "bound_check": {
+            "max_ratio_measured_over_bound": max(float(ratio.max()), h_ratios[1]),
+            "max_ratio_literal_indexing": max(float(ratio_lit.max()), h_ratios[0]),
+            "holds_everywhere": bool(ratio.max() <= 1.0 and h_ratios[1] <= 1.0),
+            "holds_everywhere_literal_indexing": bool(ratio_lit.max() <= 1.0 and h_ratios[0] <= 1.0),
+            "num_runs": int(ratio[..., 0].size + sum(r.size for o, r in out["bound_horizon_ratios"] if o == 1)),
+            "num_checked_points": int(ratio.size + sum(r.size for o, r in out["bound_horizon_ratios"] if o == 1)),
+        },
+        "curves_mean_final_error": {
+            f"{s}@noise_std={float(sd):g}": float(final_curves[n, i])
+            for n, sd in enumerate(cv["noise_stds"]) for i, s in enumerate(cv["schemes"])
+        },
+        "heatmap_best": _heatmap_best(out["heatmap"]),
+        "compute_seconds": out["seconds"],
+    }
+
+
+def _heatmap_best(hm) -> dict[str, float]:
+    mean = hm["final_error"].mean(axis=(0, 1))
+    i, j = np.unravel_index(np.argmin(mean), mean.shape)
+    return {"lam": float(hm["lams"][i]), "tau": float(hm["taus"][j]), "mean_final_error": float(mean[i, j])}
+
+
+# ----------------------------------------------------------------------------------------
+# Tidy metrics: write and read.
+
+COLUMNS = ("part", "scheme", "garnet", "seed", "gamma", "lam", "tau", "noise_std",
+           "iteration", "metric", "value")
+
+
+def _fmt(x) -> str:
+    return f"{float(x):.7g}"
+
+
+def metric_rows(cfg, out):
+    """Yields tidy rows (tuples in `COLUMNS` order) for every measurement of `out`."""
+    coefs = scheme_coefficients(cfg)
+    coefs["vi"] = (math.nan, math.nan)
+
+    cv = out["curves"]
+    G, R = cv["errors"].shape[:2]
+    gamma = cfg["curves"]["gamma"]
+    for g in range(G):
+        for r in range(R):
+            for n, sd in enumerate(cv["noise_stds"]):
+                for i, s in enumerate(cv["schemes"]):
+                    lam, tau = coefs[s]
+                    for e, it in enumerate(cv["iterations"]):
+                        yield ("curves", s, g, r, gamma, lam, tau, sd, it, "error", cv["errors"][g, r, n, i, e])
+
+    hm = out["heatmap"]
+    gamma, K, sd = cfg["heatmap"]["gamma"], cfg["heatmap"]["num_iterations"], cfg["noise"]["std"]
+    for g in range(G):
+        for r in range(R):
+            for i, lam in enumerate(hm["lams"]):
+                for j, tau in enumerate(hm["taus"]):
+                    yield ("heatmap", "md_vi", g, r, gamma, lam, tau, sd, K, "error", hm["final_error"][g, r, i, j])
+
+    hz = out["horizon"]
+    K = cfg["horizon"]["num_iterations"]
+    for g in range(G):
+        for r in range(R):
+            for k, gamma in enumerate(hz["gammas"]):
+                for i, s in enumerate(hz["schemes"]):
+                    lam, tau = coefs[s]
+                    yield ("horizon", s, g, r, gamma, lam, tau, sd, K, "error", hz["final_error"][g, r, k, i])
+
+    bd = out["bound"]
+    gamma = cfg["bound"]["gamma"]
+    for g in range(G):
+        for r in range(R):
+            for n, sd in enumerate(bd["noise_stds"]):
+                for c, lam in enumerate(bd["lams"]):
+                    for e, it in enumerate(bd["iterations"]):
+                        for metric in ("error", "bound", "bound_literal"):
+                            arr = bd["errors"] if metric == "error" else bd[metric]
+                            yield ("bound", "kl", g, r, gamma, lam, 0.0, sd, it, metric, arr[g, r, n, c, e])
+
+
+def write_metrics(path: str, rows) -> int:
+    n = 0
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(COLUMNS)
+        for row in rows:
+            part, scheme, g, r, gamma, lam, tau, sd, it, metric, value = row
+            w.writerow([part, scheme, int(g), int(r), _fmt(gamma), _fmt(lam), _fmt(tau), _fmt(sd),
+                        int(it), metric, _fmt(value)])
+            n += 1
+    return n
+
+
+def read_metrics(path: str) -> dict[str, np.ndarray]:
+    """metrics.csv -> dict of column arrays (strings for part/scheme/metric, numbers else)."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader)
+        if tuple(header) != COLUMNS:
+            raise ValueError(f"{path}: unexpected header {header}")
+        rows = list(reader)
+    cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
+    out = {}
+    for name, values in zip(COLUMNS, cols):
+        if name in ("part", "scheme", "metric"):
+            out[name] = np.asarray(values, dtype=str)
+        elif name in ("garnet", "seed", "iteration"):
+            out[name] = np.asarray(values, dtype=np.int64)
+        else:
+            out[name] = np.asarray(values, dtype=np.float64)
+    return out
+
+
+# ----------------------------------------------------------------------------------------
+# Entry point.
+
+
+def _check_out_dir(out_dir: str) -> None:
+    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
+        raise ConfigError(f"out_dir: got {out_dir!r}; allowed a directory path (it is a file)")
+    parent = os.path.dirname(os.path.abspath(out_dir))
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.access(parent, os.W_OK):
+        raise ConfigError(f"out_dir: got {out_dir!r}; allowed a writable location")
+
+
+def run_experiment(config_path: str, out_dir: str | None = None, quick: bool = False) -> dict[str, Any]:
+    """Validates the TOML, runs parts (a)-(d), writes metrics/summary/config/figures.
+
+    Everything is validated (config and output location) before any compilation and before
+    anything is written; a failed computation writes nothing. Returns the summary dict.
+    """
+    cfg = load_config(config_path, quick=quick)
+    out_dir = out_dir or cfg["experiment"]["out_dir"]
+    _check_out_dir(out_dir)
+
+    t0 = time.perf_counter()
+    out = compute(cfg)
+    summary = summarize(cfg, out)
+    wall = time.perf_counter() - t0
+
+    from klrl.provenance import provenance
+    from klrl.tabular import plots
+
+    os.makedirs(out_dir, exist_ok=True)
+    n_rows = write_metrics(os.path.join(out_dir, "metrics.csv"), metric_rows(cfg, out))
+    with open(os.path.join(out_dir, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    resolved = {"config": cfg, "config_path": os.path.abspath(config_path), "quick": quick,
+                "metrics_rows": n_rows, "compute_wall_seconds": wall, "provenance": provenance()}
+    with open(os.path.join(out_dir, "config.json"), "w") as f:
+        json.dump(resolved, f, indent=2)
+    plots.draw_all(out_dir, out_dir)
+    print(f"klrl tabular: wrote {out_dir} ({n_rows} metric rows, {wall:.1f} s compute); "
+          f"horizon slopes " + ", ".join(f"{k}={v:.2f}" for k, v in summary["horizon_slopes"].items())
+          + f"; bound max ratio {summary['bound_check']['max_ratio_measured_over_bound']:.3f}")
+    return summary
