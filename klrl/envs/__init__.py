@@ -18,7 +18,11 @@ from klrl.errors import ConfigError
 CLASSIC = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
            "SpaceInvaders-MinAtar")
-ENVS: tuple[str, ...] = CLASSIC + MINATAR
+# qsharp: small finite MDPs of klrl.tabular with one-hot observations (exact answers known).
+from klrl.envs.tabular_env import TABULAR_ENVS  # noqa: E402
+
+TABULAR = tuple(TABULAR_ENVS)
+ENVS: tuple[str, ...] = CLASSIC + MINATAR + TABULAR
 
 __all__ = ["ENVS", "EnvSpec", "EnvStep", "EpisodeStats", "VecEnv", "make_env"]
 
@@ -28,6 +32,10 @@ def make_env(name: str) -> VecEnv:
     """The batched adapter for environment `name` (one of `ENVS`)."""
     if name not in ENVS:
         raise ConfigError(f"env: got {name!r}; allowed {', '.join(ENVS)}")
+    if name in TABULAR:
+        from klrl.envs.tabular_env import TabularVecEnv
+
+        return TabularVecEnv(name)
     import gymnax
 
     from klrl.envs.gymnax_env import GymnaxVecEnv
