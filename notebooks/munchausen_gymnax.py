@@ -1,0 +1,161 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Munchausen agents on gymnax: DQN vs M-DQN vs MVI(q)
+#
+# This notebook draws the deep-agent evidence committed under `results/` (it never trains):
+# every run directory there holds `config.json` (resolved config + provenance) and a tidy
+# `metrics.csv` written by `klrl train`. Point it at another results folder with the
+# environment variable `KLRL_RESULTS_DIR`; figures go to `KLRL_FIGURES_DIR` (default:
+# `<results>/figures`).
+#
+# Agents (targets from `klrl.operators`, ALGORITHMS.md §2):
+# - DQN: `y = r + γ max q̄(s')`;
+# - M-DQN (Vieillard et al. 2020): `y = r + α·clip(τ ln π̄(a|s), l0, 0) + γ·τ·lse(q̄(s')/τ)`;
+# - MVI(q) (Tsallis Munchausen, Zhu et al. 2023): the same with the Tsallis policy and
+#   `ln_q`; q = 2 is the sparsemax case.
+#
+# Statistics: per group (agent + swept values) the interquartile mean (IQM) over seeds with a
+# stratified-bootstrap 95% confidence interval (Agarwal et al. 2021), computed by
+# `klrl.results`. With few seeds these intervals are wide; the seed count is printed with
+# every number.
+
+# %%
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from klrl.results import (  # noqa: E402
+    curves, final_scores, group_label, iqm, read_metrics, stratified_bootstrap_ci, summarize, swept_columns,
+)
+
+HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results"))
+FIGURES = os.environ.get("KLRL_FIGURES_DIR", os.path.join(RESULTS, "figures"))
+BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "1000"))
+os.makedirs(FIGURES, exist_ok=True)
+
+
+def find_runs(root):
+    """Run directories (config.json + metrics.csv) under `root`, deep-agent runs only."""
+    runs = []
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", "figures"))
+        if "metrics.csv" in filenames and "config.json" in filenames:
+            with open(os.path.join(dirpath, "config.json")) as fh:
+                record = json.load(fh)
+            if "config" in record and "env" in record["config"]:
+                runs.append((dirpath, record))
+    return runs
+
+
+RUNS = find_runs(RESULTS)
+print(f"{len(RUNS)} run(s) under {RESULTS}")
+for path, record in RUNS:
+    cfg, prov = record["config"], record.get("provenance", {})
+    print(f"- {os.path.relpath(path, RESULTS)}: {cfg['env']['name']}, agents {cfg['agent']['name']}, "
+          f"{len(cfg['train']['seeds'])} seeds x {cfg['train']['total_steps']:,} env steps per member; "
+          f"commit {str(prov.get('commit'))[:12]}, device {prov.get('device', {}).get('platform')}")
+
+# %% [markdown]
+# ## Learning curves
+# Greedy evaluation return against environment steps per member: IQM over seeds, the band
+# its stratified-bootstrap 95% CI at every evaluation point.
+
+# %%
+
+
+def iqm_band(values, reps=BOOTSTRAP_REPS):
+    """IQM over seeds and its bootstrap 95% CI at every step; values [seeds, T]."""
+    mid = np.array([iqm(values[:, t]) for t in range(values.shape[1])])
+    lo, hi = np.full_like(mid, np.nan), np.full_like(mid, np.nan)
+    for t in range(values.shape[1]):
+        col = values[:, t]
+        col = col[~np.isnan(col)]
+        if col.size:
+            lo[t], hi[t] = stratified_bootstrap_ci(col, reps=reps, seed=t)
+    return mid, lo, hi
+
+
+def plot_run_curves(path, record, ax):
+    metrics_path = os.path.join(path, "metrics.csv")
+    rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
+    for key, (steps, vals) in sorted(curves(rows, "eval_return", columns).items(), key=lambda kv: str(kv[0])):
+        mid, lo, hi = iqm_band(vals)
+        (line,) = ax.plot(steps, mid, label=f"{group_label(key, columns)} (n={vals.shape[0]})")
+        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+    cfg = record["config"]
+    ax.set_title(f"{cfg['env']['name']} ({len(cfg['train']['seeds'])} seeds, "
+                 f"{cfg['train']['total_steps']:,} steps)")
+    ax.set_xlabel("environment steps per member")
+    ax.set_ylabel("greedy evaluation return (IQM)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+
+
+if RUNS:
+    fig, axes = plt.subplots(1, len(RUNS), figsize=(6 * len(RUNS), 4.2), squeeze=False)
+    for ax, (path, record) in zip(axes[0], RUNS):
+        plot_run_curves(path, record, ax)
+    fig.tight_layout()
+    fig.savefig(os.path.join(FIGURES, "munchausen_gymnax_curves.png"), dpi=110)
+    plt.show()
+
+# %% [markdown]
+# ## Final scores
+# Evaluation return at the last evaluation point of each member; IQM [95% CI] and median
+# over seeds, and the number of diverged members (non-finite loss, flagged by the engine).
+
+# %%
+TABLE = []
+for path, record in RUNS:
+    metrics_path = os.path.join(path, "metrics.csv")
+    rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
+    div = final_scores(rows, "diverged", columns)
+    for key, scores in final_scores(rows, "eval_return", columns).items():
+        s = summarize(scores)
+        TABLE.append({"env": record["config"]["env"]["name"], "group": group_label(key, columns), **s,
+                      "diverged": int(np.nansum(div.get(key, np.zeros(0)) > 0))})
+
+print(f"{'env':<22} {'group':<34} {'n':>3} {'median':>8} {'IQM':>8}  {'95% CI':<18} {'div':>3}")
+for r in TABLE:
+    print(f"{r['env']:<22} {r['group']:<34} {r['n']:>3} {r['median']:>8.1f} {r['iqm']:>8.1f}  "
+          f"[{r['iqm_ci_low']:7.1f}, {r['iqm_ci_high']:7.1f}] {r['diverged']:>3}")
+
+# %% [markdown]
+# ## Final-score distributions
+# One dot per seed, so that the spread behind each IQM is visible.
+
+# %%
+if TABLE:
+    envs = sorted({r["env"] for r in TABLE})
+    fig, axes = plt.subplots(1, len(envs), figsize=(6 * len(envs), 3.8), squeeze=False)
+    for ax, env in zip(axes[0], envs):
+        for path, record in RUNS:
+            if record["config"]["env"]["name"] != env:
+                continue
+            metrics_path = os.path.join(path, "metrics.csv")
+            rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
+            finals = sorted(final_scores(rows, "eval_return", columns).items(), key=lambda kv: str(kv[0]))
+            for i, (key, scores) in enumerate(finals):
+                ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14)
+                ax.hlines(iqm(scores), i - 0.25, i + 0.25, color="k")
+            ax.set_xticks(range(len(finals)), [group_label(k, columns) for k, _ in finals], rotation=20,
+                          fontsize=7)
+        ax.set_title(f"{env}: final evaluation return (bar = IQM)")
+        ax.grid(alpha=0.3, axis="y")
+    fig.tight_layout()
+    fig.savefig(os.path.join(FIGURES, "munchausen_gymnax_finals.png"), dpi=110)
+    plt.show()
