@@ -60,6 +60,16 @@ def discount(batch: Transition, hp: dict) -> jax.Array:
     return hp["gamma"] * (1.0 - batch.terminated)
 
 
+def per_example(hp: dict, names: tuple[str, ...], batch: Transition) -> dict:
+    """The coefficients `names` broadcast to the batch shape [B].
+
+    Operators accept scalar or per-example ([B]) coefficients; inside the population vmap a
+    member's coefficient is a 0-d tracer, and passing it per example keeps every operator on
+    its [B]-aligned code path.
+    """
+    return {k: (jnp.broadcast_to(v, batch.reward.shape) if k in names else v) for k, v in hp.items()}
+
+
 def regression_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
     """Mean Huber (δ = 1, as in DQN) or ½-squared error between prediction and target."""
     if kind == "huber":
@@ -74,7 +84,7 @@ def value_agent(name: str, hparams: tuple[str, ...],
     """A scalar-Q agent: loss = regression of q(s, a) onto `target_fn`'s (stop-gradient) y."""
 
     def loss(nets: Nets, batch: Transition, hp: dict, cfg: Any):
-        y = jax.lax.stop_gradient(target_fn(nets, batch, hp, cfg))
+        y = jax.lax.stop_gradient(target_fn(nets, batch, per_example(hp, hparams, batch), cfg))
         q_sa = select_action(nets.online(batch.obs), batch.action)
         return regression_loss(q_sa, y, cfg.loss), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y)}
 

@@ -1,0 +1,299 @@
+"""Q♯ (Zhou et al. 2025) and its baselines: KL-regularized control toward a FIXED π_ref.
+
+The optimum of max_π E_π[Σ r] − η·Σ KL(π‖π_ref) is π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η);
+on a deterministic MDP with γ = 1, Q*(s, a) = η ln E[exp(Z(s, a)/η)] with Z the return of
+π_ref after (s, a) (ALGORITHMS.md §4; the exact identity and its biases are documented and
+tested in `klrl.tabular.qsharp`). So Q♯ never improves a policy inside its critic: it
+learns π_ref's return DISTRIBUTION on fixed atoms and acts with the guided policy
+
+    π(·|s) = softmax(ln π_ref(·|s) + Q_η(s, ·)/η),   Q_η = η·lse_i(ln p_i + z_i/η)
+
+(`klrl.operators.entropic_q`, `guided_logits`). η is the traced hyperparameter `eta`
+(sweepable in one compiled population). Agents (`klrl.agents.AGENTS`):
+
+- `qsharp`     categorical critic of π_ref, entropic guidance (the method);
+- `qsharp_cd`  the same critic, "CD" guidance: E[Z] in place of Q_η;
+- `kl_prior`   scalar soft Q with prior (TD): y = r + d·η·lse(q̄(s')/η + ln π_ref(s'))
+               (`kl_prior_target`), acting with π ∝ π_ref·exp(Q/η);
+- plain `c51` (klrl.agents.c51) is the unregularized baseline.
+
+Two ways to train the categorical critic (`StaticConfig.qsharp_mode`):
+- `td`: distributional expected SARSA under π_ref from the replay buffer, C51 projection:
+  target Π(r + d·Z̄'), Z̄' ~ Σ_a' π_ref(a'|s')·p̄(s', a') (`categorical_td_target` with
+  weights π_ref(·|s'), target network). Off-policy and cheap; bootstraps (through time
+  limits too, like every klrl agent).
+- `rollout`: the Q♯ recipe. Each environment draws a switch step h ~ Uniform{0..H−1}
+  (H = `qsharp_switch_horizon`, 0 meaning the env's time limit) at every episode start,
+  rolls in with the current guided policy, takes a_h ~ π_ref at step h and follows π_ref
+  to the episode's end; the switch point is labelled with the return G = Σ_{t≥h} r_t
+  (undiscounted, the γ = 1 identity) and enters an aggregated per-member label store
+  when the episode ends (episodes that end before h give no label; a truncated episode's
+  label is its return up to the time limit). The critic maximizes the likelihood of the
+  projected label, Π(G) = `categorical_projection(atoms, ·, G, 0)`: cross-entropy
+  −Σ_i Π(G)_i ln p_i(s_h, a_h). No target network, no bootstrapping.
+
+The label store is a per-environment ring of `buffer_size // num_envs` labels inside the
+agent's carry (part of the TrainState, so runs resume exactly): labels arrive at a
+variable rate per member, which klrl.replay's lockstep writes cannot express.
+
+Hooks the trainer (klrl.train) calls for agents that define them:
+`policy_logits(out, obs, hp, cfg)` — the agent's own stochastic policy (acting in
+evaluation, and the `kl_ref` metric); `behaviour(cfg, spec)` — a `Behaviour` (per-member
+carry, acting, per-step bookkeeping and an optional replacement of replay sampling).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from klrl import operators as ops
+from klrl import reference as refs
+from klrl.agents.base import Transition, discount, regression_loss
+from klrl.errors import ConfigError
+
+MODES = ("td", "rollout")
+
+
+class Behaviour(NamedTuple):
+    """How an agent acts and what it records, for ONE member (the trainer vmaps over members).
+
+    init(key, num_envs) -> carry; act(out, obs, carry, key, hp) -> actions [E];
+    observe(carry, obs, actions, reward, done, key) -> carry (after each env step; `obs` is
+    the observation the action was taken in); sample(carry, key, batch_size) -> batch, or
+    None to sample the trainer's replay buffer.
+    """
+
+    init: Callable[[jax.Array, int], Any]
+    act: Callable[..., jax.Array]
+    observe: Callable[..., Any]
+    sample: Callable[..., Any] | None = None
+
+
+class GuidedAgent(NamedTuple):
+    """An `klrl.agents.base.Agent` plus the hooks of a policy guided by a fixed π_ref."""
+
+    name: str
+    hparams: tuple[str, ...]
+    loss: Callable
+    num_outputs: Callable[[Any], int]
+    q_values: Callable[[jax.Array, Any], jax.Array]
+    policy_logits: Callable[[jax.Array, jax.Array, dict, Any], jax.Array]
+    behaviour: Callable[[Any, Any], Behaviour]
+    validate: Callable[[Any], None]
+    needs_prev_target: bool = False
+    needs_reference: bool = True
+
+
+class LabelBatch(NamedTuple):
+    """A minibatch of rollout labels: (s_h, a_h, G) and a weight (0 while a member has none)."""
+
+    obs: jax.Array
+    action: jax.Array
+    ret: jax.Array
+    weight: jax.Array
+
+
+class RolloutCarry(NamedTuple):
+    """Per-environment roll-in/roll-out bookkeeping and the label store of one member."""
+
+    t: jax.Array            # [E] int32 step of the current episode
+    h: jax.Array            # [E] int32 switch step of the current episode
+    switched: jax.Array     # [E] bool: π_ref acts from step h on
+    s_h: jax.Array          # [E, *obs] state at the switch
+    a_h: jax.Array          # [E] action at the switch
+    ret: jax.Array          # [E] return accumulated since the switch
+    store_obs: jax.Array    # [E, K, *obs]
+    store_action: jax.Array  # [E, K]
+    store_ret: jax.Array    # [E, K]
+    store_pos: jax.Array    # [E] next slot
+    store_size: jax.Array   # [E] filled slots (valid labels are slots [0, size))
+
+
+# ---- shared pieces ------------------------------------------------------------------------
+
+def atoms(cfg) -> jax.Array:
+    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, dtype=jnp.float32)
+
+
+def log_reference(cfg, obs: jax.Array) -> jax.Array:
+    """ln π_ref(·|obs) [..., A] of the run's configured reference (klrl.reference)."""
+    return refs.for_config(cfg).log_probs(obs)
+
+
+def _sample_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _check(cfg, name: str, distributional: bool) -> None:
+    if cfg.reference == "none":
+        raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {name}")
+    if cfg.qsharp_mode not in MODES:
+        raise ConfigError(f"agent.qsharp_mode: got {cfg.qsharp_mode!r}; allowed {', '.join(MODES)}")
+    if not distributional and cfg.qsharp_mode != "td":
+        raise ConfigError(f"agent.qsharp_mode: got {cfg.qsharp_mode!r}; allowed td for agent {name}")
+    if cfg.qsharp_mode == "rollout" and cfg.replay_mode != "per-member":
+        raise ConfigError(f"train.replay_mode: got {cfg.replay_mode!r}; allowed per-member with qsharp_mode rollout")
+    if cfg.qsharp_mode == "rollout" and cfg.buffer_size < cfg.num_envs:
+        raise ConfigError(f"train.buffer_size: got {cfg.buffer_size}; allowed >= env.num_envs={cfg.num_envs}")
+    if not (isinstance(cfg.qsharp_switch_horizon, int) and cfg.qsharp_switch_horizon >= 0):
+        raise ConfigError(f"agent.qsharp_switch_horizon: got {cfg.qsharp_switch_horizon!r}; "
+                          "allowed an integer >= 0 (0: the env's time limit)")
+    if distributional and not (isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2 and cfg.v_min < cfg.v_max):
+        raise ConfigError(f"agent.num_atoms: got {cfg.num_atoms!r} (v_min={cfg.v_min}, v_max={cfg.v_max}); "
+                          "allowed an integer >= 2 with v_min < v_max")
+
+
+# ---- the categorical critic of π_ref --------------------------------------------------------
+
+def _critic_loss(nets, batch, hp, cfg):
+    """Cross-entropy of p(s, a) against the projected target: TD (expected SARSA under π_ref)
+    or rollout labels Π(G) (maximum likelihood), weighted by `batch.weight` in rollout mode."""
+    z = atoms(cfg)
+    if isinstance(batch, LabelBatch):
+        uniform = jnp.full(batch.ret.shape + z.shape, 1.0 / z.shape[0], z.dtype)
+        # Π(G): a zero discount moves every atom onto G, whatever the probabilities.
+        y = ops.categorical_projection(z, uniform, batch.ret, jnp.zeros_like(batch.ret))
+        weight = batch.weight
+    else:
+        logits_next = nets.target(batch.next_obs)                              # [B, A, N]
+        w = jnp.exp(log_reference(cfg, batch.next_obs))                         # π_ref(·|s')
+        y = ops.categorical_td_target(z, jax.nn.softmax(logits_next, axis=-1), w, batch.reward,
+                                      discount(batch, hp))
+        weight = jnp.ones(batch.reward.shape, jnp.float32)
+    y = jax.lax.stop_gradient(y)
+    logits = nets.online(batch.obs)
+    logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
+    loss = jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
+    return loss, {"q_mean": jnp.mean(ops.categorical_mean(logits_sa[:, None], z))}
+
+
+def _entropic_logits(out, obs, hp, cfg):
+    """Q♯ guidance: ln π_ref + Q_η/η, Q_η = η ln E[exp(Z/η)]."""
+    q_eta = ops.entropic_q(out, atoms(cfg), hp["eta"])
+    return ops.guided_logits(log_reference(cfg, obs), q_eta, hp["eta"])
+
+
+def _mean_logits(out, obs, hp, cfg):
+    """"CD" guidance: ln π_ref + E[Z]/η."""
+    return ops.guided_logits(log_reference(cfg, obs), ops.categorical_mean(out, atoms(cfg)), hp["eta"])
+
+
+# ---- behaviours -----------------------------------------------------------------------------
+
+def _guided_behaviour(policy_logits, cfg) -> Behaviour:
+    """td mode: act with the guided policy; no carry."""
+    return Behaviour(
+        init=lambda key, num_envs: jnp.zeros((), jnp.int32),
+        act=lambda out, obs, carry, key, hp: _sample_logits(key, policy_logits(out, obs, hp, cfg)),
+        observe=lambda carry, obs, actions, reward, done, key: carry,
+    )
+
+
+def _rollout_behaviour(policy_logits, cfg, spec) -> Behaviour:
+    """rollout mode: guided roll-in, switch to π_ref at h, label (s_h, a_h) with the return."""
+    horizon = cfg.qsharp_switch_horizon or spec.max_episode_steps
+
+    def draw_h(key, n):
+        return jnp.minimum((jax.random.uniform(key, (n,)) * horizon).astype(jnp.int32), horizon - 1)
+
+    def init(key, num_envs):
+        K = max(1, cfg.buffer_size // num_envs)
+        E = num_envs
+        obs = jnp.zeros((E,) + tuple(spec.obs_shape), spec.obs_dtype)
+        return RolloutCarry(
+            t=jnp.zeros((E,), jnp.int32), h=draw_h(key, E), switched=jnp.zeros((E,), bool), s_h=obs,
+            a_h=jnp.zeros((E,), jnp.int32), ret=jnp.zeros((E,), jnp.float32),
+            store_obs=jnp.zeros((E, K) + tuple(spec.obs_shape), spec.obs_dtype),
+            store_action=jnp.zeros((E, K), jnp.int32), store_ret=jnp.zeros((E, K), jnp.float32),
+            store_pos=jnp.zeros((E,), jnp.int32), store_size=jnp.zeros((E,), jnp.int32))
+
+    def act(out, obs, carry, key, hp):
+        use_ref = carry.switched | (carry.t == carry.h)
+        logits = jnp.where(use_ref[:, None], log_reference(cfg, obs), policy_logits(out, obs, hp, cfg))
+        return _sample_logits(key, logits)
+
+    def observe(carry: RolloutCarry, obs, actions, reward, done, key):
+        E, K = carry.store_action.shape
+        expand = lambda m, x: m.reshape(m.shape + (1,) * (x.ndim - 1))  # noqa: E731
+        at_switch = ~carry.switched & (carry.t == carry.h)
+        s_h = jnp.where(expand(at_switch, obs), obs, carry.s_h)
+        a_h = jnp.where(at_switch, actions, carry.a_h)
+        switched = carry.switched | at_switch
+        ret = jnp.where(at_switch, 0.0, carry.ret) + jnp.where(switched, reward, 0.0)
+        write = done & switched
+        e, pos = jnp.arange(E), carry.store_pos
+        put = lambda store, x: store.at[e, pos].set(jnp.where(expand(write, x), x, store[e, pos]))  # noqa: E731
+        carry = carry._replace(
+            store_obs=put(carry.store_obs, s_h), store_action=put(carry.store_action, a_h),
+            store_ret=put(carry.store_ret, ret),
+            store_pos=jnp.where(write, (pos + 1) % K, pos),
+            store_size=jnp.where(write, jnp.minimum(carry.store_size + 1, K), carry.store_size))
+        return carry._replace(
+            t=jnp.where(done, 0, carry.t + 1), h=jnp.where(done, draw_h(key, E), carry.h),
+            switched=switched & ~done, s_h=s_h, a_h=a_h, ret=jnp.where(done, 0.0, ret))
+
+    def sample(carry: RolloutCarry, key, batch_size):
+        """Uniform over all labels of this member: env e ∝ its label count, then a slot."""
+        k_env, k_slot = jax.random.split(key)
+        sizes = carry.store_size.astype(jnp.float32)
+        has = jnp.sum(sizes) > 0
+        logits = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1.0)), -jnp.inf)
+        logits = jnp.where(has, logits, 0.0)
+        e = jax.random.categorical(k_env, logits, shape=(batch_size,))
+        k = jnp.minimum((jax.random.uniform(k_slot, (batch_size,)) * sizes[e]).astype(jnp.int32),
+                        jnp.maximum(carry.store_size[e] - 1, 0))
+        return LabelBatch(obs=carry.store_obs[e, k], action=carry.store_action[e, k], ret=carry.store_ret[e, k],
+                          weight=jnp.full((batch_size,), has, jnp.float32))
+
+    return Behaviour(init=init, act=act, observe=observe, sample=sample)
+
+
+def _critic_behaviour(policy_logits):
+    def behaviour(cfg, spec):
+        if cfg.qsharp_mode == "rollout":
+            return _rollout_behaviour(policy_logits, cfg, spec)
+        return _guided_behaviour(policy_logits, cfg)
+    return behaviour
+
+
+def _critic_agent(name: str, policy_logits) -> GuidedAgent:
+    return GuidedAgent(
+        name=name, hparams=("eta",), loss=_critic_loss,
+        num_outputs=lambda cfg: cfg.num_atoms,
+        q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)),
+        policy_logits=policy_logits, behaviour=_critic_behaviour(policy_logits),
+        validate=lambda cfg: _check(cfg, name, distributional=True))
+
+
+QSHARP = _critic_agent("qsharp", _entropic_logits)
+QSHARP_CD = _critic_agent("qsharp_cd", _mean_logits)
+
+
+# ---- soft Q with prior (TD baseline) --------------------------------------------------------
+
+def _kl_prior_loss(nets, batch: Transition, hp, cfg):
+    y = ops.kl_prior_target(nets.target(batch.next_obs), log_reference(cfg, batch.next_obs), batch.reward,
+                            discount(batch, hp), eta=hp["eta"])
+    y = jax.lax.stop_gradient(y)
+    q_sa = ops.select_action(nets.online(batch.obs), batch.action)
+    return regression_loss(q_sa, y, cfg.loss), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y)}
+
+
+def _kl_prior_logits(out, obs, hp, cfg):
+    """π ∝ π_ref·exp(Q/η): the fixed-point policy of the KL-prior operator."""
+    return ops.guided_logits(log_reference(cfg, obs), out, hp["eta"])
+
+
+KL_PRIOR = GuidedAgent(
+    name="kl_prior", hparams=("eta",), loss=_kl_prior_loss, num_outputs=lambda cfg: 1,
+    q_values=lambda out, cfg: out, policy_logits=_kl_prior_logits,
+    behaviour=lambda cfg, spec: _guided_behaviour(_kl_prior_logits, cfg),
+    validate=lambda cfg: _check(cfg, "kl_prior", distributional=False))
+
+
+__all__ = ["Behaviour", "GuidedAgent", "KL_PRIOR", "LabelBatch", "MODES", "QSHARP", "QSHARP_CD", "RolloutCarry",
+           "atoms"]
