@@ -55,9 +55,18 @@ class SchemeResult(NamedTuple):
     noise_mean_norm: jax.Array
 
 
-# A scheme's step: (q_k, aux_k) -> (π_{k+1}, noiseless q_{k+1}, aux_{k+1}). `aux` is the
-# scheme's extra state (MD-VI: ln π_k; the others: nothing).
+# A scheme's step: (q_k, aux_k) -> (policy state of π_{k+1}, noiseless q_{k+1}, aux_{k+1}), and
+# `policy_of(policy state) = π_{k+1}`. `aux` is the scheme's extra state (MD-VI: ln π_k; the
+# others: nothing). The policy itself is only formed at evaluation points: forming it every
+# iteration would cost S·A transcendental functions per iteration for nothing.
 Step = Callable[[jax.Array, Any], tuple[jax.Array, jax.Array, Any]]
+PolicyOf = Callable[[jax.Array], jax.Array]
+
+
+def noise_at(key: jax.Array, k, shape, dtype) -> jax.Array:
+    """The standard-normal draw behind ε_{k+1} (iteration k = 0, 1, …): `ε_{k+1} = σ·noise_at(key, k)`.
+    Public so that reference implementations can replay a run's exact noise."""
+    return jax.random.normal(jax.random.fold_in(key, k), shape, dtype)
 
 
 def check_run_args(num_iterations: int, eval_every: int, noise_std, key) -> None:
@@ -70,7 +79,7 @@ def check_run_args(num_iterations: int, eval_every: int, noise_std, key) -> None
         raise ValueError("noise_std != 0 needs a PRNG `key`")
 
 
-def run_scheme(mdp: MDP, gamma, step: Step, aux0: Any, num_iterations: int, *,
+def run_scheme(mdp: MDP, gamma, step: Step, policy_of: PolicyOf, aux0: Any, num_iterations: int, *,
                noise_std=0.0, key: jax.Array | None = None, q_star: jax.Array | None = None,
                eval_every: int = 1) -> SchemeResult:
     """Runs `num_iterations` of `q_{k+1} = step(q_k) + ε_{k+1}` from `q_0 = 0` (module doc).
@@ -88,27 +97,28 @@ def run_scheme(mdp: MDP, gamma, step: Step, aux0: Any, num_iterations: int, *,
         q_star = optimal_q(mdp, gamma)
 
     def inner(carry, k):
-        q, aux, pi, noise_sum = carry
-        pi, q_next, aux = step(q, aux)
+        q, aux, pi_state, noise_sum = carry
+        pi_state, q_next, aux = step(q, aux)
         if key is not None:
-            eps = noise_std * jax.random.normal(jax.random.fold_in(key, k), q.shape, q.dtype)
+            eps = noise_std * noise_at(key, k, q.shape, q.dtype)
             q_next = q_next + eps
             noise_sum = noise_sum + eps
             stats = (jnp.max(jnp.abs(eps)), jnp.max(jnp.abs(noise_sum)) / (k + 1).astype(q.dtype))
         else:
             zero = jnp.zeros((), q.dtype)
             stats = (zero, zero)
-        return (q_next, aux, pi, noise_sum), stats
+        return (q_next, aux, pi_state, noise_sum), stats
 
     def outer(carry, e):
         ks = e * eval_every + jnp.arange(eval_every)
         carry, stats = jax.lax.scan(inner, carry, ks)
-        q, _, pi, _ = carry
+        q, _, pi_state, _ = carry
+        pi = policy_of(pi_state)
         err = policy_error(mdp, pi, gamma, q_star)
         return carry, (pi, q, err, stats)
 
-    pi0 = jnp.full_like(mdp.r, 1.0 / mdp.num_actions)
-    carry0 = (q0, aux0, pi0, jnp.zeros_like(q0))
+    # The policy state is overwritten by the first step before any evaluation reads it.
+    carry0 = (q0, aux0, jnp.zeros_like(q0), jnp.zeros_like(q0))
     num_evals = num_iterations // eval_every
     _, (pis, qs, errs, (n_norm, n_mean)) = jax.lax.scan(outer, carry0, jnp.arange(num_evals))
     iterations = (jnp.arange(num_evals) + 1) * eval_every
@@ -125,9 +135,9 @@ def _vi(mdp, gamma, num_iterations, noise_std, key, q_star, eval_every):
     """Jitted body of `vi`."""
 
     def step(q, aux):
-        return greedy_policy(q), _backup(mdp, gamma, ops.greedy_value(q)), aux
+        return q, _backup(mdp, gamma, ops.greedy_value(q)), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations,
+    return run_scheme(mdp, gamma, step, greedy_policy, (), num_iterations,
                       noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
@@ -139,9 +149,9 @@ def _md_vi(mdp, gamma, lam, tau, num_iterations, noise_std, key, q_star, eval_ev
     def step(q, log_pi):
         log_pi_next = ops.mirror_descent_log_policy(q, log_pi, lam=lam, tau=tau)
         v = ops.mirror_descent_value(q, log_pi, lam=lam, tau=tau)
-        return jnp.exp(log_pi_next), _backup(mdp, gamma, v), log_pi_next
+        return log_pi_next, _backup(mdp, gamma, v), log_pi_next
 
-    return run_scheme(mdp, gamma, step, log_pi0, num_iterations,
+    return run_scheme(mdp, gamma, step, jnp.exp, log_pi0, num_iterations,
                       noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
@@ -152,27 +162,27 @@ def _m_vi(mdp, gamma, alpha, tau, num_iterations, noise_std, key, q_star, eval_e
     def step(q, aux):
         bonus = ops.munchausen_bonus(q, alpha=alpha, tau=tau, clip_min=-jnp.inf)
         v = ops.soft_value(q, tau)
-        return ops.softmax_policy(q, tau), _backup(mdp, gamma, v, bonus), aux
+        return q, _backup(mdp, gamma, v, bonus), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations,
+    return run_scheme(mdp, gamma, step, lambda q: ops.softmax_policy(q, tau), (), num_iterations,
                       noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
 def _tsallis_m_vi(mdp, gamma, alpha, tau, entropic_index, num_iterations, noise_std, key, q_star,
                   eval_every, consistent_weight):
     """Jitted body of `tsallis_m_vi`."""
-    k = entropic_index
-
     def step(q, aux):
         bonus = ops.tsallis_munchausen_bonus(q, alpha=alpha, tau=tau, entropic_index=entropic_index,
                                              clip_min=-jnp.inf, consistent_weight=consistent_weight)
         v = ops.tsallis_value(q, tau=tau, entropic_index=entropic_index,
                               consistent_weight=consistent_weight)
-        temperature = tau * k if consistent_weight else tau
-        pi = ops.tsallis_policy(q / temperature, entropic_index)
-        return pi, _backup(mdp, gamma, v, bonus), aux
+        return q, _backup(mdp, gamma, v, bonus), aux
 
-    return run_scheme(mdp, gamma, step, (), num_iterations,
+    def policy_of(q):
+        temperature = tau * entropic_index if consistent_weight else tau
+        return ops.tsallis_policy(q / temperature, entropic_index)
+
+    return run_scheme(mdp, gamma, step, policy_of, (), num_iterations,
                       noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
 
 
