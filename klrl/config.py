@@ -46,6 +46,9 @@ _KEY_OVERRIDES = {
 _AGENT_SECTION = {
     "hidden", "loss", "acting", "num_atoms", "v_min", "v_max", "consistent_weight",
     "alpha", "tau", "entropic_index", "clip_min", "lam", "eta", "softmax_temperature",
+    # qsharp: the fixed reference policy and Q♯'s critic training mode
+    "reference", "reference_run", "reference_member", "reference_temperature", "reference_epsilon",
+    "qsharp_mode", "qsharp_switch_horizon",
 }
 _ENV_SECTION = {"num_envs"}
 

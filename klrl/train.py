@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from klrl import reference
 from klrl import replay as rb
 from klrl.agents import AGENTS, LOSSES, Nets, Transition
 from klrl.envs import ENVS, make_env
@@ -65,6 +66,15 @@ class StaticConfig:
     v_max: float = 10.0
     eval_episodes: int = 10
     consistent_weight: bool = False
+    # qsharp: the fixed reference policy π_ref (klrl.reference) and Q♯'s critic training mode
+    # (klrl.agents.qsharp). With a reference set, every agent also reports `kl_ref`.
+    reference: str = "none"              # none | uniform | softmax | epsilon_greedy
+    reference_run: str = ""              # `klrl train` run directory holding Q_ref's checkpoint
+    reference_member: int = 0            # member of that run (config.json `members`)
+    reference_temperature: float = 1.0   # softmax: π_ref = softmax(Q_ref/T)
+    reference_epsilon: float = 0.1       # epsilon_greedy: π_ref = (1−ε)·greedy + ε/A
+    qsharp_mode: str = "td"              # td | rollout
+    qsharp_switch_horizon: int = 0       # rollout: h ~ U{0..H−1}; 0 = the env's time limit
 
 
 # Traced hyperparameters (float32 [M] each) and their defaults.
@@ -84,6 +94,7 @@ AGENT_HPARAMS: dict[str, float] = {
     "clip_min": -1.0,      # l0, the lower clip of the Munchausen bonus
     "entropic_index": 2.0,  # Tsallis q of MVI(q); 2 = sparsemax
     "lam": 0.27,           # KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)
+    "eta": 1.0,            # qsharp: KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)
 }
 HPARAMS: dict[str, float] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
 
@@ -91,7 +102,9 @@ HPARAMS: dict[str, float] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
 def hparams_used(cfg: StaticConfig) -> tuple[str, ...]:
     """The traced hyperparameters that influence a run with this static config."""
     names = ["learning_rate", "gamma", "adam_eps"]
-    if cfg.acting == "epsilon_greedy":
+    if getattr(AGENTS[cfg.agent], "behaviour", None) is not None:
+        pass  # qsharp: the agent acts with its own (guided) policy, not ε-greedy/softmax
+    elif cfg.acting == "epsilon_greedy":
         names += ["epsilon_start", "epsilon_end", "epsilon_fraction"]
     else:
         names += ["softmax_temperature"]
@@ -117,6 +130,7 @@ class TrainState(NamedTuple):
     vstep: jax.Array          # int32 scalar: vector steps done (env steps = vstep·E)
     chunk: jax.Array          # int32 scalar: chunks done
     diverged: jax.Array       # bool [M]
+    agent_state: Any = None   # qsharp: per-member carry of an agent's Behaviour ([M] zeros when unused)
 
 
 class Trainer(NamedTuple):
@@ -128,6 +142,7 @@ class Trainer(NamedTuple):
 
 # Key streams split from each member key.
 _INIT, _ACT, _SAMPLE, _EVAL, _RESET, _SHARED = range(6)
+_CARRY = 6   # qsharp: an agent Behaviour's carry (e.g. rollout switch steps)
 
 
 def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
@@ -159,6 +174,11 @@ def validate(cfg: StaticConfig) -> None:
     if cfg.agent == "c51":
         _check(isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2, "num_atoms", cfg.num_atoms, "an integer >= 2")
         _check(cfg.v_min < cfg.v_max, "v_min", cfg.v_min, f"< v_max={cfg.v_max}")
+    # qsharp: reference policy (reads the reference run's config.json only) and agent checks.
+    reference.check(cfg)
+    agent_check = getattr(AGENTS[cfg.agent], "validate", None)
+    if agent_check is not None:
+        agent_check(cfg)
 
 
 def prepare_hparams(hparams: dict, members: int) -> dict:
@@ -203,6 +223,14 @@ def make_train(cfg: StaticConfig) -> Trainer:
 
     def q_values(params, obs):
         return agent.q_values(net.apply(params, obs), cfg)
+
+    # qsharp: extension points for agents that act with their own policy (klrl.agents.qsharp):
+    # `behaviour` (per-member carry in TrainState.agent_state, acting, per-step bookkeeping,
+    # optional own minibatch sampling) and `policy_logits` (their policy in evaluation).
+    # With a reference policy configured, evaluation also measures KL(π‖π_ref) per step.
+    behaviour = agent.behaviour(cfg, spec) if getattr(agent, "behaviour", None) is not None else None
+    policy_logits = getattr(agent, "policy_logits", None)
+    ref = reference.for_config(cfg)
 
     # ---- acting (one member) -------------------------------------------------------------
     def act(params, obs, key, hp, env_steps):
@@ -249,7 +277,10 @@ def make_train(cfg: StaticConfig) -> Trainer:
         else:
             split = jax.vmap(jax.random.split)(state.sample_key)
             sample_key, subs = split[:, 0], split[:, 1]
-            data, _ = rb.sample(state.replay, subs, cfg.batch_size, cfg.replay_mode)
+            if behaviour is not None and behaviour.sample is not None:   # qsharp: e.g. rollout labels
+                data = jax.vmap(behaviour.sample, in_axes=(0, 0, None))(state.agent_state, subs, cfg.batch_size)
+            else:
+                data, _ = rb.sample(state.replay, subs, cfg.batch_size, cfg.replay_mode)
             shared_key = state.shared_sample_key
         params, target, opt_state, loss, diverged = member_update(
             state.params, state.target_params, state.prev_target_params, state.opt_state, data, hp,
@@ -268,9 +299,17 @@ def make_train(cfg: StaticConfig) -> Trainer:
         env_steps = state.vstep * E
         split = jax.vmap(lambda k: jax.random.split(k, 3))(state.act_key)        # [M, 3, 2]
         act_key, k_act, k_env = split[:, 0], split[:, 1], split[:, 2]
-        actions = jax.vmap(act, in_axes=(0, 0, 0, 0, None))(state.params, state.obs, k_act, hp, env_steps)
+        if behaviour is None:
+            actions = jax.vmap(act, in_axes=(0, 0, 0, 0, None))(state.params, state.obs, k_act, hp, env_steps)
+        else:  # qsharp: the agent's own policy (may depend on its carry)
+            actions = jax.vmap(lambda p, o, c, k, h: behaviour.act(net.apply(p, o), o, c, k, h))(
+                state.params, state.obs, state.agent_state, k_act, hp)
         env_keys = jax.vmap(lambda k: jax.random.split(k, E))(k_env)            # [M, E, 2]
         env_state, st = env.step(state.env_state, actions, env_keys)
+        if behaviour is not None:
+            k_obs = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_act)
+            state = state._replace(agent_state=jax.vmap(behaviour.observe)(
+                state.agent_state, state.obs, actions, st.reward, st.terminated | st.truncated, k_obs))
         items = Transition(obs=state.obs, action=actions, reward=st.reward,
                            terminated=st.terminated.astype(jnp.float32), next_obs=st.next_obs)
         replay = rb.add(state.replay, items, cfg.replay_mode)
@@ -294,8 +333,28 @@ def make_train(cfg: StaticConfig) -> Trainer:
         return state, stats
 
     # ---- greedy evaluation ----------------------------------------------------------------
-    def evaluate(params, eval_key):
-        """Mean undiscounted return of `eval_episodes` greedy episodes per member (parallel envs)."""
+    def eval_actions(params, obs, key, hp):
+        """Evaluation actions [M, n] and per-step KL(π‖π_ref) [M, n] (zeros without a reference).
+
+        Greedy for ordinary agents; agents with `policy_logits` (qsharp) are evaluated with
+        their own stochastic policy, sampled. The KL is that of the policy acted with
+        (greedy: −ln π_ref(argmax)).
+        """
+        if policy_logits is None:
+            q = jax.vmap(q_values)(params, obs)
+            actions = jnp.argmax(q, axis=-1).astype(jnp.int32)
+            logits = jnp.where(jax.nn.one_hot(actions, num_actions, dtype=bool), 0.0, -jnp.inf)
+        else:
+            logits = jax.vmap(lambda p, o, h: policy_logits(net.apply(p, o), o, h, cfg))(params, obs, hp)
+            k_pol = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
+            actions = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(k_pol, logits).astype(jnp.int32)
+        kl = (reference.kl_to_reference(logits, ref.log_probs(obs)) if ref is not None
+              else jnp.zeros(actions.shape, jnp.float32))
+        return actions, kl
+
+    def evaluate(params, eval_key, hp):
+        """Mean undiscounted return of `eval_episodes` greedy episodes per member (parallel envs),
+        and (qsharp) the mean per-step KL(π‖π_ref) along them."""
         n = cfg.eval_episodes
         M = eval_key.shape[0]
         split = jax.vmap(lambda k: jax.random.split(k, n + 1))(eval_key)        # [M, n+1, 2]
@@ -306,17 +365,19 @@ def make_train(cfg: StaticConfig) -> Trainer:
             return (t < spec.max_episode_steps) & ~jnp.all(done)
 
         def body(c):
-            t, env_state, obs, done, ret, key = c
+            t, env_state, obs, done, ret, key, kl_sum, kl_n = c
             s = jax.vmap(lambda k: jax.random.split(k, n + 1))(key)
-            actions = jnp.argmax(jax.vmap(q_values)(params, obs), axis=-1).astype(jnp.int32)
+            actions, kl = eval_actions(params, obs, s[:, 0], hp)
             env_state, st = env.step(env_state, actions, s[:, 1:])
             ret = ret + jnp.where(done, 0.0, st.reward)
-            return t + 1, env_state, st.obs, done | st.terminated | st.truncated, ret, s[:, 0]
+            kl_sum, kl_n = kl_sum + jnp.where(done, 0.0, kl), kl_n + jnp.where(done, 0.0, 1.0)
+            return t + 1, env_state, st.obs, done | st.terminated | st.truncated, ret, s[:, 0], kl_sum, kl_n
 
-        init = (jnp.zeros((), jnp.int32), env_state, obs, jnp.zeros((M, n), bool),
-                jnp.zeros((M, n), jnp.float32), split[:, 0])
+        zeros = jnp.zeros((M, n), jnp.float32)
+        init = (jnp.zeros((), jnp.int32), env_state, obs, jnp.zeros((M, n), bool), zeros, split[:, 0], zeros, zeros)
         out = jax.lax.while_loop(cond, body, init)
-        return jnp.mean(out[4], axis=1)
+        kl_per_step = jnp.sum(out[6], axis=1) / jnp.maximum(jnp.sum(out[7], axis=1), 1.0)
+        return jnp.mean(out[4], axis=1), kl_per_step
 
     # ---- the contract's functions ----------------------------------------------------------
     def init(keys: jax.Array, hparams: dict) -> TrainState:
@@ -336,7 +397,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
             params=params, target_params=params, prev_target_params=params, opt_state=opt_state,
             replay=replay, env_state=env_state, obs=obs, act_key=stream(_ACT), sample_key=stream(_SAMPLE),
             shared_sample_key=jax.random.fold_in(keys[0], _SHARED), eval_key=stream(_EVAL),
-            vstep=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), diverged=jnp.zeros((M,), bool))
+            vstep=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), diverged=jnp.zeros((M,), bool),
+            agent_state=(jax.vmap(behaviour.init, in_axes=(0, None))(stream(_CARRY), E) if behaviour is not None
+                         else jnp.zeros((M,), jnp.int32)))
 
     def run_chunk(state: TrainState, hparams: dict) -> tuple[TrainState, dict]:
         M = state.diverged.shape[0]
@@ -344,7 +407,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         state, stats = jax.lax.scan(lambda s, _: vector_step(s, hp), state, None, length=steps_per_chunk)
         stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
         eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.eval_key, state.chunk)
-        eval_return = evaluate(state.params, eval_keys)
+        eval_return, eval_kl = evaluate(state.params, eval_keys, hp)
         nan = jnp.float32(jnp.nan)
         metrics = {
             "step": jnp.full((M,), state.vstep * E, jnp.float32),
@@ -353,6 +416,8 @@ def make_train(cfg: StaticConfig) -> Trainer:
             "loss": jnp.where(stats["loss_count"] > 0, stats["loss_sum"] / jnp.maximum(stats["loss_count"], 1), nan),
             "diverged": state.diverged.astype(jnp.float32),
         }
+        if ref is not None:   # qsharp: per-step KL(π‖π_ref) along the evaluation episodes
+            metrics["kl_ref"] = eval_kl
         return state._replace(chunk=state.chunk + 1), metrics
 
     def train(keys: jax.Array, hparams: dict) -> tuple[TrainState, dict]:

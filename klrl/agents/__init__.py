@@ -12,8 +12,11 @@ from klrl.agents.dqn import DOUBLE_DQN, DQN
 from klrl.agents.mdkl import MDKL
 from klrl.agents.mdqn import MDQN
 from klrl.agents.mvi import MVI
+from klrl.agents.qsharp import KL_PRIOR, QSHARP, QSHARP_CD
 from klrl.agents.soft_dqn import SOFT_DQN
 
 AGENTS: dict[str, Agent] = {a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51)}
+# qsharp: KL-regularized control toward a fixed reference policy (Q♯, CD guidance, soft Q with prior).
+AGENTS.update({a.name: a for a in (QSHARP, QSHARP_CD, KL_PRIOR)})
 
 __all__ = ["AGENTS", "LOSSES", "Agent", "Nets", "Transition"]

@@ -44,6 +44,7 @@ carry, acting, per-step bookkeeping and an optional replacement of replay sampli
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -119,7 +120,14 @@ def atoms(cfg) -> jax.Array:
 
 
 def log_reference(cfg, obs: jax.Array) -> jax.Array:
-    """ln π_ref(·|obs) [..., A] of the run's configured reference (klrl.reference)."""
+    """ln π_ref(·|obs) [..., A] of the run's configured reference (klrl.reference).
+
+    `make_train` rejects reference "none" for these agents; a loss called directly (unit
+    tests) with "none" uses the uniform reference.
+    """
+    if cfg.reference == "none":
+        return refs.for_config(cfg._replace(reference="uniform") if hasattr(cfg, "_replace")
+                               else dataclasses.replace(cfg, reference="uniform")).log_probs(obs)
     return refs.for_config(cfg).log_probs(obs)
 
 

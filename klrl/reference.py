@@ -1,0 +1,177 @@
+"""Reference policies π_ref for KL-regularized RL toward a FIXED policy (Q♯, soft Q with prior).
+
+A reference is a pure function `log_probs(obs [..., *obs_shape]) -> ln π_ref [..., A]`
+usable inside the compiled training program (its parameters are constants closed over).
+Kinds (`StaticConfig.reference`, config key `agent.reference`):
+
+- `none`: no reference (agents that need one reject this; no `kl_ref` metric);
+- `uniform`: π_ref(a|s) = 1/A;
+- `softmax`: π_ref = softmax(Q_ref(s, ·)/T), T = `reference_temperature`;
+- `epsilon_greedy`: π_ref = (1 − ε)·1[a = argmax Q_ref(s, ·)] + ε/A, ε = `reference_epsilon`
+  (ε > 0, so that KL(π‖π_ref) stays finite).
+
+Q_ref comes from the checkpoint of a run written by `klrl train` (`reference_run`: the run
+directory; `reference_member`: which member of its population, numbered as in the run's
+config.json `members` table and metrics.csv). The run's env must be this run's env; its
+network is rebuilt from its own resolved config (agent, hidden sizes, atoms), and its latest
+checkpoint's parameters are read with orbax, without needing the current TrainState layout
+(only `state.params` is used). Any problem is a one-line `ConfigError`, raised by `check`
+before anything is compiled or written.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from klrl.errors import ConfigError
+
+REFERENCES = ("none", "uniform", "softmax", "epsilon_greedy")
+
+
+class Reference(NamedTuple):
+    kind: str
+    log_probs: Callable[[jax.Array], jax.Array]   # obs [..., *obs_shape] -> ln π_ref [..., A]
+
+
+class _RunInfo(NamedTuple):
+    env: str
+    agent: str
+    local_index: int          # the member's position in its agent's population
+    population_size: int
+    checkpoint: str           # .../checkpoints/<agent>/<latest step>/state
+    static: Any               # the reference run's StaticConfig (network shape)
+
+
+def _fail(field: str, value: Any, allowed: str) -> None:
+    raise ConfigError(f"{field}: got {value!r}; allowed {allowed}")
+
+
+def _run_info(run: str, member: int, env: str) -> _RunInfo:
+    """Read and check a reference run directory (config.json + checkpoints); no arrays loaded."""
+    cfg_path = os.path.join(run, "config.json")
+    if not run or not os.path.isfile(cfg_path):
+        _fail("agent.reference_run", run, "the directory of a `klrl train` run (holding config.json and "
+              "checkpoints/; e.g. `klrl train experiments/qsharp_reference.toml --out DIR`)")
+    try:
+        with open(cfg_path) as fh:
+            record = json.load(fh)
+        config, members = record["config"], record["members"]
+    except (OSError, ValueError, KeyError):
+        _fail("agent.reference_run", run, "a run directory whose config.json was written by `klrl train`")
+    ref_env = config["env"]["name"]
+    if ref_env != env:
+        _fail("agent.reference_run", run, f"a run on env {env!r} (this one was trained on {ref_env!r})")
+    if not (isinstance(member, int) and 0 <= member < len(members)):
+        _fail("agent.reference_member", member, f"a member index in [0, {len(members)}) of {run!r}")
+    agent = members[member]["agent"]
+    same = [m for m in members if m["agent"] == agent]
+    local = [m["member"] for m in same].index(members[member]["member"])
+    ckpt_root = os.path.join(run, "checkpoints", agent)
+    steps = sorted(int(d) for d in os.listdir(ckpt_root) if d.isdigit()) if os.path.isdir(ckpt_root) else []
+    state_dir = os.path.join(ckpt_root, str(steps[-1]), "state") if steps else ""
+    if not steps or not os.path.isdir(state_dir):
+        _fail("agent.reference_run", run, f"a run with a saved checkpoint under {ckpt_root!r}")
+
+    from klrl.train import StaticConfig
+
+    a = config["agent"]
+    static = StaticConfig(env=env, agent=agent, hidden=tuple(a.get("hidden", StaticConfig.hidden)),
+                          num_atoms=int(a.get("num_atoms", StaticConfig.num_atoms)),
+                          v_min=float(a.get("v_min", StaticConfig.v_min)),
+                          v_max=float(a.get("v_max", StaticConfig.v_max)))
+    return _RunInfo(ref_env, agent, local, len(same), state_dir, static)
+
+
+def check(cfg) -> None:
+    """Validate the reference fields of a StaticConfig (ConfigError, one line); reads only
+    the reference run's config.json and directory listing."""
+    if cfg.reference not in REFERENCES:
+        _fail("agent.reference", cfg.reference, ", ".join(REFERENCES))
+    if cfg.reference in ("softmax", "epsilon_greedy"):
+        if not (cfg.reference_temperature > 0):
+            _fail("agent.reference_temperature", cfg.reference_temperature, "a number > 0")
+        if not (0 < cfg.reference_epsilon <= 1):
+            _fail("agent.reference_epsilon", cfg.reference_epsilon, "a number in (0, 1]")
+        info = _run_info(cfg.reference_run, cfg.reference_member, cfg.env)
+        from klrl.agents import AGENTS
+
+        if info.agent not in AGENTS:
+            _fail("agent.reference_run", cfg.reference_run, f"a run of a known agent (its agent is {info.agent!r})")
+
+
+def _load_q(run: str, member: int, env: str) -> Callable[[jax.Array], jax.Array]:
+    """Q_ref(obs) of one member of a `klrl train` run (parameters restored with orbax)."""
+    import orbax.checkpoint as ocp
+
+    from klrl.agents import AGENTS
+    from klrl.envs import make_env
+    from klrl.networks import make_network
+
+    info = _run_info(run, member, env)
+    agent = AGENTS[info.agent]
+    spec = make_env(env).spec
+    net = make_network(spec, info.static.hidden, agent.num_outputs(info.static))
+    expected = net.init(jax.random.PRNGKey(0), jnp.zeros(spec.obs_shape, spec.obs_dtype))
+    try:
+        restored = ocp.StandardCheckpointer().restore(os.path.abspath(info.checkpoint))
+        params_all = restored["params"]
+    except Exception as err:  # orbax raises many types; all mean "not a readable checkpoint"
+        _fail("agent.reference_run", run, f"a readable orbax checkpoint ({type(err).__name__} at {info.checkpoint})")
+    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[info.local_index]), params_all)
+    shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)  # noqa: E731
+    if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
+        _fail("agent.reference_run", run, f"a checkpoint whose parameters match its config's network "
+              f"(agent {info.agent!r}, hidden {info.static.hidden})")
+    static = info.static
+    return lambda obs: agent.q_values(net.apply(params, obs), static)
+
+
+@functools.lru_cache(maxsize=None)
+def _make(kind: str, run: str, member: int, temperature: float, epsilon: float, env: str) -> Reference:
+    from klrl.envs import make_env
+
+    num_actions = make_env(env).spec.num_actions
+    if kind == "uniform":
+        def log_probs(obs):
+            lead = obs.shape[: obs.ndim - len(make_env(env).spec.obs_shape)]
+            return jnp.full(lead + (num_actions,), -jnp.log(num_actions), jnp.float32)
+        return Reference(kind, log_probs)
+    q_ref = _load_q(run, member, env)
+    if kind == "softmax":
+        return Reference(kind, lambda obs: jax.nn.log_softmax(q_ref(obs) / temperature, axis=-1))
+
+    def log_eps_greedy(obs):
+        q = q_ref(obs)
+        greedy = jax.nn.one_hot(jnp.argmax(q, axis=-1), num_actions, dtype=q.dtype)
+        return jnp.log((1.0 - epsilon) * greedy + epsilon / num_actions)
+    return Reference(kind, log_eps_greedy)
+
+
+def for_config(cfg) -> Reference | None:
+    """The reference policy of a StaticConfig (cached: loaded once per process), or None."""
+    if cfg.reference == "none":
+        return None
+    check(cfg)
+    return _make(cfg.reference, cfg.reference_run, cfg.reference_member, float(cfg.reference_temperature),
+                 float(cfg.reference_epsilon), cfg.env)
+
+
+def kl_to_reference(logits: jax.Array, log_pi_ref: jax.Array) -> jax.Array:
+    """KL(π‖π_ref) = <π, ln π − ln π_ref> for π = softmax(logits), over the last axis.
+
+    Terms with π(a) = 0 contribute 0 (so a greedy one-hot policy, logits −inf off the argmax,
+    gives −ln π_ref(argmax)).
+    """
+    log_pi = jax.nn.log_softmax(logits, axis=-1)
+    pi = jnp.exp(log_pi)
+    return jnp.sum(jnp.where(pi > 0, pi * (log_pi - log_pi_ref), 0.0), axis=-1)
+
+
+__all__ = ["REFERENCES", "Reference", "check", "for_config", "kl_to_reference"]
