@@ -1,0 +1,98 @@
+"""`klrl bench train`: whole-run throughput of M-DQN populations on CartPole-v1.
+
+Reference configuration (issue 3 §4): 10 parallel envs per member, buffer 10,000, batch 128,
+one gradient update per vector step (= per 10 env steps) after 10,000 warm-up steps, hard
+target update every 500 env steps, lr 2.5e-4, ε 1 → 0.05 over half the run, MLP (120, 84).
+Each population size M runs the same compiled program shape (one chunk = the whole run);
+compilation is timed separately (`lower().compile()`), and the run time is the best of
+`repeats` executions of the compiled program on the same keys.
+
+Output (results/bench/train.json):
+  {"machine", "versions", "provenance", "config", "rows": [{"members", "seconds",
+   "compile_seconds", "agent_steps_per_second", "per_member_cost_ratio", ...}]}
+with per_member_cost_ratio = seconds / (members × seconds of 1 member): below 1 means a
+member of the population costs less than a run on its own.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+
+from klrl.provenance import provenance
+from klrl.train import StaticConfig, make_train
+
+DEFAULT_OUT = os.path.join("results", "bench", "train.json")
+
+REFERENCE = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=10, total_steps=50_000, chunk_steps=50_000,
+                         buffer_size=10_000, batch_size=128, learning_starts=10_000, train_every=1,
+                         target_update_every=500, hidden=(120, 84), loss="l2", target_update="hard",
+                         acting="epsilon_greedy", replay_mode="per-member", eval_episodes=10)
+QUICK = dataclasses.replace(REFERENCE, total_steps=2_000, chunk_steps=2_000, buffer_size=1_000,
+                            learning_starts=500, eval_episodes=2)
+
+
+def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int = 0) -> dict:
+    """Compile and run one population of `members`; returns the timings of one row."""
+    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(members))
+    hparams = {"learning_rate": jnp.full((members,), 2.5e-4, jnp.float32)}
+    trainer = make_train(cfg)
+    t0 = time.perf_counter()
+    compiled = jax.jit(trainer.train).lower(keys, hparams).compile()
+    compile_seconds = time.perf_counter() - t0
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        _, metrics = compiled(keys, hparams)
+        jax.block_until_ready(metrics)
+        runs.append(time.perf_counter() - t0)
+    seconds = min(runs)
+    return {
+        "members": members,
+        "seconds": seconds,
+        "compile_seconds": compile_seconds,
+        "agent_steps_per_second": members * cfg.total_steps / seconds,
+        "agent_steps_per_second_per_member": cfg.total_steps / seconds,
+        "all_run_seconds": runs,
+        "final_eval_return_mean": float(jnp.mean(metrics["eval_return"][-1])),
+        "diverged": int(jnp.sum(metrics["diverged"][-1])),
+    }
+
+
+def bench_train(out_path: str | None = None, quick: bool = False,
+                members: tuple[int, ...] | None = None, repeats: int | None = None) -> dict:
+    """Run the benchmark and write its JSON (default results/bench/train.json)."""
+    cfg = QUICK if quick else REFERENCE
+    members = members or ((1, 2) if quick else (1, 8, 32, 64))
+    rows = []
+    for m in members:
+        # The single-member time is the denominator of every ratio: take the best of 3.
+        r = repeats if repeats is not None else (3 if m == 1 else 1)
+        rows.append(time_population(cfg, m, repeats=r))
+        print(f"members={m:3d}  run {rows[-1]['seconds']:.2f}s  compile {rows[-1]['compile_seconds']:.1f}s  "
+              f"{rows[-1]['agent_steps_per_second']:.0f} agent-steps/s", flush=True)
+    base = next((row["seconds"] for row in rows if row["members"] == 1), None)
+    for row in rows:
+        row["per_member_cost_ratio"] = row["seconds"] / (row["members"] * base) if base else None
+    prov = provenance()
+    result = {
+        "benchmark": "whole M-DQN training runs on CartPole-v1, population vmapped in one jit",
+        "machine": prov["device"],
+        "versions": prov["versions"],
+        "provenance": prov,
+        "quick": quick,
+        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "notes": "seconds exclude compilation; per_member_cost_ratio = seconds / (members x seconds of 1 member)",
+        "rows": rows,
+    }
+    out_path = out_path or DEFAULT_OUT
+    os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
+    with open(out_path, "w") as f:
+        json.dump(result, f, indent=2)
+    print(f"wrote {out_path}")
+    return result
