@@ -120,7 +120,7 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
 
     def time_jax(x64: bool):
         with jax.enable_x64(x64):
-            md_sweep, _, optimal_qs = leverage._sweep_fns()
+            md_sweep, _, optimal_qs, _ = leverage._sweep_fns()
             mdps, keys = leverage.make_instances(cfg)
             gamma = jnp.asarray(h["gamma"])
             args = (jnp.array([sigma]), jnp.asarray(L, mdps.r.dtype), jnp.asarray(T, mdps.r.dtype))

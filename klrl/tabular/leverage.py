@@ -53,23 +53,25 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "garnet": {"num_garnets": 5, "num_states": 50, "num_actions": 4, "branching": 5},
     "noise": {"std": 1.0, "num_seeds": 3},
     "schemes": {"entropy_tau": 0.01, "kl_lam": 1.0, "kl_entropy_lam": 1.0, "kl_entropy_tau": 0.01},
-    "curves": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 10},
+    "curves": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 20},
     "heatmap": {"gamma": 0.9, "num_iterations": 1000,
                 "lam_min": 1e-2, "lam_max": 1e2, "num_lam": 9,
                 "tau_min": 1e-4, "tau_max": 1.0, "num_tau": 9},
-    "horizon": {"gammas": [0.8, 0.9, 0.95, 0.975, 0.9875], "num_iterations": 1000},
+    "horizon": {"gammas": [0.8, 0.9, 0.95, 0.975, 0.9875], "num_iterations": 1000, "eval_every": 20},
     "bound": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 20,
               "lams": [0.1, 1.0, 10.0], "noise_stds": [0.3, 1.0]},
 }
 
-# --quick: tiny sizes for smoke tests (same code path, a few seconds of compute).
+# --quick: tiny sizes for smoke tests (same code path, a few seconds of compute). Parts (a),
+# (c) and (d) then have identical shapes (2 noise levels × 3 coefficient pairs, same K and
+# evaluation period), as with the defaults, so they share one compiled program.
 QUICK: dict[str, dict[str, Any]] = {
     "garnet": {"num_garnets": 2, "num_states": 8, "num_actions": 3, "branching": 2},
     "noise": {"num_seeds": 2},
     "curves": {"num_iterations": 60, "eval_every": 10},
     "heatmap": {"num_iterations": 60, "num_lam": 3, "num_tau": 3},
-    "horizon": {"gammas": [0.8, 0.9, 0.95], "num_iterations": 60},
-    "bound": {"num_iterations": 60, "eval_every": 10, "lams": [0.1, 1.0], "noise_stds": [1.0]},
+    "horizon": {"gammas": [0.8, 0.9, 0.95], "num_iterations": 60, "eval_every": 10},
+    "bound": {"num_iterations": 60, "eval_every": 10},
 }
 
 
@@ -123,7 +125,8 @@ SCHEMA = {
     "heatmap": {"gamma": _discount, "num_iterations": _positive_int,
                 "lam_min": _positive, "lam_max": _positive, "num_lam": _positive_int,
                 "tau_min": _positive, "tau_max": _positive, "num_tau": _positive_int},
-    "horizon": {"gammas": _list_of(_discount), "num_iterations": _positive_int},
+    "horizon": {"gammas": _list_of(_discount), "num_iterations": _positive_int,
+                "eval_every": _positive_int},
     "bound": {"gamma": _discount, "num_iterations": _positive_int, "eval_every": _positive_int,
               "lams": _list_of(_positive), "noise_stds": _list_of(_positive)},
 }
@@ -161,7 +164,7 @@ def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
     g = cfg["garnet"]
     if g["branching"] > g["num_states"]:
         _fail("garnet.branching", g["branching"], f"1..garnet.num_states={g['num_states']}")
-    for part in ("curves", "bound"):
+    for part in ("curves", "horizon", "bound"):
         k, every = cfg[part]["num_iterations"], cfg[part]["eval_every"]
         if k % every:
             _fail(f"{part}.eval_every", every, f"a divisor of {part}.num_iterations={k}")
@@ -252,10 +255,12 @@ def _sweep_fns():
         f = jax.vmap(f, (0, 0, 0, None))
         return f(mdps, q_stars, keys, stds)
 
+    from klrl.tabular.bounds import bound_for_policies
     from klrl.tabular.evaluation import optimal_q
 
     return (jax.jit(md_sweep, static_argnames=static), jax.jit(vi_sweep, static_argnames=static),
-            jax.jit(jax.vmap(optimal_q, (0, None))))
+            jax.jit(jax.vmap(optimal_q, (0, None))),
+            jax.jit(bound_for_policies, static_argnames=("num_actions", "policy_offset")))
 
 
 def make_instances(cfg):
@@ -284,11 +289,9 @@ def compute(cfg) -> dict[str, Any]:
     import jax
     import jax.numpy as jnp
 
-    from klrl.tabular.bounds import bound_for_policies
-
     out: dict[str, Any] = {"seconds": {}}
     with jax.enable_x64(True):
-        md_sweep, vi_sweep, _ = _sweep_fns()
+        md_sweep, vi_sweep, _, bound_jit = _sweep_fns()
         mdps, keys = make_instances(cfg)
         r_max = np.asarray(jnp.max(jnp.abs(mdps.r), axis=(1, 2)))  # [G]
         A = cfg["garnet"]["num_actions"]
@@ -302,7 +305,7 @@ def compute(cfg) -> dict[str, Any]:
         t0 = time.perf_counter()
         c = cfg["curves"]
         kw = dict(num_iterations=c["num_iterations"], eval_every=c["eval_every"])
-        q_stars = _optimal_qs(mdps, c["gamma"])
+        q_stars = _optimal_qs(mdps, jnp.asarray(c["gamma"]))
         stds = jnp.array([0.0, sigma])
         md_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, lams_c, taus_c, **kw)
         vi_err, _ = vi_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, **kw)
@@ -316,7 +319,7 @@ def compute(cfg) -> dict[str, Any]:
         h = cfg["heatmap"]
         lams, taus = heatmap_grid(cfg)
         L, T = np.meshgrid(lams, taus, indexing="ij")
-        q_stars = _optimal_qs(mdps, h["gamma"]) if h["gamma"] != c["gamma"] else q_stars
+        q_stars = _optimal_qs(mdps, jnp.asarray(h["gamma"])) if h["gamma"] != c["gamma"] else q_stars
         hm_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(h["gamma"]), jnp.array([sigma]),
                              jnp.asarray(L.ravel()), jnp.asarray(T.ravel()),
                              num_iterations=h["num_iterations"], eval_every=h["num_iterations"])
@@ -324,33 +327,36 @@ def compute(cfg) -> dict[str, Any]:
         out["heatmap"] = {"final_error": final, "lams": lams, "taus": taus}
         out["seconds"]["heatmap"] = time.perf_counter() - t0
 
-        # (c) horizon: final error vs 1/(1−γ), noisy; one compiled program, γ traced.
+        # (c) horizon: final error vs 1/(1−γ), without and with noise; γ is traced, so every
+        # γ reuses one compiled program (the same as (a) when the shapes agree).
         t0 = time.perf_counter()
         hz = cfg["horizon"]
-        K = hz["num_iterations"]
+        kw = dict(num_iterations=hz["num_iterations"], eval_every=hz["eval_every"])
+        kl = md_names.index("kl")
         finals, bound_ratio_h = [], []
         for gamma in hz["gammas"]:
-            qs = _optimal_qs(mdps, gamma)
             g = jnp.asarray(gamma)
-            md_e, md_noise = md_sweep(mdps, qs, keys, g, jnp.array([sigma]), lams_c, taus_c,
-                                      num_iterations=K, eval_every=K)
-            vi_e, _ = vi_sweep(mdps, qs, keys, g, jnp.array([sigma]), num_iterations=K, eval_every=K)
-            finals.append(np.concatenate([np.asarray(vi_e)[:, :, 0, None, -1],
-                                          np.asarray(md_e)[:, :, 0, :, -1]], axis=2))
+            qs = _optimal_qs(mdps, g)
+            md_e, md_noise = md_sweep(mdps, qs, keys, g, stds, lams_c, taus_c, **kw)
+            vi_e, _ = vi_sweep(mdps, qs, keys, g, stds, **kw)
+            finals.append(np.concatenate([np.asarray(vi_e)[:, :, :, None, -1],
+                                          np.asarray(md_e)[..., -1]], axis=3))  # [G, R, N, scheme]
             # The KL-only runs also enter the bound check (final iteration, both indexings).
-            kl = md_names.index("kl")
             for offset in (0, 1):
-                b = bound_for_policies(md_noise[:, :, 0, kl], jnp.array([K]), gamma, coefs["kl"][0],
-                                       jnp.asarray(r_max)[:, None, None], A, policy_offset=offset)
-                bound_ratio_h.append((offset, np.asarray(md_e[:, :, 0, kl, -1] / b[..., -1])))
-        out["horizon"] = {"final_error": np.stack(finals, axis=2),  # [G, R, Γ, scheme]
-                          "gammas": np.asarray(hz["gammas"]), "schemes": ["vi", *md_names]}
+                b = bound_jit(md_noise[:, :, :, kl], jnp.array([hz["num_iterations"]]), g,
+                              coefs["kl"][0], jnp.asarray(r_max)[:, None, None, None], A,
+                              policy_offset=offset)
+                bound_ratio_h.append((offset, np.asarray(md_e[:, :, :, kl, -1] / b[..., -1])))
+        out["horizon"] = {"final_error": np.stack(finals, axis=2),  # [G, R, Γ, N, scheme]
+                          "gammas": np.asarray(hz["gammas"]), "noise_stds": np.asarray(stds),
+                          "schemes": ["vi", *md_names]}
+        out["bound_horizon_ratios"] = bound_ratio_h
         out["seconds"]["horizon"] = time.perf_counter() - t0
 
         # (d) bound: τ = 0 runs over λ × σ against the bound, at every evaluated iteration.
         t0 = time.perf_counter()
         bd = cfg["bound"]
-        q_stars_b = _optimal_qs(mdps, bd["gamma"])
+        q_stars_b = _optimal_qs(mdps, jnp.asarray(bd["gamma"]))
         lam_b = jnp.asarray(bd["lams"], dtype=jnp.float64)
         b_err, b_noise = md_sweep(mdps, q_stars_b, keys, jnp.asarray(bd["gamma"]), jnp.asarray(bd["noise_stds"]),
                                   lam_b, jnp.zeros_like(lam_b), num_iterations=bd["num_iterations"],
@@ -358,12 +364,11 @@ def compute(cfg) -> dict[str, Any]:
         iters = np.arange(1, bd["num_iterations"] // bd["eval_every"] + 1) * bd["eval_every"]
         bounds = {}
         for offset, name in ((1, "bound"), (0, "bound_literal")):
-            bounds[name] = np.asarray(bound_for_policies(
-                b_noise, jnp.asarray(iters), bd["gamma"], lam_b[None, None, None, :, None],
+            bounds[name] = np.asarray(bound_jit(
+                b_noise, jnp.asarray(iters), jnp.asarray(bd["gamma"]), lam_b[None, None, None, :, None],
                 jnp.asarray(r_max)[:, None, None, None, None], A, policy_offset=offset))
         out["bound"] = {"errors": np.asarray(b_err), "iterations": iters, **bounds,
                         "lams": np.asarray(bd["lams"]), "noise_stds": np.asarray(bd["noise_stds"])}
-        out["bound_horizon_ratios"] = bound_ratio_h
         out["seconds"]["bound"] = time.perf_counter() - t0
     return out
 
@@ -380,8 +385,12 @@ def fit_loglog_slope(x, y) -> float:
 def summarize(cfg, out) -> dict[str, Any]:
     hz = out["horizon"]
     horizons = 1.0 / (1.0 - hz["gammas"])
-    mean_final = hz["final_error"].mean(axis=(0, 1))  # [Γ, scheme]
+    mean_final = hz["final_error"][:, :, :, -1].mean(axis=(0, 1))  # noisy runs: [Γ, scheme]
     slopes = {s: fit_loglog_slope(horizons, mean_final[:, i]) for i, s in enumerate(hz["schemes"])}
+    # Without noise VI is exact (error 0): only the regularized schemes have a noiseless slope.
+    clean = hz["final_error"][:, :, :, 0].mean(axis=(0, 1))
+    slopes_clean = {s: fit_loglog_slope(horizons, clean[:, i]) for i, s in enumerate(hz["schemes"])
+                    if np.all(clean[:, i] > 0)}
 
     bd = out["bound"]
     ratio = bd["errors"] / bd["bound"]
@@ -391,6 +400,7 @@ def summarize(cfg, out) -> dict[str, Any]:
     final_curves = cv["errors"][..., -1].mean(axis=(0, 1))  # [N, scheme]
     return {
         "horizon_slopes": slopes,
+        "horizon_slopes_noiseless": slopes_clean,
         "horizon_mean_final_error": {s: mean_final[:, i].tolist() for i, s in enumerate(hz["schemes"])},
         "horizons": horizons.tolist(),
         "bound_check": {
@@ -456,9 +466,10 @@ def metric_rows(cfg, out):
     for g in range(G):
         for r in range(R):
             for k, gamma in enumerate(hz["gammas"]):
-                for i, s in enumerate(hz["schemes"]):
-                    lam, tau = coefs[s]
-                    yield ("horizon", s, g, r, gamma, lam, tau, sd, K, "error", hz["final_error"][g, r, k, i])
+                for n, sd in enumerate(hz["noise_stds"]):
+                    for i, s in enumerate(hz["schemes"]):
+                        lam, tau = coefs[s]
+                        yield ("horizon", s, g, r, gamma, lam, tau, sd, K, "error", hz["final_error"][g, r, k, n, i])
 
     bd = out["bound"]
     gamma = cfg["bound"]["gamma"]

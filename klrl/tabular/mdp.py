@@ -58,24 +58,26 @@ def garnet(key: jax.Array, num_states: int, num_actions: int, branching: int,
 
     For every (s, a): `branching` distinct next states drawn uniformly without replacement,
     with probabilities from a flat Dirichlet(1) (normalized Exp(1) draws, each strictly
-    positive); rewards are uniform in [0, 1]. No terminal states.
+    positive with probability one); rewards are uniform in [0, 1). No terminal states.
     """
     if not 1 <= branching <= num_states:
         raise ValueError(f"branching: got {branching}; allowed 1..num_states={num_states}")
     dtype = dtype or jnp.zeros(()).dtype  # float64 under jax.enable_x64, else float32
-    k_next, k_prob, k_rew = jax.random.split(key, 3)
+    # One uniform draw per (s, a) feeds everything (a single PRNG program compiles faster):
+    # S values rank the next states, N_B give the probabilities, 1 gives the reward.
+    u = jax.random.uniform(key, (num_states, num_actions, num_states + branching + 1), dtype)
     # `branching` distinct states per (s, a): the first N_B entries of a random permutation,
     # obtained by ranking i.i.d. uniforms (argsort is a uniform random permutation).
-    ranks = jnp.argsort(jax.random.uniform(k_next, (num_states, num_actions, num_states)), axis=-1)
-    next_states = ranks[..., :branching]
-    # Dirichlet(1) = normalized Exp(1); exponential draws are > 0, so exactly N_B nonzeros.
-    weights = jax.random.exponential(k_prob, (num_states, num_actions, branching), dtype=dtype)
+    next_states = jnp.argsort(u[..., :num_states], axis=-1)[..., :branching]
+    # Dirichlet(1) = normalized Exp(1) draws; −log(1 − u) with u ∈ [0, 1) is Exp(1), and
+    # it is > 0 unless u is exactly 0, so there are exactly N_B nonzeros with probability 1.
+    weights = -jnp.log1p(-u[..., num_states:num_states + branching])
     probs = weights / weights.sum(-1, keepdims=True)
     P = jnp.zeros((num_states, num_actions, num_states), dtype)
     s_idx = jnp.arange(num_states)[:, None, None]
     a_idx = jnp.arange(num_actions)[None, :, None]
     P = P.at[s_idx, a_idx, next_states].set(probs)
-    r = jax.random.uniform(k_rew, (num_states, num_actions), dtype=dtype)
+    r = u[..., -1]
     return MDP(P=P, r=r, terminal=jnp.zeros(num_states, bool))
 
 

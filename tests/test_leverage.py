@@ -1,0 +1,136 @@
+"""`klrl tabular` (klrl.tabular.leverage): config validation and the quick experiment's outputs."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+from klrl.cli import main as cli_main
+from klrl.errors import ConfigError
+from klrl.tabular import leverage
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                      "experiments", "leverage_average.toml")
+
+
+def _write(tmp_path, text, name="bad.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return str(path)
+
+
+def test_shipped_config_is_valid_and_matches_the_defaults():
+    # The TOML lists every key with its default value (the bench times `DEFAULTS`).
+    assert leverage.load_config(CONFIG) == leverage.DEFAULTS
+    quick = leverage.load_config(CONFIG, quick=True)
+    assert quick["garnet"]["num_states"] < leverage.DEFAULTS["garnet"]["num_states"]
+
+
+@pytest.mark.parametrize("text, field", [
+    ("[garnet]\nnum_sates = 10\n", "garnet.num_sates"),
+    ("[nosuch]\nx = 1\n", "nosuch"),
+    ("[garnet]\nnum_states = 0\n", "garnet.num_states"),
+    ("[garnet]\nnum_states = 2.5\n", "garnet.num_states"),
+    ("[garnet]\nnum_states = 4\nbranching = 5\n", "garnet.branching"),
+    ("[noise]\nstd = -1.0\n", "noise.std"),
+    ("[noise]\nstd = true\n", "noise.std"),
+    ("[curves]\ngamma = 1.0\n", "curves.gamma"),
+    ("[curves]\nnum_iterations = 100\neval_every = 7\n", "curves.eval_every"),
+    ("[horizon]\ngammas = []\n", "horizon.gammas"),
+    ("[horizon]\ngammas = [0.9, 1.5]\n", "horizon.gammas"),
+    ("[heatmap]\nlam_min = 10.0\nlam_max = 1.0\n", "heatmap.lam_min"),
+    ("[bound]\nlams = [\"a\"]\n", "bound.lams"),
+    ("[experiment]\nseed = -3\n", "experiment.seed"),
+    ("garnet = 3\n", "garnet"),
+    ("[garnet\n", "config"),
+])
+def test_bad_config_raises_one_line_config_error_and_writes_nothing(tmp_path, text, field):
+    path = _write(tmp_path, text)
+    out = tmp_path / "out"
+    with pytest.raises(ConfigError) as err:
+        leverage.run_experiment(path, out_dir=str(out))
+    msg = str(err.value)
+    assert msg.startswith(field + ":") and "got" in msg and "allowed" in msg and "\n" not in msg
+    assert not out.exists()
+
+
+def test_cli_exits_2_on_bad_config(tmp_path, capsys):
+    path = _write(tmp_path, "[noise]\nnum_seeds = 0\n")
+    out = tmp_path / "out"
+    assert cli_main(["tabular", path, "--out", str(out), "--quick"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("klrl: error: noise.num_seeds:") and len(err.splitlines()) == 1
+    assert not out.exists()
+    assert cli_main(["tabular", str(tmp_path / "missing.toml")]) == 2
+    assert "config:" in capsys.readouterr().err
+
+
+def test_out_dir_that_is_a_file_is_rejected_before_computing(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="^out_dir:"):
+        leverage.run_experiment(CONFIG, out_dir=str(blocker), quick=True)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("leverage_quick")
+    summary = leverage.run_experiment(CONFIG, out_dir=str(out), quick=True)
+    return out, summary
+
+
+def test_quick_run_writes_tidy_metrics_config_and_figures(quick_run):
+    out, summary = quick_run
+    for name in ("metrics.csv", "summary.json", "config.json", "curves.png", "heatmap.png",
+                 "horizon.png", "bound.png"):
+        assert (out / name).stat().st_size > 0, name
+    resolved = json.loads((out / "config.json").read_text())
+    assert resolved["quick"] is True
+    assert resolved["config"]["garnet"] == {**leverage.DEFAULTS["garnet"], **leverage.QUICK["garnet"]}
+    for key in ("commit", "versions", "device"):
+        assert key in resolved["provenance"]
+    m = leverage.read_metrics(str(out / "metrics.csv"))
+    assert set(np.unique(m["part"])) == {"curves", "heatmap", "horizon", "bound"}
+    assert resolved["metrics_rows"] == len(m["value"])
+    cfg = resolved["config"]
+    runs = cfg["garnet"]["num_garnets"] * cfg["noise"]["num_seeds"]
+    # (a): 4 schemes × 2 noise levels × runs × evaluation points.
+    n_eval = cfg["curves"]["num_iterations"] // cfg["curves"]["eval_every"]
+    assert np.sum(m["part"] == "curves") == 4 * 2 * runs * n_eval
+    # (b): one final error per (λ, τ) cell and run.
+    assert np.sum(m["part"] == "heatmap") == cfg["heatmap"]["num_lam"] * cfg["heatmap"]["num_tau"] * runs
+    assert np.all(np.isfinite(m["value"]) & (m["value"] >= 0))
+    json.dumps(summary)  # the summary is plain JSON
+
+
+def test_quick_run_shows_the_paper_effects(quick_run):
+    out, summary = quick_run
+    m = leverage.read_metrics(str(out / "metrics.csv"))
+    last = m["iteration"] == m["iteration"][m["part"] == "curves"].max()
+
+    def final(scheme, noisy):
+        sel = (m["part"] == "curves") & (m["scheme"] == scheme) & last & ((m["noise_std"] > 0) == noisy)
+        return m["value"][sel].mean()
+
+    # Noiseless VI reaches the optimum; with noise, KL-regularized MD-VI beats VI clearly.
+    assert final("vi", False) < 1e-8
+    assert final("kl", True) < 0.5 * final("vi", True)
+    assert final("kl_entropy", True) < 0.5 * final("entropy", True)
+    # The τ = 0 bound holds on every checked point (both indexings) and is not vacuous there.
+    bc = summary["bound_check"]
+    assert bc["holds_everywhere"] and bc["holds_everywhere_literal_indexing"]
+    assert 0 < bc["max_ratio_measured_over_bound"] <= 1.0
+    assert set(summary["horizon_slopes"]) == set(leverage.SCHEMES)
+    assert all(np.isfinite(v) for v in summary["horizon_slopes"].values())
+
+
+def test_same_seed_same_numbers_other_seed_other_numbers(quick_run, tmp_path):
+    out, _ = quick_run
+    again = tmp_path / "again"
+    leverage.run_experiment(CONFIG, out_dir=str(again), quick=True)
+    assert (again / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
+    other_cfg = _write(tmp_path, "[experiment]\nseed = 1\n", "seed1.toml")
+    other = tmp_path / "other"
+    leverage.run_experiment(other_cfg, out_dir=str(other), quick=True)
+    assert (other / "metrics.csv").read_bytes() != (out / "metrics.csv").read_bytes()
