@@ -142,7 +142,8 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
     times, compile_seconds, errors, mdps = time_jax(True)
     P_np, r_np = np.asarray(mdps.P), np.asarray(mdps.r)
     # The same grid in float32, for information only (the experiment and the speedup use float64).
-    times32, compile32, _, _ = time_jax(False)
+    # (skipped in quick mode: it would only add a compilation to the smoke test)
+    times32, compile32, _, _ = time_jax(False) if not quick else (None, None, None, None)
 
     # numpy: q* per Garnet, noise per (Garnet, seed), then the loop over runs × iterations.
     measure_all = quick or numpy_runs >= num_runs
@@ -185,7 +186,7 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
                  "iterations_total": num_runs * K},
         "iterations_per_second": num_runs * K / seconds,
         "mean_final_error_jax": float(errors.mean()),
-        "float32_info": {"seconds": min(times32), "compile_seconds": compile32,
+        "float32_info": None if quick else {"seconds": min(times32), "compile_seconds": compile32,
                          "speedup_vs_numpy_float64": numpy_seconds / min(times32),
                          "note": "float32 draws different Garnets and noise (dtype-dependent "
                                  "sampling): a timing, not a numerical comparison"},
