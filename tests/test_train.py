@@ -127,3 +127,26 @@ def test_hparams_used_and_validation():
         make_train(dataclasses.replace(TINY, chunk_steps=70))
     with pytest.raises(ConfigError, match="hparams: got 'lr'"):
         make_train(TINY).init(_keys(0), {"lr": jnp.ones(1)})
+
+
+ENGINE_AGENTS = ["dqn", "double_dqn", "soft_dqn", "al", "pal", "mdqn", "mvi", "mdkl", "c51"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ENGINE_AGENTS)   # Q♯ agents are covered by tests/test_qsharp*.py
+def test_every_agent_runs_end_to_end(name):
+    tr = make_train(dataclasses.replace(TINY, agent=name, num_atoms=11))
+    _, metrics = jax.jit(tr.train)(_keys(0, 1), {})
+    assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("overrides", [
+    {"env": "Breakout-MinAtar"},
+    {"target_update": "polyak", "acting": "softmax", "loss": "huber"},
+    {"agent": "mvi", "replay_mode": "shared", "buffer_size": 60},   # scatter write path
+])
+def test_variants_run_end_to_end(overrides):
+    tr = make_train(dataclasses.replace(TINY, **overrides))
+    _, metrics = jax.jit(tr.train)(_keys(0, 1), {"entropic_index": jnp.array([1.5, 2.0])})
+    assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
