@@ -1,0 +1,199 @@
+# ---
+# jupyter:
+#   jupytext:
+#     formats: py:percent
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+# ---
+
+# %% [markdown]
+# # Q♯ on CartPole: the return / KL(π‖π_ref) frontier
+#
+# KL-regularized control toward a FIXED reference policy π_ref with temperature η:
+# `max_π E_π[Σ r] − η Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t))`, solved by
+# `π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η)` (ALGORITHMS.md §4). Q♯ (Zhou et al. 2025) learns
+# π_ref's return DISTRIBUTION Z and guides π_ref with the entropic value
+# `Q_η = η ln E[exp(Z/η)]`, which equals Q* on deterministic MDPs with γ = 1
+# (`klrl.tabular.qsharp` checks this exactly; stochastic transitions make it optimistic).
+#
+# Methods (all in the same `klrl train` program, `klrl.agents.qsharp`):
+# - **Q♯ (td)**: categorical critic by distributional expected SARSA under π_ref;
+# - **Q♯ (rollout)**: the Q♯ recipe, critic fit by maximum likelihood to returns of
+#   roll-outs that switch from the guided policy to π_ref at a random step;
+# - **CD (td / rollout)**: the same critics, guided with E[Z] instead of Q_η;
+# - **soft-Q prior (td)**: scalar TD soft Q with prior, `y = r + η·lse(q̄(s')/η + ln π_ref(s'))`;
+# - **C51**: unregularized distributional DQN (greedy; its KL is −ln π_ref(greedy action)).
+#
+# π_ref is a deliberately weak DQN (experiments/qsharp_reference.toml), softened to
+# `softmax(Q_ref/1.0)`. Each point is one (method, η): x = per-step KL(π‖π_ref) measured along
+# the evaluation episodes of the policy itself (metric `kl_ref`), y = their undiscounted
+# return (`eval_return`); both are the mean of the last two evaluations (10 episodes each) of
+# a member, then the IQM over seeds with a stratified-bootstrap 95% CI (`klrl.results`).
+# With 3 seeds the IQM is the mean and the CIs are wide; the seed count is printed.
+#
+# The notebook never trains. It reads every run directory under `KLRL_RESULTS_DIR` (default
+# `results/qsharp_frontier`), writes figures and `frontier.csv`/`frontier.json` there
+# (`KLRL_FIGURES_DIR` overrides the figure folder). To regenerate the committed runs
+# (about 10 minutes on 2 CPU cores):
+#
+# ```
+# klrl train experiments/qsharp_reference.toml     --out results/qsharp_frontier/reference
+# klrl train experiments/qsharp_frontier.toml      --out results/qsharp_frontier/td
+# klrl train experiments/qsharp_frontier_rollout.toml --out results/qsharp_frontier/rollout
+# klrl train experiments/qsharp_frontier_c51.toml  --out results/qsharp_frontier/c51
+# ```
+
+# %%
+import csv
+import json
+import os
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+from klrl.provenance import provenance  # noqa: E402
+from klrl.results import curves, iqm, read_metrics, stratified_bootstrap_ci, swept_columns  # noqa: E402
+
+RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join("results", "qsharp_frontier"))
+FIGURES = os.environ.get("KLRL_FIGURES_DIR", RESULTS)
+REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
+LAST = 2   # evaluations averaged per member
+os.makedirs(FIGURES, exist_ok=True)
+
+# %% [markdown]
+# ## Read the runs
+# A run is a directory holding `config.json` and `metrics.csv`; the π_ref run itself (a DQN
+# without a reference, so without `kl_ref`) is listed but not plotted.
+
+# %%
+NAMES = {"qsharp": "Q♯", "qsharp_cd": "CD", "kl_prior": "soft-Q prior", "c51": "C51"}
+
+
+def method_of(agent: str, config: dict) -> str:
+    mode = config.get("agent", {}).get("qsharp_mode", "td")
+    name = NAMES.get(agent, agent)
+    return f"{name} ({mode})" if agent in ("qsharp", "qsharp_cd", "kl_prior") else name
+
+
+def member_finals(rows, metric, columns):
+    """(group key, member) -> mean of the last LAST values of `metric`."""
+    out = {}
+    for key, (_, vals) in curves(rows, metric, columns).items():
+        out[key] = np.nanmean(vals[:, -LAST:], axis=1)
+    return out
+
+
+runs, points = [], []
+for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
+    run = os.path.join(RESULTS, name)
+    if not (os.path.isfile(os.path.join(run, "metrics.csv")) and os.path.isfile(os.path.join(run, "config.json"))):
+        continue
+    with open(os.path.join(run, "config.json")) as fh:
+        record = json.load(fh)
+    config = record["config"]
+    rows = read_metrics(os.path.join(run, "metrics.csv"))
+    columns = swept_columns(os.path.join(run, "metrics.csv"))
+    has_kl = any(r["metric"] == "kl_ref" for r in rows)
+    runs.append({"run": name, "env": config["env"]["name"], "agents": config["agent"]["name"],
+                 "has_kl_ref": has_kl, "provenance": record.get("provenance", {})})
+    if not has_kl:
+        continue
+    ret = member_finals(rows, "eval_return", columns)
+    kl = member_finals(rows, "kl_ref", columns)
+    for key in sorted(ret, key=lambda k: (k[0], [v if v is not None else -1 for v in k[1:]])):
+        agent, *vals = key
+        eta = dict(zip(columns, vals)).get("agent.eta", dict(zip(columns, vals)).get("eta"))
+        r, k = ret[key], kl[key]
+        points.append({
+            "run": name, "method": method_of(agent, config), "agent": agent,
+            "eta": float(eta) if eta is not None else float(config["agent"].get("eta", np.nan)),
+            "seeds": int(r.size),
+            "return_iqm": iqm(r), "return_ci": stratified_bootstrap_ci(r, reps=REPS),
+            "kl_iqm": iqm(k), "kl_ci": stratified_bootstrap_ci(k, reps=REPS),
+            "returns": [float(x) for x in r], "kls": [float(x) for x in k],
+        })
+print(f"{len(runs)} run(s) in {RESULTS}: " + ", ".join(f"{r['run']} ({r['env']})" for r in runs))
+
+# %% [markdown]
+# ## The table
+# One row per (method, η): IQM over seeds [95% CI] of the return and of the per-step KL.
+
+# %%
+print(f"{'method':<22} {'eta':>7} {'n':>3}  {'return IQM [95% CI]':<26} {'KL/step IQM [95% CI]':<26}")
+for p in sorted(points, key=lambda p: (p["method"], p["eta"])):
+    print(f"{p['method']:<22} {p['eta']:>7g} {p['seeds']:>3}  "
+          f"{p['return_iqm']:>7.1f} [{p['return_ci'][0]:.1f}, {p['return_ci'][1]:.1f}]".ljust(40)
+          + f" {p['kl_iqm']:>7.3f} [{p['kl_ci'][0]:.3f}, {p['kl_ci'][1]:.3f}]")
+
+with open(os.path.join(RESULTS, "frontier.csv"), "w", newline="") as fh:
+    w = csv.writer(fh)
+    w.writerow(["run", "method", "agent", "eta", "seeds", "return_iqm", "return_ci_low", "return_ci_high",
+                "kl_iqm", "kl_ci_low", "kl_ci_high"])
+    for p in points:
+        w.writerow([p["run"], p["method"], p["agent"], p["eta"], p["seeds"], p["return_iqm"], *p["return_ci"],
+                    p["kl_iqm"], *p["kl_ci"]])
+with open(os.path.join(RESULTS, "frontier.json"), "w") as fh:
+    json.dump({"points": points, "runs": runs, "last_evaluations_averaged": LAST,
+               "provenance": provenance()}, fh, indent=2)
+    fh.write("\n")
+
+# %% [markdown]
+# ## The frontier
+# Up and to the left is better: more return for less deviation from π_ref. Each line joins
+# one method's η grid (η decreasing to the right: a smaller η trusts the critic more).
+
+# %%
+methods = sorted({p["method"] for p in points})
+colors = dict(zip(methods, plt.cm.tab10(np.arange(len(methods)) % 10)))
+fig, ax = plt.subplots(figsize=(7.5, 5))
+for m in methods:
+    ps = sorted((p for p in points if p["method"] == m), key=lambda p: -p["eta"] if np.isfinite(p["eta"]) else 0)
+    x = np.array([p["kl_iqm"] for p in ps])
+    y = np.array([p["return_iqm"] for p in ps])
+    xerr = np.abs(np.array([[p["kl_iqm"] - p["kl_ci"][0], p["kl_ci"][1] - p["kl_iqm"]] for p in ps]).T)
+    yerr = np.abs(np.array([[p["return_iqm"] - p["return_ci"][0], p["return_ci"][1] - p["return_iqm"]] for p in ps]).T)
+    ax.errorbar(x, y, xerr=xerr, yerr=yerr, marker="o", capsize=3, color=colors[m], label=m,
+                linestyle="-" if len(ps) > 1 else "none")
+    for p in ps:
+        if np.isfinite(p["eta"]) and len(ps) > 1:
+            ax.annotate(f"η={p['eta']:g}", (p["kl_iqm"], p["return_iqm"]), fontsize=7, xytext=(3, 3),
+                        textcoords="offset points", color=colors[m])
+ax.set_xscale("symlog", linthresh=0.01)
+ax.set_xlabel("KL(π‖π_ref) per step along evaluation episodes")
+ax.set_ylabel("undiscounted return")
+env_names = sorted({r["env"] for r in runs if r["has_kl_ref"]})
+ax.set_title(f"Return vs KL to π_ref ({', '.join(env_names)}; IQM over seeds, 95% CI)")
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(os.path.join(FIGURES, "qsharp_frontier.png"), dpi=120)
+
+# %% [markdown]
+# ## Return and KL against η
+# The same numbers per η, to read how each method's guidance scales with the temperature.
+
+# %%
+fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+for m in methods:
+    ps = sorted((p for p in points if p["method"] == m and np.isfinite(p["eta"])), key=lambda p: p["eta"])
+    if len(ps) < 2:
+        continue
+    eta = [p["eta"] for p in ps]
+    for ax, key in zip(axes, ("return", "kl")):
+        mid = np.array([p[f"{key}_iqm"] for p in ps])
+        lo = np.array([p[f"{key}_ci"][0] for p in ps])
+        hi = np.array([p[f"{key}_ci"][1] for p in ps])
+        ax.plot(eta, mid, marker="o", color=colors[m], label=m)
+        ax.fill_between(eta, lo, hi, color=colors[m], alpha=0.15)
+for ax, label in zip(axes, ("undiscounted return", "KL(π‖π_ref) per step")):
+    ax.set_xscale("log")
+    ax.set_xlabel("η")
+    ax.set_ylabel(label)
+axes[1].set_yscale("symlog", linthresh=0.01)
+axes[0].legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(os.path.join(FIGURES, "qsharp_vs_eta.png"), dpi=120)
+print("wrote", os.path.join(FIGURES, "qsharp_frontier.png"), "and", os.path.join(FIGURES, "qsharp_vs_eta.png"))
