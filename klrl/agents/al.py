@@ -4,17 +4,17 @@ AL:  y = r + d·max q̄(s') − α(max_b q̄(s, b) − q̄(s, a));  PAL: max(AL,
 """
 
 from klrl import operators as ops
-from klrl.agents.base import discount, value_agent
+from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
 def _al_target(nets, batch, hp, cfg):
-    return ops.advantage_learning_target(nets.target(batch.obs), nets.target(batch.next_obs), batch.action,
+    return ops.advantage_learning_target(*target_at_s_and_next(nets, batch), batch.action,
                                          batch.reward, discount(batch, hp), alpha=hp["alpha"])
 
 
 def _pal_target(nets, batch, hp, cfg):
     return ops.persistent_advantage_learning_target(
-        nets.target(batch.obs), nets.target(batch.next_obs), batch.action, batch.reward,
+        *target_at_s_and_next(nets, batch), batch.action, batch.reward,
         discount(batch, hp), alpha=hp["alpha"])
 
 

@@ -5,11 +5,11 @@ Paper defaults α = 0.9, τ = 0.03, l0 = −1 (the `clip_min` hyperparameter).
 """
 
 from klrl import operators as ops
-from klrl.agents.base import discount, value_agent
+from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
 def _target(nets, batch, hp, cfg):
-    return ops.munchausen_target(nets.target(batch.obs), nets.target(batch.next_obs), batch.action,
+    return ops.munchausen_target(*target_at_s_and_next(nets, batch), batch.action,
                                  batch.reward, discount(batch, hp),
                                  alpha=hp["alpha"], tau=hp["tau"], clip_min=hp["clip_min"])
 

@@ -7,12 +7,12 @@ convention is the static flag `StaticConfig.consistent_weight` (literal form by 
 """
 
 from klrl import operators as ops
-from klrl.agents.base import discount, value_agent
+from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
 def _target(nets, batch, hp, cfg):
     return ops.tsallis_munchausen_target(
-        nets.target(batch.obs), nets.target(batch.next_obs), batch.action, batch.reward,
+        *target_at_s_and_next(nets, batch), batch.action, batch.reward,
         discount(batch, hp), entropic_index=hp["entropic_index"], alpha=hp["alpha"], tau=hp["tau"],
         clip_min=hp["clip_min"], consistent_weight=cfg.consistent_weight)
 
