@@ -46,7 +46,7 @@ def _iterative_q(mdp, pi, gamma, n):
 
 
 def test_garnet_rows_are_distributions_with_branching_nonzeros():
-    for seed, (s, a, b) in enumerate([(12, 3, 3), (20, 2, 1), (7, 4, 7)]):
+    for seed, (s, a, b) in enumerate([(12, 3, 3), (7, 4, 7)]):  # typical and B = S
         mdp = _garnet(seed, s, a, b)
         assert mdp.P.dtype == jnp.float64 and mdp.P.shape == (s, a, s) and mdp.r.shape == (s, a)
         np.testing.assert_allclose(mdp.P.sum(-1), 1.0, atol=1e-12)
@@ -221,7 +221,7 @@ def test_noise_statistics_are_the_running_average():
 def test_kl_bound_holds_on_noisy_runs():
     """ALGORITHMS.md §5, τ = 0 — on a few noisy runs (the experiment checks many more).
     Also checks that whole schemes vmap over a batch of MDPs."""
-    gamma, K = 0.9, 200
+    gamma, K = 0.9, 100
     mdps = jax.vmap(lambda k: garnet(k, S, A, B))(jax.random.split(jax.random.key(20), 2))
     lams = jnp.array([0.1, 1.0])
     stds = jnp.array([0.3, 3.0])

@@ -16,8 +16,10 @@ pytestmark = pytest.mark.usefixtures("x64")
 
 
 def test_numpy_reference_agrees_with_jax_on_a_small_noisy_case():
-    S, A, K, every, gamma, std = 7, 3, 30, 10, 0.9, 0.5
-    mdp = garnet(jax.random.key(3), S, A, 2)
+    # Same sizes as tests/test_tabular.py (12 states, 3 actions, branching 3; K = 40, every
+    # iteration evaluated), so the suite compiles these programs once.
+    S, A, K, every, gamma, std = 12, 3, 40, 1, 0.9, 0.5
+    mdp = garnet(jax.random.key(3), S, A, 3)
     P, r = np.asarray(mdp.P), np.asarray(mdp.r)
     q_star = optimal_q(mdp, gamma)
     np.testing.assert_allclose(numpy_optimal_q(P, r, gamma), q_star, atol=1e-10)
@@ -25,7 +27,7 @@ def test_numpy_reference_agrees_with_jax_on_a_small_noisy_case():
     np.testing.assert_allclose(numpy_q_of_policy(P, r, pi, gamma), q_of_policy(mdp, pi, gamma), atol=1e-12)
     key = jax.random.key(5)
     # Replay the exact noise of the JAX run in the numpy loop.
-    noise = np.stack([std * np.asarray(noise_at(key, k, (S, A), jnp.float64)) for k in range(K)])
+    noise = std * np.asarray(jax.vmap(lambda k: noise_at(key, k, (S, A), jnp.float64))(jnp.arange(K)))
     for lam, tau in [(1.0, 0.0), (0.0, 0.1), (0.5, 0.05)]:
         res = md_vi(mdp, gamma, lam, tau, K, noise_std=std, key=key, eval_every=every)
         np_err, np_pi = numpy_md_vi(P, r, gamma, lam, tau, K, noise=noise, eval_every=every)

@@ -12,10 +12,10 @@
 from klrl.tabular.bounds import bound_for_policies, kl_bound
 from klrl.tabular.evaluation import greedy_policy, optimal_q, policy_error, q_of_policy
 from klrl.tabular.mdp import MDP, chain_mdp, deterministic_mdp, expected_next, garnet, tree_mdp
-from klrl.tabular.schemes import SchemeResult, m_vi, md_vi, run_scheme, tsallis_m_vi, vi
+from klrl.tabular.schemes import SchemeResult, m_vi, md_vi, noise_at, run_scheme, tsallis_m_vi, vi
 
 __all__ = [
     "MDP", "SchemeResult", "bound_for_policies", "chain_mdp", "deterministic_mdp",
-    "expected_next", "garnet", "greedy_policy", "kl_bound", "m_vi", "md_vi", "optimal_q",
+    "expected_next", "garnet", "greedy_policy", "kl_bound", "m_vi", "md_vi", "noise_at", "optimal_q",
     "policy_error", "q_of_policy", "run_scheme", "tree_mdp", "tsallis_m_vi", "vi",
 ]

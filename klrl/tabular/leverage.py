@@ -25,6 +25,13 @@ small enough that an exact 50×50 solve per evaluation is cheap. Rewards uniform
 Noise σ = 1.0 per entry and iteration: the size of the reward range, large enough that VI
 sits on a visible noise floor at γ = 0.9 while KL averaging still converges within 1000
 iterations.
+
+On the horizon slopes (part (c)): the bounds give ~1/(1−γ) with KL and ~1/(1−γ)² for VI,
+but those are worst cases over the error sequence. With i.i.d. noise of a fixed σ, VI's
+error cannot exceed the value range, which is itself linear in the horizon (rewards in
+[0, 1] give q ∈ [0, 1/(1−γ)]); VI sits at a fixed fraction of that range, so its measured
+slope is about 1. The KL schemes' errors are one to two orders of magnitude smaller and grow
+more slowly. The numbers are reported as measured (summary.json), not adjusted.
 """
 
 from __future__ import annotations
