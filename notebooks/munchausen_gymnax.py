@@ -48,11 +48,27 @@ BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "1000"))
 os.makedirs(FIGURES, exist_ok=True)
 
 
+# The deep-agent evidence of this notebook: results/quickstart (CartPole) and results/minatar*
+# (other results/ folders belong to other notebooks). Re-runs under <run>/runs/ are skipped.
+RUN_PATTERNS = ("quickstart", "minatar*", "cartpole*")
+
+
 def find_runs(root):
-    """Run directories (config.json + metrics.csv) under `root`, deep-agent runs only."""
+    """Run directories (config.json + metrics.csv) under root/<RUN_PATTERNS>."""
+    import fnmatch
+
     runs = []
-    for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", "figures"))
+    tops = sorted(d for d in (os.listdir(root) if os.path.isdir(root) else [])
+                  if any(fnmatch.fnmatch(d, p) for p in RUN_PATTERNS))
+    for top in tops:
+        runs += _runs_under(os.path.join(root, top))
+    return runs
+
+
+def _runs_under(top):
+    runs = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", "figures", "runs"))
         if "metrics.csv" in filenames and "config.json" in filenames:
             with open(os.path.join(dirpath, "config.json")) as fh:
                 record = json.load(fh)

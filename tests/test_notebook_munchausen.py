@@ -39,7 +39,8 @@ def _tiny_run(run_dir: str) -> None:
 
 def test_notebook_runs_on_a_tiny_run(tmp_path):
     results = tmp_path / "results"
-    _tiny_run(str(results / "tiny_run"))
+    _tiny_run(str(results / "quickstart"))
+    _tiny_run(str(results / "other_notebook_run"))      # not one of this notebook's runs
     env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_BOOTSTRAP_REPS": "50", "MPLBACKEND": "Agg"}
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=env, capture_output=True,
                          text=True, timeout=300)
