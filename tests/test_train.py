@@ -150,3 +150,13 @@ def test_variants_run_end_to_end(overrides):
     tr = make_train(dataclasses.replace(TINY, **overrides))
     _, metrics = jax.jit(tr.train)(_keys(0, 1), {"entropic_index": jnp.array([1.5, 2.0])})
     assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["dqn", "mdqn"])
+def test_learns_cartpole(name):
+    """The learning check: median greedy eval return >= 475 over 3 seeds after 500k env steps
+    (reference configuration with the L2 loss; see klrl.bench.train.REFERENCE)."""
+    cfg = StaticConfig(env="CartPole-v1", agent=name, total_steps=500_000, chunk_steps=50_000, loss="l2")
+    _, metrics = jax.jit(make_train(cfg).train)(_keys(0, 1, 2), {})
+    assert float(np.median(metrics["eval_return"][-1])) >= 475.0
