@@ -104,6 +104,7 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
     from klrl.tabular import leverage
 
     out_path = out_path or DEFAULT_OUT
+    load_before = os.getloadavg()
     if os.path.isdir(out_path):
         from klrl.errors import ConfigError
 
@@ -190,6 +191,9 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
                          "speedup_vs_numpy_float64": numpy_seconds / min(times32),
                          "note": "float32 draws different Garnets and noise (dtype-dependent "
                                  "sampling): a timing, not a numerical comparison"},
+        # The machine may be shared: the 1-minute load average before and after the timings
+        # says how contended the CPU was (numpy's single thread suffers less than XLA's pool).
+        "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
         "provenance": provenance(),
     }
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
