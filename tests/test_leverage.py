@@ -134,3 +134,20 @@ def test_same_seed_same_numbers_other_seed_other_numbers(quick_run, tmp_path):
     other = tmp_path / "other"
     leverage.run_experiment(other_cfg, out_dir=str(other), quick=True)
     assert (other / "metrics.csv").read_bytes() != (out / "metrics.csv").read_bytes()
+
+
+@pytest.mark.slow
+def test_full_run_reproduces_the_committed_results(tmp_path):
+    """The committed results/leverage_average come from this code and config (about a minute
+    of compute on 2 cores; excluded from `make test`)."""
+    committed = os.path.join(os.path.dirname(CONFIG), "..", "results", "leverage_average", "summary.json")
+    with open(committed) as f:
+        expected = json.load(f)
+    summary = leverage.run_experiment(CONFIG, out_dir=str(tmp_path / "full"))
+    np.testing.assert_allclose(list(summary["horizon_slopes"].values()),
+                               list(expected["horizon_slopes"].values()), rtol=1e-6)
+    for key in ("max_ratio_measured_over_bound", "max_ratio_literal_indexing"):
+        assert summary["bound_check"][key] == pytest.approx(expected["bound_check"][key], rel=1e-6)
+    assert summary["bound_check"]["holds_everywhere"]
+    for key, value in expected["curves_mean_final_error"].items():
+        assert summary["curves_mean_final_error"][key] == pytest.approx(value, rel=1e-6, abs=1e-12)
