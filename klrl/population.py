@@ -114,16 +114,24 @@ def population_mesh(num_members: int, devices=None):
     return Mesh(np.asarray(devices[:n]), (POPULATION_AXIS,))
 
 
+def member_sharding(num_members: int, devices=None):
+    """NamedSharding that splits a leading population axis over the population mesh."""
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    return NamedSharding(population_mesh(num_members, devices), PartitionSpec(POPULATION_AXIS))
+
+
 def shard_population(tree: Any, num_members: int, devices=None) -> Any:
     """Place a pytree on a 1-D device mesh: leaves whose leading axis is the population
     axis (size `num_members`) are split along it, every other leaf (e.g. a shared replay
-    buffer) is replicated. Values are unchanged; only their placement is."""
+    buffer, a scalar step counter) is replicated. Values are unchanged; only their placement
+    is. The host loop compiles `run_chunk` with these shardings as its output shardings, so
+    the state keeps one layout from chunk to chunk."""
     import jax
     from jax.sharding import NamedSharding, PartitionSpec
 
-    mesh = population_mesh(num_members, devices)
-    split = NamedSharding(mesh, PartitionSpec(POPULATION_AXIS))
-    whole = NamedSharding(mesh, PartitionSpec())
+    split = member_sharding(num_members, devices)
+    whole = NamedSharding(split.mesh, PartitionSpec())
 
     def place(x):
         x = jax.numpy.asarray(x)

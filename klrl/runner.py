@@ -125,8 +125,9 @@ def run_population(exp: Experiment, pop: Population, out: str, writer: MetricsWr
     M = pop.size
     keys = jnp.asarray(pop.keys)
     hparams = {k: jnp.asarray(v) for k, v in pop.hparams.items()}
-    if len(jax.devices()) > 1:
-        from klrl.population import shard_population
+    sharded = len(jax.devices()) > 1
+    if sharded:          # split the population axis over the devices (NamedSharding, 1-D mesh)
+        from klrl.population import member_sharding, shard_population
 
         keys, hparams = shard_population((keys, hparams), M)
 
@@ -139,6 +140,8 @@ def run_population(exp: Experiment, pop: Population, out: str, writer: MetricsWr
 
     t0 = time.perf_counter()
     state = jax.jit(trainer.init)(keys, hparams)
+    if sharded:
+        state = shard_population(state, M)
     history: dict[str, np.ndarray] = {}
     start = 0
     if resume and ckpt.latest_step() is not None:
@@ -147,7 +150,13 @@ def run_population(exp: Experiment, pop: Population, out: str, writer: MetricsWr
         _log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}")
     chunk_counter[0] += start
 
-    step_fn = jax.jit(trainer.run_chunk, donate_argnums=0).lower(state, hparams).compile()
+    if sharded:          # pin the output layout to the input layout: one compile, chunk after chunk
+        state_sharding = jax.tree.map(lambda x: x.sharding, state)
+        jitted = jax.jit(trainer.run_chunk, donate_argnums=0,
+                         out_shardings=(state_sharding, member_sharding(M)))
+    else:
+        jitted = jax.jit(trainer.run_chunk, donate_argnums=0)
+    step_fn = jitted.lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
     _log(f"[{pop.agent}] {M} members, {trainer.num_chunks} chunks of {static.chunk_steps} steps; "
          f"init+compile {compile_s:.1f}s")
