@@ -110,7 +110,8 @@ for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
         r, k = ret[key], kl[key]
         points.append({
             "run": name, "method": method_of(agent, config), "agent": agent,
-            "eta": float(eta) if eta is not None else float(config["agent"].get("eta", np.nan)),
+            "eta": (float(eta) if eta is not None else float(config["agent"].get("eta", np.nan))
+                    if agent in ("qsharp", "qsharp_cd", "kl_prior") else float("nan")),   # c51: no η
             "seeds": int(r.size),
             "return_iqm": iqm(r), "return_ci": stratified_bootstrap_ci(r, reps=REPS),
             "kl_iqm": iqm(k), "kl_ci": stratified_bootstrap_ci(k, reps=REPS),

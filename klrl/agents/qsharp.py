@@ -36,6 +36,14 @@ The label store is a per-environment ring of `buffer_size // num_envs` labels in
 agent's carry (part of the TrainState, so runs resume exactly): labels arrive at a
 variable rate per member, which klrl.replay's lockstep writes cannot express.
 
+Practical notes (measured on CartPole, results/qsharp_frontier/README.md):
+- A softmax-parameterized categorical critic puts positive mass on every atom, and
+  Q_η ≥ z_N + η·ln p_N: for η small against (z_N − E[Z])/|ln p_N| the entropic value is
+  set by the tail mass the network happens to give the far atoms, not by the data, and the
+  guidance stops sharpening as η decreases. Keep v_max near the largest plausible return.
+- rollout mode yields at most one label per episode (against one transition per step for
+  td), so at equal env steps its critic sees far less data.
+
 Hooks the trainer (klrl.train) calls for agents that define them:
 `policy_logits(out, obs, hp, cfg)` — the agent's own stochastic policy (acting in
 evaluation, and the `kl_ref` metric); `behaviour(cfg, spec)` — a `Behaviour` (per-member
