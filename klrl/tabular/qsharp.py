@@ -35,6 +35,7 @@ every value goes through `klrl.operators.soft_value`, the function the deep agen
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 import jax
@@ -126,6 +127,7 @@ def entropic_value(dist: ReturnDistribution, eta) -> jax.Array:
     return soft_value(jnp.asarray(dist.values), eta, log_p)
 
 
+@partial(jax.jit, static_argnames=("iterations",))
 def soft_q_prior(mdp: MDP, log_pi_ref: jax.Array, eta, gamma=1.0, iterations: int | None = None) -> jax.Array:
     """The KL-to-π_ref optimum Q* [S, A] by backward induction (ALGORITHMS.md §2).
 
