@@ -38,6 +38,24 @@ def _coef(x: Numeric, q: Array) -> Array:
     return x.reshape(x.shape + (1,) * (q.ndim - x.ndim))
 
 
+def _coef_lead(x: Numeric, q: Array) -> Array:
+    """A coefficient aligned with the leading shape q.shape[:-1] (for per-transition values)."""
+    x = jnp.asarray(x, dtype=q.dtype)
+    if x.ndim == 0:
+        return x
+    return x.reshape(x.shape + (1,) * (q.ndim - 1 - x.ndim))
+
+
+def _lse(x: Array) -> Array:
+    """ln Σ exp(x) over the last axis (keepdims), max-subtracted.
+
+    A lean form shared by every operator, so that when a jitted program asks for the same
+    lse twice (e.g. the mirror-descent policy and value) XLA computes it once.
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return m + jnp.log(jnp.sum(jnp.exp(x - m), axis=-1, keepdims=True))
+
+
 def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
     """τ·ln softmax(q/τ) over the last axis, computed stably.
 
@@ -46,7 +64,7 @@ def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
     """
     tau = _coef(tau, q)
     shifted = q - jnp.max(q, axis=-1, keepdims=True)
-    return shifted - tau * jax.nn.logsumexp(shifted / tau, axis=-1, keepdims=True)
+    return shifted - tau * _lse(shifted / tau)
 
 
 def softmax_policy(q: Array, tau: Numeric) -> Array:
@@ -68,7 +86,7 @@ def soft_value(q: Array, tau: Numeric, log_prior: Array | None = None) -> Array:
         chex.assert_equal_shape([q, log_prior])
         z = z + log_prior
     # Max-subtracted lse keeps q/τ ~ 1e6 finite.
-    return jnp.squeeze(tau * jax.nn.logsumexp(z, axis=-1, keepdims=True), -1)
+    return jnp.squeeze(tau * _lse(z), -1)
 
 
 def log_q(x: Array, entropic_index: Numeric) -> Array:
@@ -169,6 +187,12 @@ def mirror_descent_log_policy(q: Array, log_pi_prev: Array, *, lam: Numeric, tau
     Closed form π₊ ∝ π₋^β exp(β q/λ), β = λ/(λ+τ), i.e.
     ln π₊ = log_softmax((λ ln π₋ + q)/(λ + τ)). Requires λ + τ > 0.
     """
+    u = mirror_descent_logits(q, log_pi_prev, lam=lam, tau=tau)
+    return u - _lse(u)
+
+
+def mirror_descent_logits(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Numeric) -> Array:
+    """u = (λ ln π₋ + q)/(λ + τ), the logits of the mirror-descent policy (π₊ = softmax(u))."""
     chex.assert_equal_shape([q, log_pi_prev])
     lam, tau = _coef(lam, q), _coef(tau, q)
-    return jax.nn.log_softmax((lam * log_pi_prev + q) / (lam + tau), axis=-1)
+    return (lam * log_pi_prev + q) / (lam + tau)

@@ -16,7 +16,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from klrl.operators.policies import _coef, soft_value
+from klrl.operators.policies import _coef_lead, soft_value
 from klrl.operators.values import (
     action_gap,
     greedy_value,
@@ -75,7 +75,7 @@ def advantage_learning_target(
 
     The action gap of the fixed point grows by 1/(1−α).
     """
-    penalty = _coef(alpha, q_target_s)[..., 0] * select_action(action_gap(q_target_s), action)
+    penalty = _coef_lead(alpha, q_target_s) * select_action(action_gap(q_target_s), action)
     return _bootstrap(reward, discount, greedy_value(q_target_next), -penalty)
 
 

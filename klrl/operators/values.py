@@ -16,8 +16,10 @@ import jax.numpy as jnp
 
 from klrl.operators.policies import (
     _coef,
+    _coef_lead,
+    _lse,
     log_q,
-    mirror_descent_log_policy,
+    mirror_descent_logits,
     scaled_log_softmax,
     soft_value,
     tsallis_policy,
@@ -45,10 +47,9 @@ def mirror_descent_value(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Num
     with temperature λ+τ and "prior" β ln π₋. That form is exact and needs no π₊ (stable when
     π₊ underflows). Requires λ + τ > 0.
     """
-    chex.assert_equal_shape([q, log_pi_prev])
-    lam_c, tau_c = _coef(lam, q), _coef(tau, q)
-    beta = lam_c / (lam_c + tau_c)
-    return soft_value(q, jnp.asarray(lam, q.dtype) + jnp.asarray(tau, q.dtype), beta * log_pi_prev)
+    # Same u and lse as `mirror_descent_log_policy`, so a program needing both computes it once.
+    u = mirror_descent_logits(q, log_pi_prev, lam=lam, tau=tau)
+    return jnp.squeeze((_coef(lam, q) + _coef(tau, q)) * _lse(u), -1)
 
 
 def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeric = -1.0) -> Array:
@@ -89,7 +90,7 @@ def tsallis_value(q: Array, *, tau: Numeric, entropic_index: Numeric, consistent
     general = jnp.sum(pi * (q - scaled_logq), axis=-1)
     if isinstance(entropic_index, (int, float)):
         return soft_value(q, tau) if entropic_index == 1 else general
-    is_one = _coef(entropic_index, q)[..., 0] == 1.0
+    is_one = _coef_lead(entropic_index, q) == 1.0
     return jnp.where(is_one, soft_value(q, tau), general)
 
 
