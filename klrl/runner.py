@@ -222,14 +222,16 @@ def summary_rows(metrics_path: str, columns: Sequence[str]) -> list[dict]:
 
 
 def print_summary(summary: list[dict], file=None) -> None:
+    """The final-evaluation table: one row per group (agent + swept values), over seeds."""
     file = file or sys.stdout
-    w = max([len(r["group"]) for r in summary] + [5])
-    print(f"{'group':<{w}}  seeds  median eval  IQM eval [95% CI]        diverged", file=file)
+    w = max([len("group")] + [len(r["group"]) for r in summary])
+    print("final greedy evaluation return (last chunk), over seeds:", file=file)
+    print(f"{'group':<{w}}  {'seeds':>5}  {'median':>7}  {'IQM':>7}  {'IQM 95% CI':<17}  {'diverged':>8}", file=file)
     for r in summary:
         s = r["final_eval_return"]
-        print(f"{r['group']:<{w}}  {s['n']:>5}  {s['median']:>11.1f}  {s['iqm']:>8.1f} "
-              f"[{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}]".ljust(w + 46) + f"  {r['diverged_members']:>8}",
-              file=file)
+        ci = f"[{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}]"
+        print(f"{r['group']:<{w}}  {s['n']:>5}  {s['median']:>7.1f}  {s['iqm']:>7.1f}  {ci:<17}  "
+              f"{r['diverged_members']:>8}", file=file)
 
 
 def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False) -> str:
@@ -269,8 +271,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     timing = [run_population(exp, pop, out, writer, resume, counter) for pop in pops]
 
     summary = summary_rows(metrics_path, columns)
-    from klrl.provenance import provenance as prov
-
+    prov = provenance
     with open(os.path.join(out, "summary.json"), "w") as fh:
         json.dump({"summary": summary, "provenance": prov()}, fh, indent=2)
         fh.write("\n")

@@ -95,7 +95,7 @@ def test_run_directory_holds_config_metrics_checkpoints_figure(tiny):
     assert os.path.getsize(os.path.join(out, "learning_curves.png")) > 10_000
     summary = json.load(open(os.path.join(out, "summary.json")))
     assert len(summary["summary"]) == 2 + 4        # dqn x 2 lr, mdqn x 2 alpha x 2 lr
-    assert "median eval" in tiny["stdout"]                      # the summary table
+    assert "final greedy evaluation return" in tiny["stdout"]   # the summary table
     assert "agent-steps/s" in tiny["stderr"] and "ETA" in tiny["stderr"]   # progress lines
 
 
