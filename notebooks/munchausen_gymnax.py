@@ -13,8 +13,8 @@
 # This notebook draws the deep-agent evidence committed under `results/` (it never trains):
 # every run directory there holds `config.json` (resolved config + provenance) and a tidy
 # `metrics.csv` written by `klrl train`. Point it at another results folder with the
-# environment variable `KLRL_RESULTS_DIR`; figures go to `KLRL_FIGURES_DIR` (default:
-# `<results>/figures`).
+# environment variable `KLRL_RESULTS_DIR`. Figures are shown inline and, when the
+# environment variable `KLRL_FIGURES_DIR` is set, also saved there as PNG files.
 #
 # Agents (targets from `klrl.operators`, ALGORITHMS.md §2):
 # - DQN: `y = r + γ max q̄(s')`;
@@ -43,9 +43,14 @@ from klrl.results import (  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
 RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results"))
-FIGURES = os.environ.get("KLRL_FIGURES_DIR", os.path.join(RESULTS, "figures"))
+FIGURES = os.environ.get("KLRL_FIGURES_DIR")
 BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "1000"))
-os.makedirs(FIGURES, exist_ok=True)
+
+
+def save(fig, name):
+    if FIGURES:
+        os.makedirs(FIGURES, exist_ok=True)
+        fig.savefig(os.path.join(FIGURES, name), dpi=110)
 
 
 # The deep-agent evidence of this notebook: results/quickstart (CartPole) and results/minatar*
@@ -126,7 +131,7 @@ if RUNS:
     for ax, (path, record) in zip(axes[0], RUNS):
         plot_run_curves(path, record, ax)
     fig.tight_layout()
-    fig.savefig(os.path.join(FIGURES, "munchausen_gymnax_curves.png"), dpi=110)
+    save(fig, "munchausen_gymnax_curves.png")
     plt.show()
 
 # %% [markdown]
@@ -173,5 +178,5 @@ if TABLE:
         ax.set_title(f"{env}: final evaluation return (bar = IQM)")
         ax.grid(alpha=0.3, axis="y")
     fig.tight_layout()
-    fig.savefig(os.path.join(FIGURES, "munchausen_gymnax_finals.png"), dpi=110)
+    save(fig, "munchausen_gymnax_finals.png")
     plt.show()

@@ -41,14 +41,15 @@ def test_notebook_runs_on_a_tiny_run(tmp_path):
     results = tmp_path / "results"
     _tiny_run(str(results / "quickstart"))
     _tiny_run(str(results / "other_notebook_run"))      # not one of this notebook's runs
-    env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_BOOTSTRAP_REPS": "50", "MPLBACKEND": "Agg"}
+    env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_FIGURES_DIR": str(tmp_path / "figures"),
+           "KLRL_BOOTSTRAP_REPS": "50", "MPLBACKEND": "Agg"}
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert "1 run(s)" in res.stdout
     assert "CartPole-v1" in res.stdout and "mdqn" in res.stdout
     for name in ("munchausen_gymnax_curves.png", "munchausen_gymnax_finals.png"):
-        assert os.path.getsize(results / "figures" / name) > 5_000
+        assert os.path.getsize(tmp_path / "figures" / name) > 5_000
 
 
 def test_notebook_is_a_jupytext_percent_script():
