@@ -415,6 +415,9 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
             raise ConfigError(f"{skey}: got {_describe(vals)}; allowed a list of values")
         if not vals:
             raise ConfigError(f"{skey}: got []; allowed a non-empty list (an empty sweep makes an empty grid)")
+        if k == "train.seeds":
+            raise ConfigError(f"{skey}: got {_describe(vals)}; allowed train.seeds = N or [seeds] outside [sweep] "
+                              "(the seeds always multiply the grid)")
         if k == "agent.name":
             agents = tuple(_check_agent(skey, a, schema) for a in vals)
             if len(set(agents)) != len(agents):

@@ -69,6 +69,12 @@ def test_agent_sweep_is_one_population_per_agent(schema):
     assert exp.static_config("mvi").agent == "mvi"
 
 
+def test_set_agent_name_replaces_the_agent_sweep(schema):
+    raw = {"sweep": {"agent.name": ["dqn", "mdqn"]}}
+    assert build_experiment(raw, ["agent.name=mvi"], schema=schema).agents == ("mvi",)
+    assert build_experiment(raw, ["sweep.agent.name=[\"c51\"]"], schema=schema).agents == ("c51",)
+
+
 def test_parse_override():
     assert parse_override("env.name=Breakout-MinAtar") == ("env.name", "Breakout-MinAtar")
     assert parse_override("agent.hidden=[8, 8]") == ("agent.hidden", [8, 8])
@@ -104,6 +110,7 @@ def test_parse_override():
     ({"train": {"replay_mode": "global"}}, [], "train.replay_mode: got 'global'"),
     ({"agent": {"hidden": [0]}}, [], "agent.hidden: got [0]"),
     ({"output": {"if_exists": "overwrite"}}, [], "output.if_exists: got 'overwrite'"),
+    ({"sweep": {"train.seeds": [0, 1]}}, [], "sweep.train.seeds: got [0, 1]; allowed train.seeds = N"),
 ])
 def test_bad_input_names_field_value_and_allowed(schema, raw, overrides, needle):
     with pytest.raises(ConfigError) as info:
