@@ -65,6 +65,7 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
         # CPU time of this process during the best run (all threads): less sensitive than wall
         # time to other processes sharing the cores; the 1-min load average says how shared.
         "cpu_seconds": cpu[best],
+        "all_cpu_seconds": cpu,
         "load_average_1min": [load_before, os.getloadavg()[0]],
         "final_eval_return_mean": float(jnp.mean(metrics["eval_return"][-1])),
         "diverged": int(jnp.sum(metrics["diverged"][-1])),
@@ -83,6 +84,17 @@ def bench_train(out_path: str | None = None, quick: bool = False,
         rows.append(time_population(cfg, m, repeats=r))
         print(f"members={m:3d}  run {rows[-1]['seconds']:.2f}s  compile {rows[-1]['compile_seconds']:.1f}s  "
               f"{rows[-1]['agent_steps_per_second']:.0f} agent-steps/s", flush=True)
+    single = next((row for row in rows if row["members"] == 1), None)
+    if single is not None and len(rows) > 1:
+        # The machine may be shared: measure the single member again after the populations and
+        # keep its fastest run, so a quiet moment for the baseline can only raise the ratios.
+        again = time_population(cfg, 1, repeats=2)
+        runs = single["all_run_seconds"] + again["all_run_seconds"]
+        cpus = single["all_cpu_seconds"] + again["all_cpu_seconds"]
+        best = min(range(len(runs)), key=runs.__getitem__)
+        single.update(seconds=runs[best], cpu_seconds=cpus[best], all_run_seconds=runs, all_cpu_seconds=cpus,
+                      agent_steps_per_second=cfg.total_steps / runs[best],
+                      agent_steps_per_second_per_member=cfg.total_steps / runs[best])
     base = next((row["seconds"] for row in rows if row["members"] == 1), None)
     base_cpu = next((row["cpu_seconds"] for row in rows if row["members"] == 1), None)
     for row in rows:
