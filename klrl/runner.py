@@ -112,16 +112,13 @@ def _checkpointer(out: str, pop: Population, exp: Experiment):
     return PopulationCheckpointer(os.path.join(out, "checkpoints", pop.agent), exp.config_hash())
 
 
-def run_population(exp: Experiment, pop: Population, out: str, writer: MetricsWriter, resume: bool,
+def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
                    chunk_counter: list[int]) -> dict:
     """Train one population to the end (resuming from its checkpoint if asked); returns timing."""
     import jax
     import jax.numpy as jnp
 
-    from klrl.train import make_train
-
     static = exp.static_config(pop.agent)
-    trainer = make_train(static)
     M = pop.size
     keys = jnp.asarray(pop.keys)
     hparams = {k: jnp.asarray(v) for k, v in pop.hparams.items()}
@@ -240,6 +237,11 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     out = resolve_out_dir(out_dir, exp, resume)
     pops = build_populations(exp)
     columns = pops[0].columns
+    from klrl.train import make_train
+
+    # The engine's own checks (make_train builds the program without compiling it) also run
+    # before anything is written.
+    trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 
@@ -268,7 +270,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     _log(f"klrl: run directory {out}")
 
     counter = [0]
-    timing = [run_population(exp, pop, out, writer, resume, counter) for pop in pops]
+    timing = [run_population(exp, pop, trainer, out, writer, resume, counter) for pop, trainer in zip(pops, trainers)]
 
     summary = summary_rows(metrics_path, columns)
     prov = provenance
