@@ -28,6 +28,7 @@ from klrl.provenance import provenance
 from klrl.train import StaticConfig, make_train
 
 DEFAULT_OUT = os.path.join("results", "bench", "train.json")
+QUICK_OUT = os.path.join("results", "bench", "train_quick.json")   # --quick never overwrites the real result
 
 REFERENCE = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=10, total_steps=50_000, chunk_steps=50_000,
                          buffer_size=10_000, batch_size=128, learning_starts=10_000, train_every=1,
@@ -74,7 +75,8 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
 
 def bench_train(out_path: str | None = None, quick: bool = False,
                 members: tuple[int, ...] | None = None, repeats: int | None = None) -> dict:
-    """Run the benchmark and write its JSON (default results/bench/train.json)."""
+    """Run the benchmark and write its JSON (default results/bench/train.json; with `quick`,
+    results/bench/train_quick.json so a smoke test never replaces the committed measurement)."""
     cfg = QUICK if quick else REFERENCE
     members = members or ((1, 2) if quick else (1, 8, 32, 64))
     rows = []
@@ -112,7 +114,7 @@ def bench_train(out_path: str | None = None, quick: bool = False,
                   "per_member_cpu_cost_ratio is the same with process CPU time (robust to a shared machine)"),
         "rows": rows,
     }
-    out_path = out_path or DEFAULT_OUT
+    out_path = out_path or (QUICK_OUT if quick else DEFAULT_OUT)
     os.makedirs(os.path.dirname(out_path) or ".", exist_ok=True)
     with open(out_path, "w") as f:
         json.dump(result, f, indent=2)
