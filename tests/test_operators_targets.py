@@ -243,3 +243,14 @@ def test_targets_keep_leading_shape_and_vmap(batch, num_actions, tau, k, seed):
     np.testing.assert_allclose(y_rows, ops.munchausen_target(q_s, q_next, a, r, d, tau=tau, alpha=0.5), rtol=1e-5)
     vm = jax.vmap(lambda t: ops.soft_q_target(q_next, r, d, tau=t))(jnp.array([tau, 2 * tau]))
     np.testing.assert_allclose(vm[0], ops.soft_q_target(q_next, r, d, tau=tau), rtol=1e-6)
+
+
+@pytest.mark.parametrize("consistent", [False, True])
+def test_tsallis_value_is_expectation_under_greedy_policy(consistent, x64):
+    q = jax.random.normal(jax.random.PRNGKey(14), (6, A)) * 2
+    tau, k = 0.3, 1.7
+    pi = ops.tsallis_greedy_policy(q, tau=tau, entropic_index=k, consistent_weight=consistent)
+    expected = jnp.sum(pi * (q - tau * ops.log_q(pi, k)), -1)
+    np.testing.assert_allclose(
+        ops.tsallis_value(q, tau=tau, entropic_index=k, consistent_weight=consistent), expected, atol=1e-12
+    )

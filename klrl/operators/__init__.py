@@ -40,6 +40,7 @@ from klrl.operators.values import (
     greedy_value,
     mirror_descent_value,
     munchausen_bonus,
+    tsallis_greedy_policy,
     tsallis_munchausen_bonus,
     tsallis_value,
 )
@@ -51,6 +52,6 @@ __all__ = [
     "mirror_descent_target", "mirror_descent_value", "munchausen_bonus", "munchausen_target",
     "persistent_advantage_learning_target", "q_learning_target", "scaled_log_softmax",
     "select_action", "soft_q_target", "soft_value", "softmax_policy", "sparsemax",
-    "tsallis_entropy", "tsallis_munchausen_bonus", "tsallis_munchausen_target",
+    "tsallis_entropy", "tsallis_greedy_policy", "tsallis_munchausen_bonus", "tsallis_munchausen_target",
     "tsallis_policy", "tsallis_value",
 ]

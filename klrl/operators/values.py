@@ -62,17 +62,26 @@ def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeri
     return _coef(alpha, q) * jnp.clip(scaled, _coef(clip_min, q), 0.0)
 
 
-def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consistent_weight: bool):
-    """(π, τ·ln_q π) for the Tsallis policy of q, following ALGORITHMS.md §3.
+def tsallis_greedy_policy(q: Array, *, tau: Numeric, entropic_index: Numeric,
+                          consistent_weight: bool = False) -> Array:
+    """The regularized greedy policy of MVI(q) on q-values (ALGORITHMS.md §3).
 
-    Literal form (default): π = tsallis_policy(q/τ). Consistent form: π = tsallis_policy(q/(k τ)),
-    the maximizer of <π, q> + τ S_k(π), so that the value below is the exact regularized max.
-    At k = 1 both equal softmax(q/τ) and τ ln π is computed by the stable scaled_log_softmax.
+    Literal form (default): π = tsallis_policy(q/τ), greedy for the Tsallis weight τ/k.
+    Consistent form: π = tsallis_policy(q/(k τ)), the maximizer of <π, q> + τ S_k(π).
+    At k = 1 both are softmax(q/τ).
+    """
+    temperature = _coef(tau, q) * _coef(entropic_index, q) if consistent_weight else _coef(tau, q)
+    return tsallis_policy(q / temperature, entropic_index)
+
+
+def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consistent_weight: bool):
+    """(π, τ·ln_q π) for the MVI(q) greedy policy of q (`tsallis_greedy_policy`).
+
+    At k = 1, τ ln π is computed by the stable scaled_log_softmax.
     """
     tau_c = _coef(tau, q)
     k = _coef(entropic_index, q)
-    temperature = tau_c * k if consistent_weight else tau_c
-    pi = tsallis_policy(q / temperature, entropic_index)
+    pi = tsallis_greedy_policy(q, tau=tau, entropic_index=entropic_index, consistent_weight=consistent_weight)
     general = tau_c * log_q(pi, jnp.where(k == 1.0, 2.0, k))
     if isinstance(entropic_index, (int, float)) and entropic_index != 1:
         return pi, general

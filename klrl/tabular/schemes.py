@@ -179,8 +179,8 @@ def _tsallis_m_vi(mdp, gamma, alpha, tau, entropic_index, num_iterations, noise_
         return q, _backup(mdp, gamma, v, bonus), aux
 
     def policy_of(q):
-        temperature = tau * entropic_index if consistent_weight else tau
-        return ops.tsallis_policy(q / temperature, entropic_index)
+        return ops.tsallis_greedy_policy(q, tau=tau, entropic_index=entropic_index,
+                                         consistent_weight=consistent_weight)
 
     return run_scheme(mdp, gamma, step, policy_of, (), num_iterations,
                       noise_std=noise_std, key=key, q_star=q_star, eval_every=eval_every)
