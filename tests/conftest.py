@@ -12,7 +12,7 @@ import jax
 import pytest
 from hypothesis import settings
 
-settings.register_profile("fast", max_examples=25, deadline=None)
+settings.register_profile("fast", max_examples=25, deadline=None, derandomize=True)  # CI: same examples every run
 settings.register_profile("thorough", max_examples=300, deadline=None)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
 
