@@ -132,7 +132,6 @@ def test_hparams_used_and_validation():
 ENGINE_AGENTS = ["dqn", "double_dqn", "soft_dqn", "al", "pal", "mdqn", "mvi", "mdkl", "c51"]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ENGINE_AGENTS)   # Q♯ agents are covered by tests/test_qsharp*.py
 def test_every_agent_runs_end_to_end(name):
     tr = make_train(dataclasses.replace(TINY, agent=name, num_atoms=11))
@@ -140,7 +139,6 @@ def test_every_agent_runs_end_to_end(name):
     assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("overrides", [
     {"env": "Breakout-MinAtar"},
     {"target_update": "polyak", "acting": "softmax", "loss": "huber"},
