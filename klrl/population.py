@@ -96,6 +96,14 @@ def build_population(exp: Experiment, agent: str, first_member: int = 0) -> Popu
 
 def build_populations(exp: Experiment) -> list[Population]:
     """One population per agent (in config order), with run-wide member ids."""
+    # A swept hyperparameter that no agent of the experiment reads would silently collapse to
+    # one grid point (e.g. agent.alpha with dqn): refuse it before anything runs.
+    used = set().union(*(exp.hparams_used(a) for a in exp.agents))
+    for name in exp.swept_hparams():
+        if name not in used:
+            raise ConfigError(f"sweep.{exp.schema.key_of(name)}: got a sweep that none of the agents "
+                              f"({', '.join(exp.agents)}) uses with these settings; allowed "
+                              f"{', '.join(sorted(exp.schema.key_of(n) for n in used))}")
     pops, nxt = [], 0
     for agent in exp.agents:
         pop = build_population(exp, agent, first_member=nxt)

@@ -95,9 +95,9 @@ def check(cfg) -> None:
     if cfg.reference not in REFERENCES:
         _fail("agent.reference", cfg.reference, ", ".join(REFERENCES))
     if cfg.reference in ("softmax", "epsilon_greedy"):
-        if not (cfg.reference_temperature > 0):
+        if cfg.reference == "softmax" and not (cfg.reference_temperature > 0):
             _fail("agent.reference_temperature", cfg.reference_temperature, "a number > 0")
-        if not (0 < cfg.reference_epsilon <= 1):
+        if cfg.reference == "epsilon_greedy" and not (0 < cfg.reference_epsilon <= 1):
             _fail("agent.reference_epsilon", cfg.reference_epsilon, "a number in (0, 1]")
         info = _run_info(cfg.reference_run, cfg.reference_member, cfg.env)
         from klrl.agents import AGENTS

@@ -245,6 +245,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 
+    prov = provenance()  # once per run: config, summary and timing name the same commit
     metrics_path = os.path.join(out, "metrics.csv")
     if resume:
         prefix = ""
@@ -261,7 +262,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
         os.makedirs(out, exist_ok=True)
         record = {
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
-            "overrides": list(overrides), "members": _member_table(pops), "provenance": provenance(),
+            "overrides": list(overrides), "members": _member_table(pops), "provenance": prov,
         }
         with open(os.path.join(out, "config.json"), "w") as fh:
             json.dump(record, fh, indent=2, sort_keys=False)
@@ -273,13 +274,12 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     timing = [run_population(exp, pop, trainer, out, writer, resume, counter) for pop, trainer in zip(pops, trainers)]
 
     summary = summary_rows(metrics_path, columns)
-    prov = provenance
     with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump({"summary": summary, "provenance": prov()}, fh, indent=2)
+        json.dump({"summary": summary, "provenance": prov}, fh, indent=2)
         fh.write("\n")
     timing_path = os.path.join(out, "timing.json" if not resume else "timing_resume.json")
     with open(timing_path, "w") as fh:
-        json.dump({"populations": timing, "provenance": prov()}, fh, indent=2)
+        json.dump({"populations": timing, "provenance": prov}, fh, indent=2)
         fh.write("\n")
     print_summary(summary)
     from klrl.plotting import plot_run

@@ -171,7 +171,7 @@ def validate(cfg: StaticConfig) -> None:
     _check(len(cfg.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
            cfg.hidden, "a non-empty tuple of integers >= 1")
     _check(cfg.buffer_size >= cfg.num_envs, "buffer_size", cfg.buffer_size, f">= num_envs={cfg.num_envs}")
-    if cfg.agent == "c51":
+    if AGENTS[cfg.agent].num_outputs(cfg) > 1:  # categorical critics (c51, qsharp, qsharp_cd)
         _check(isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2, "num_atoms", cfg.num_atoms, "an integer >= 2")
         _check(cfg.v_min < cfg.v_max, "v_min", cfg.v_min, f"< v_max={cfg.v_max}")
     # qsharp: reference policy (reads the reference run's config.json only) and agent checks.
@@ -346,8 +346,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
             logits = jnp.where(jax.nn.one_hot(actions, num_actions, dtype=bool), 0.0, -jnp.inf)
         else:
             logits = jax.vmap(lambda p, o, h: policy_logits(net.apply(p, o), o, h, cfg))(params, obs, hp)
-            k_pol = jax.vmap(lambda k: jax.random.fold_in(k, 1))(key)
-            actions = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(k_pol, logits).astype(jnp.int32)
+            actions = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(key, logits).astype(jnp.int32)
         kl = (reference.kl_to_reference(logits, ref.log_probs(obs)) if ref is not None
               else jnp.zeros(actions.shape, jnp.float32))
         return actions, kl
@@ -367,7 +366,10 @@ def make_train(cfg: StaticConfig) -> Trainer:
         def body(c):
             t, env_state, obs, done, ret, key, kl_sum, kl_n = c
             s = jax.vmap(lambda k: jax.random.split(k, n + 1))(key)
-            actions, kl = eval_actions(params, obs, s[:, 0], hp)
+            # Policy-sampling key: fold_in(key, n+1) is outside split(key, n+1) = fold_in(key,
+            # 0..n), so it never coincides with an env key or the carried key s[:, 0].
+            k_pol = jax.vmap(lambda k: jax.random.fold_in(k, n + 1))(key)
+            actions, kl = eval_actions(params, obs, k_pol, hp)
             env_state, st = env.step(env_state, actions, s[:, 1:])
             ret = ret + jnp.where(done, 0.0, st.reward)
             kl_sum, kl_n = kl_sum + jnp.where(done, 0.0, kl), kl_n + jnp.where(done, 0.0, 1.0)

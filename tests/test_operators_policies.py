@@ -140,7 +140,10 @@ def test_mirror_descent_closed_form(x64):
     beta = lam / (lam + tau)
     expected = jax.nn.log_softmax(beta * log_prev + beta * q / lam)  # π₊ ∝ π₋^β exp(βq/λ)
     np.testing.assert_allclose(ops.mirror_descent_log_policy(q, log_prev, lam=lam, tau=tau), expected, atol=1e-12)
-    # τ = 0: a pure KL step; λ → 0: the entropy-only softmax(q/τ).
+    # τ = 0: a pure KL step π₊ ∝ π₋ exp(q/λ); λ → 0: the entropy-only softmax(q/τ).
+    np.testing.assert_allclose(
+        ops.mirror_descent_log_policy(q, log_prev, lam=lam, tau=0.0), jax.nn.log_softmax(log_prev + q / lam), atol=1e-12
+    )
     np.testing.assert_allclose(
         ops.mirror_descent_log_policy(q, log_prev, lam=1e-12, tau=tau), jax.nn.log_softmax(q / tau), atol=1e-9
     )

@@ -149,8 +149,13 @@ def test_tsallis_value_consistent_weight_is_the_max(x64):
     others = jax.random.dirichlet(jax.random.PRNGKey(8), jnp.ones(A), (3000,))
     for k in (1.5, 2.0, 3.0):
         v = ops.tsallis_value(q, tau=0.4, entropic_index=k, consistent_weight=True)
-        objective = jax.vmap(lambda p: jnp.dot(p, q) + 0.4 * ops.tsallis_entropy(p, k))(others)
-        assert float(jnp.max(objective)) <= float(v) + 1e-12
+        objective_of = lambda p: jnp.dot(p, q) + 0.4 * ops.tsallis_entropy(p, k)  # noqa: E731
+        sampled = jax.vmap(objective_of)(others)
+        assert float(jnp.max(sampled)) <= float(v) + 1e-12
+        # ... and it is attained by a point of the simplex, so it is not an over-estimate.
+        pi = ops.tsallis_greedy_policy(q, tau=0.4, entropic_index=k, consistent_weight=True)
+        assert float(pi.min()) >= 0 and abs(float(pi.sum()) - 1) < 1e-12
+        np.testing.assert_allclose(v, objective_of(pi), atol=1e-12)
 
 
 def test_tsallis_index_two_bonus_is_bounded_without_clip(x64):
@@ -237,6 +242,8 @@ def test_targets_keep_leading_shape_and_vmap(batch, num_actions, tau, k, seed):
     d = jnp.full(batch, 0.99)
     y = _mvi(q_s, q_next, a, r, d, k, tau)  # traced index: the population path
     assert y.shape == batch and np.all(np.isfinite(np.asarray(y)))
+    static = ops.tsallis_munchausen_target(q_s, q_next, a, r, d, entropic_index=k, tau=tau)
+    np.testing.assert_allclose(y, static, rtol=1e-5, atol=1e-5)
     # Per-row coefficients (a vmapped population) equal the scalar call row by row.
     taus = jnp.full(batch[:1], tau)
     y_rows = ops.munchausen_target(q_s, q_next, a, r, d, tau=taus, alpha=jnp.full(batch[:1], 0.5))

@@ -101,9 +101,11 @@ def test_shared_replay_one_buffer_same_batches():
     # one buffer for all members; it received M·E items per vector step
     assert state.replay.data.obs.shape == (64, 4)
     assert int(state.replay.size) == 64 and int(state.replay.pos) == (40 * 3 * 2) % 64
-    # all members sample through one stream: the same indices for everyone
+    # shared sampling yields ONE minibatch (no member axis): the trainer's vmapped update takes
+    # it with in_axes=None, so every member learns from the same rows of the one buffer
     batch, idx = rb.sample(state.replay, state.shared_sample_key, 8, "shared")
-    assert idx.shape == (8,)
+    assert idx.shape == (8,) and batch.obs.shape == (8, 4)
+    np.testing.assert_array_equal(batch.obs, state.replay.data.obs[idx])
     # members still explore independently
     assert not np.array_equal(state.obs[0], state.obs[1])
     assert np.all(np.isfinite(metrics["loss"]))
@@ -119,6 +121,10 @@ def test_hparams_used_and_validation():
     for name, agent in AGENTS.items():
         used = hparams_used(dataclasses.replace(TINY, agent=name))
         assert set(agent.hparams) <= set(used) <= set(HPARAMS)
+        assert "polyak" not in used  # TINY uses hard target updates
+    # ε-schedule values only matter for ε-greedy acting
+    assert "epsilon_start" not in hparams_used(dataclasses.replace(TINY, acting="softmax"))
+    assert "softmax_temperature" not in hparams_used(TINY)
     assert "entropic_index" in hparams_used(dataclasses.replace(TINY, agent="mvi"))
     assert "polyak" in hparams_used(dataclasses.replace(TINY, target_update="polyak"))
     with pytest.raises(ConfigError, match="agent: got 'ppo'"):

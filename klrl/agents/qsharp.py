@@ -52,7 +52,6 @@ carry, acting, per-step bookkeeping and an optional replacement of replay sampli
 
 from __future__ import annotations
 
-import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -61,6 +60,7 @@ import jax.numpy as jnp
 from klrl import operators as ops
 from klrl import reference as refs
 from klrl.agents.base import Transition, discount, regression_loss
+from klrl.agents.c51 import atoms  # the same fixed support as C51
 from klrl.errors import ConfigError
 
 MODES = ("td", "rollout")
@@ -123,19 +123,11 @@ class RolloutCarry(NamedTuple):
 
 # ---- shared pieces ------------------------------------------------------------------------
 
-def atoms(cfg) -> jax.Array:
-    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, dtype=jnp.float32)
-
-
 def log_reference(cfg, obs: jax.Array) -> jax.Array:
     """ln π_ref(·|obs) [..., A] of the run's configured reference (klrl.reference).
 
-    `make_train` rejects reference "none" for these agents; a loss called directly (unit
-    tests) with "none" uses the uniform reference.
+    `make_train` rejects reference "none" for these agents, so one is always configured.
     """
-    if cfg.reference == "none":
-        return refs.for_config(cfg._replace(reference="uniform") if hasattr(cfg, "_replace")
-                               else dataclasses.replace(cfg, reference="uniform")).log_probs(obs)
     return refs.for_config(cfg).log_probs(obs)
 
 
@@ -152,14 +144,9 @@ def _check(cfg, name: str, distributional: bool) -> None:
         raise ConfigError(f"agent.qsharp_mode: got {cfg.qsharp_mode!r}; allowed td for agent {name}")
     if cfg.qsharp_mode == "rollout" and cfg.replay_mode != "per-member":
         raise ConfigError(f"train.replay_mode: got {cfg.replay_mode!r}; allowed per-member with qsharp_mode rollout")
-    if cfg.qsharp_mode == "rollout" and cfg.buffer_size < cfg.num_envs:
-        raise ConfigError(f"train.buffer_size: got {cfg.buffer_size}; allowed >= env.num_envs={cfg.num_envs}")
     if not (isinstance(cfg.qsharp_switch_horizon, int) and cfg.qsharp_switch_horizon >= 0):
         raise ConfigError(f"agent.qsharp_switch_horizon: got {cfg.qsharp_switch_horizon!r}; "
                           "allowed an integer >= 0 (0: the env's time limit)")
-    if distributional and not (isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2 and cfg.v_min < cfg.v_max):
-        raise ConfigError(f"agent.num_atoms: got {cfg.num_atoms!r} (v_min={cfg.v_min}, v_max={cfg.v_max}); "
-                          "allowed an integer >= 2 with v_min < v_max")
 
 
 # ---- the categorical critic of π_ref --------------------------------------------------------
