@@ -556,12 +556,13 @@ def run_experiment(config_path: str, out_dir: str | None = None, quick: bool = F
     from klrl.provenance import provenance
     from klrl.tabular import plots
 
+    prov = provenance()  # before writing: our own outputs must not mark the tree dirty
     os.makedirs(out_dir, exist_ok=True)
     n_rows = write_metrics(os.path.join(out_dir, "metrics.csv"), metric_rows(cfg, out))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
     resolved = {"config": cfg, "config_path": os.path.abspath(config_path), "quick": quick,
-                "metrics_rows": n_rows, "compute_wall_seconds": wall, "provenance": provenance()}
+                "metrics_rows": n_rows, "compute_wall_seconds": wall, "provenance": prov}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(resolved, f, indent=2)
     plots.draw_all(out_dir, out_dir)
