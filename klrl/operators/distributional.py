@@ -11,7 +11,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from klrl.operators.policies import _coef, soft_value
+from klrl.operators.policies import _coef, _shift, soft_value
 
 Array = chex.Array
 Numeric = chex.Numeric
@@ -70,6 +70,10 @@ def entropic_q(logits: Array, atoms: Array, eta: Numeric) -> Array:
 
 
 def guided_logits(log_pi_ref: Array, q_eta: Array, eta: Numeric) -> Array:
-    """Logits of the guided policy π ∝ π_ref·exp(Q_η/η): ln π_ref + Q_η/η (Zhou et al. 2025)."""
+    """Logits of the guided policy π ∝ π_ref·exp(Q_η/η): ln π_ref + (Q_η − max Q_η)/η (Zhou et al. 2025).
+
+    The constant max Q_η/η is dropped (the policy is unchanged), so large returns over a
+    small η do not cost float32 precision in the logits.
+    """
     chex.assert_equal_shape([log_pi_ref, q_eta])
-    return log_pi_ref + q_eta / _coef(eta, q_eta)
+    return log_pi_ref + _shift(q_eta)[0] / _coef(eta, q_eta)

@@ -47,6 +47,18 @@ def _coef_lead(x: Numeric, q: Array) -> Array:
     return x.reshape(x.shape + (1,) * (q.ndim - 1 - x.ndim))
 
 
+def _shift(x: Array) -> tuple[Array, Array]:
+    """(x − max x, max x) over the last axis (keepdims; the max is stop-gradient).
+
+    Every policy and value operator works on the shifted array and adds the max back only
+    to values: in float32 with q ≈ 100 and τ = 0.03, forming q/τ first loses ulp(q/τ) per
+    entry and a simplex projection of it leaves Σπ − 1 ≈ A·ulp, which ⟨π, q⟩ multiplies by
+    |q|. Shifted, the top entry is exactly 0 and errors scale with the spread of q instead.
+    """
+    m = jax.lax.stop_gradient(jnp.max(x, axis=-1, keepdims=True))
+    return x - m, m
+
+
 def _lse(x: Array) -> Array:
     """ln Σ exp(x) over the last axis (keepdims), max-subtracted.
 
@@ -71,7 +83,7 @@ def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
 def softmax_policy(q: Array, tau: Numeric) -> Array:
     """π = softmax(q/τ) over the last axis (Boltzmann policy)."""
     tau = _coef(tau, q)
-    return jax.nn.softmax(q / tau, axis=-1)
+    return jax.nn.softmax(_shift(q)[0] / tau, axis=-1)
 
 
 def soft_value(q: Array, tau: Numeric, log_prior: Array | None = None) -> Array:
@@ -82,12 +94,12 @@ def soft_value(q: Array, tau: Numeric, log_prior: Array | None = None) -> Array:
     (soft Q-learning, Haarnoja et al. 2017). Returns the leading shape of `q`.
     """
     tau = _coef(tau, q)
-    z = q / tau
+    shifted, m = _shift(q)   # v(q + c) = v(q) + c exactly: only the spread is divided by τ
+    z = shifted / tau
     if log_prior is not None:
         chex.assert_equal_shape([q, log_prior])
         z = z + log_prior
-    # Max-subtracted lse keeps q/τ ~ 1e6 finite.
-    return jnp.squeeze(tau * _lse(z), -1)
+    return jnp.squeeze(m + tau * _lse(z), -1)
 
 
 def log_q(x: Array, entropic_index: Numeric) -> Array:
@@ -120,8 +132,10 @@ def sparsemax(z: Array) -> Array:
     """Euclidean projection of z onto the simplex (Martins & Astudillo 2016), exact by sorting.
 
     Sort z descending, k = max{k : 1 + k·z_(k) > Σ_{j≤k} z_(j)}, π = [z − (Σ_{j≤k} z_(j) − 1)/k]_+.
-    This is the Tsallis policy with entropic index 2 (ALGORITHMS.md §3).
+    This is the Tsallis policy with entropic index 2 (ALGORITHMS.md §3). z is shifted by its
+    max first (the projection is shift-invariant), so the threshold is formed near 0.
     """
+    z = _shift(z)[0]
     z_sorted = -jnp.sort(-z, axis=-1)
     cumsum = jnp.cumsum(z_sorted, axis=-1)
     ks = jnp.arange(1, z.shape[-1] + 1, dtype=z.dtype)
@@ -134,11 +148,11 @@ def sparsemax(z: Array) -> Array:
 def _tsallis_bisection(z: Array, k: Array) -> Array:
     """π = exp_q(z − ψ) with Σπ = 1, ψ found by bisection (k > 1; any shape broadcast)."""
     num_actions = z.shape[-1]
-    z_max = jnp.max(z, axis=-1, keepdims=True)
-    # ψ ∈ [max z, max z − ln_q(1/A)]: the left end gives the top action mass 1 (Σ ≥ 1), the
-    # right end gives every action at most 1/A (Σ ≤ 1); Σ exp_q(z − ψ) is decreasing in ψ.
-    lo = z_max
-    hi = z_max - log_q(jnp.asarray(1.0 / num_actions, z.dtype), k)
+    z = _shift(z)[0]   # max z = 0: ψ is bracketed near 0, at full precision
+    # ψ ∈ [0, −ln_q(1/A)]: the left end gives the top action mass 1 (Σ ≥ 1), the right end
+    # gives every action at most 1/A (Σ ≤ 1); Σ exp_q(z − ψ) is decreasing in ψ.
+    lo = jnp.zeros(z.shape[:-1] + (1,), z.dtype)
+    hi = lo - log_q(jnp.asarray(1.0 / num_actions, z.dtype), k)
 
     def body(_, bounds):
         lo, hi = bounds
@@ -193,7 +207,11 @@ def mirror_descent_log_policy(q: Array, log_pi_prev: Array, *, lam: Numeric, tau
 
 
 def mirror_descent_logits(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Numeric) -> Array:
-    """u = (λ ln π₋ + q)/(λ + τ), the logits of the mirror-descent policy (π₊ = softmax(u))."""
+    """u = (λ ln π₋ + q − max q)/(λ + τ), the logits of the mirror-descent policy (π₊ = softmax(u)).
+
+    The constant max q/(λ+τ) is dropped (softmax is shift-invariant): with q ≈ 1e3 and
+    λ + τ ≈ 1e-2 it would cost ulp(1e5) ≈ 0.008 per logit in float32.
+    """
     chex.assert_equal_shape([q, log_pi_prev])
     lam, tau = _coef(lam, q), _coef(tau, q)
-    return (lam * log_pi_prev + q) / (lam + tau)
+    return (lam * log_pi_prev + _shift(q)[0]) / (lam + tau)

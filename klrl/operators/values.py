@@ -18,6 +18,7 @@ from klrl.operators.policies import (
     _coef,
     _coef_lead,
     _lse,
+    _shift,
     log_q,
     mirror_descent_logits,
     scaled_log_softmax,
@@ -47,9 +48,10 @@ def mirror_descent_value(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Num
     with temperature λ+τ and "prior" β ln π₋. That form is exact and needs no π₊ (stable when
     π₊ underflows). Requires λ + τ > 0.
     """
-    # Same u and lse as `mirror_descent_log_policy`, so a program needing both computes it once.
+    # Same u and lse as `mirror_descent_log_policy`, so a program needing both computes it once;
+    # u omits max q/(λ+τ), which is added back here exactly.
     u = mirror_descent_logits(q, log_pi_prev, lam=lam, tau=tau)
-    return jnp.squeeze((_coef(lam, q) + _coef(tau, q)) * _lse(u), -1)
+    return jnp.squeeze(_shift(q)[1] + (_coef(lam, q) + _coef(tau, q)) * _lse(u), -1)
 
 
 def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeric = -1.0) -> Array:
@@ -71,7 +73,7 @@ def tsallis_greedy_policy(q: Array, *, tau: Numeric, entropic_index: Numeric,
     At k = 1 both are softmax(q/τ).
     """
     temperature = _coef(tau, q) * _coef(entropic_index, q) if consistent_weight else _coef(tau, q)
-    return tsallis_policy(q / temperature, entropic_index)
+    return tsallis_policy(_shift(q)[0] / temperature, entropic_index)   # shift before dividing by τ
 
 
 def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consistent_weight: bool):
@@ -96,7 +98,9 @@ def tsallis_value(q: Array, *, tau: Numeric, entropic_index: Numeric, consistent
     `consistent_weight=True` takes π greedy for weight τ, making v = max_π <π,q> + τ S_k(π).
     """
     pi, scaled_logq = _tsallis_scaled_log(q, tau, entropic_index, consistent_weight)
-    general = jnp.sum(pi * (q - scaled_logq), axis=-1)
+    # max q + <π, (q − max q) − τ ln_q π>: Σπ − 1 (a few ulp) then multiplies the spread of q, not |q|.
+    shifted, m = _shift(q)
+    general = jnp.squeeze(m, -1) + jnp.sum(pi * (shifted - scaled_logq), axis=-1)
     if isinstance(entropic_index, (int, float)):
         return soft_value(q, tau) if entropic_index == 1 else general
     is_one = _coef_lead(entropic_index, q) == 1.0
