@@ -1,7 +1,9 @@
 """Reference policies π_ref for KL-regularized RL toward a FIXED policy (Q♯, soft Q with prior).
 
-A reference is a pure function `log_probs(obs [..., *obs_shape]) -> ln π_ref [..., A]`
-usable inside the compiled training program (its parameters are constants closed over).
+A reference is a pure function `log_probs(params, obs [..., *obs]) -> ln π_ref [..., A]` used
+inside the compiled training program, and a host loader `load() -> params` (orbax restore of
+the reference run's checkpoint). The parameters are an ARGUMENT of the program (the trainer's
+`init` stores them in the TrainState), never constants baked into it.
 Kinds (`StaticConfig.reference`, config key `agent.reference`):
 
 - `none`: no reference (agents that need one reject this; no `kl_ref` metric);
@@ -37,7 +39,20 @@ REFERENCES = ("none", "uniform", "softmax", "epsilon_greedy")
 
 class Reference(NamedTuple):
     kind: str
-    log_probs: Callable[[jax.Array], jax.Array]   # obs [..., *obs_shape] -> ln π_ref [..., A]
+    log_probs: Callable[[Any, jax.Array], jax.Array]   # (params, obs [..., *obs]) -> ln π_ref [..., A]
+    load: Callable[[], Any]                            # host: the parameters (() for uniform)
+
+
+class RefNetwork(NamedTuple):
+    """The reference run's network, read from its config.json (the fields agents' q_values use)."""
+
+    agent: str
+    torso: str
+    hidden: tuple[int, ...]
+    obs_scale: float
+    num_atoms: int
+    v_min: float
+    v_max: float
 
 
 class _RunInfo(NamedTuple):
@@ -46,7 +61,7 @@ class _RunInfo(NamedTuple):
     local_index: int          # the member's position in its agent's population
     population_size: int
     checkpoint: str           # .../checkpoints/<agent>/<latest step>/state
-    static: Any               # the reference run's StaticConfig (network shape)
+    static: RefNetwork        # the reference run's network
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -79,13 +94,10 @@ def _run_info(run: str, member: int, env: str) -> _RunInfo:
     if not steps or not os.path.isdir(state_dir):
         _fail("agent.reference_run", run, f"a run with a saved checkpoint under {ckpt_root!r}")
 
-    from klrl.train import StaticConfig
-
     a = config["agent"]
-    static = StaticConfig(env=env, agent=agent, hidden=tuple(a.get("hidden", StaticConfig.hidden)),
-                          num_atoms=int(a.get("num_atoms", StaticConfig.num_atoms)),
-                          v_min=float(a.get("v_min", StaticConfig.v_min)),
-                          v_max=float(a.get("v_max", StaticConfig.v_max)))
+    static = RefNetwork(agent=agent, torso=a.get("torso", "mlp"), hidden=tuple(a["hidden"]),
+                        obs_scale=float(a.get("obs_scale", 1.0)), num_atoms=int(a["num_atoms"]),
+                        v_min=float(a["v_min"]), v_max=float(a["v_max"]))
     return _RunInfo(ref_env, agent, local, len(same), state_dir, static)
 
 
@@ -106,72 +118,63 @@ def check(cfg) -> None:
             _fail("agent.reference_run", cfg.reference_run, f"a run of a known agent (its agent is {info.agent!r})")
 
 
-def _load_q(run: str, member: int, env: str) -> Callable[[jax.Array], jax.Array]:
-    """Q_ref(obs) of one member of a `klrl train` run (parameters restored with orbax)."""
-    import orbax.checkpoint as ocp
-
+def _q_network(run: str, member: int, env: str, backend: str):
+    """(pure Q_ref(params, obs), host loader of the params) of one member of a `klrl train` run."""
     from klrl.agents import AGENTS
-    from klrl.envs import make_env
+    from klrl.envs import env_spec, stacked_shape
     from klrl.networks import make_network
 
     info = _run_info(run, member, env)
     agent = AGENTS[info.agent]
-    spec = make_env(env).spec
-    net = make_network(spec, info.static.hidden, agent.num_outputs(info.static))
-    expected = net.init(jax.random.PRNGKey(0), jnp.zeros(spec.obs_shape, spec.obs_dtype))
-    try:
-        restored = ocp.StandardCheckpointer().restore(os.path.abspath(info.checkpoint))
-        params_all = restored["params"]
-    except Exception as err:  # orbax raises many types; all mean "not a readable checkpoint"
-        _fail("agent.reference_run", run, f"a readable orbax checkpoint ({type(err).__name__} at {info.checkpoint})")
-    params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[info.local_index]), params_all)
-    shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)  # noqa: E731
-    if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
-        _fail("agent.reference_run", run, f"a checkpoint whose parameters match its config's network "
-              f"(agent {info.agent!r}, hidden {info.static.hidden})")
+    spec = env_spec(env, backend)
+    net = make_network(info.static.torso, info.static.hidden, spec.num_actions, agent.num_outputs(info.static),
+                       info.static.obs_scale)
+
+    def load():
+        import orbax.checkpoint as ocp
+
+        expected = net.init(jax.random.PRNGKey(0), jnp.zeros(stacked_shape(spec), spec.obs_dtype))
+        try:
+            restored = ocp.StandardCheckpointer().restore(os.path.abspath(info.checkpoint))
+            params_all = restored["learner"]["params"] if "learner" in restored else restored["params"]
+        except Exception as err:  # orbax raises many types; all mean "not a readable checkpoint"
+            _fail("agent.reference_run", run, f"a readable orbax checkpoint ({type(err).__name__} at {info.checkpoint})")
+        params = jax.tree.map(lambda x: jnp.asarray(np.asarray(x)[info.local_index]), params_all)
+        shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)  # noqa: E731
+        if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
+            _fail("agent.reference_run", run, f"a checkpoint whose parameters match its config's network "
+                  f"(agent {info.agent!r}, hidden {info.static.hidden})")
+        return params
+
     static = info.static
-    return lambda obs: agent.q_values(net.apply(params, obs), static)
-
-
-@functools.lru_cache(maxsize=None)
-def _make(kind: str, run: str, member: int, temperature: float, epsilon: float, env: str) -> Reference:
-    from klrl.envs import make_env
-
-    num_actions = make_env(env).spec.num_actions
-    if kind == "uniform":
-        def log_probs(obs):
-            lead = obs.shape[: obs.ndim - len(make_env(env).spec.obs_shape)]
-            return jnp.full(lead + (num_actions,), -jnp.log(num_actions), jnp.float32)
-        return Reference(kind, log_probs)
-    q_ref = _load_q(run, member, env)
-    if kind == "softmax":
-        return Reference(kind, lambda obs: jax.nn.log_softmax(q_ref(obs) / temperature, axis=-1))
-
-    def log_eps_greedy(obs):
-        q = q_ref(obs)
-        greedy = jax.nn.one_hot(jnp.argmax(q, axis=-1), num_actions, dtype=q.dtype)
-        return jnp.log((1.0 - epsilon) * greedy + epsilon / num_actions)
-    return Reference(kind, log_eps_greedy)
+    return (lambda params, obs: agent.q_values(net.apply(params, obs), static)), load
 
 
 def for_config(cfg) -> Reference | None:
-    """The reference policy of a StaticConfig (cached: loaded once per process), or None."""
+    """The reference policy of a StaticConfig, or None (checks first; loads nothing yet)."""
     if cfg.reference == "none":
         return None
     check(cfg)
-    return _make(cfg.reference, cfg.reference_run, cfg.reference_member, float(cfg.reference_temperature),
-                 float(cfg.reference_epsilon), cfg.env)
+    from klrl.envs import env_spec
+
+    num_actions = env_spec(cfg.env, cfg.env_backend).num_actions
+    if cfg.reference == "uniform":
+        def log_uniform(params, obs):
+            lead = obs.shape[: obs.ndim - len(env_spec(cfg.env, cfg.env_backend).obs_shape)]
+            return jnp.full(lead + (num_actions,), -jnp.log(num_actions), jnp.float32)
+        return Reference("uniform", log_uniform, lambda: ())
+    q_ref, load = _q_network(cfg.reference_run, cfg.reference_member, cfg.env, cfg.env_backend)
+    cached = functools.lru_cache(maxsize=1)(load)
+    if cfg.reference == "softmax":
+        temperature = float(cfg.reference_temperature)
+        return Reference("softmax", lambda p, obs: jax.nn.log_softmax(q_ref(p, obs) / temperature, axis=-1), cached)
+    eps = float(cfg.reference_epsilon)
+
+    def log_eps_greedy(params, obs):
+        q = q_ref(params, obs)
+        greedy = jax.nn.one_hot(jnp.argmax(q, axis=-1), num_actions, dtype=q.dtype)
+        return jnp.log((1.0 - eps) * greedy + eps / num_actions)
+    return Reference("epsilon_greedy", log_eps_greedy, cached)
 
 
-def kl_to_reference(logits: jax.Array, log_pi_ref: jax.Array) -> jax.Array:
-    """KL(π‖π_ref) = <π, ln π − ln π_ref> for π = softmax(logits), over the last axis.
-
-    Terms with π(a) = 0 contribute 0 (so a greedy one-hot policy, logits −inf off the argmax,
-    gives −ln π_ref(argmax)).
-    """
-    log_pi = jax.nn.log_softmax(logits, axis=-1)
-    pi = jnp.exp(log_pi)
-    return jnp.sum(jnp.where(pi > 0, pi * (log_pi - log_pi_ref), 0.0), axis=-1)
-
-
-__all__ = ["REFERENCES", "Reference", "check", "for_config", "kl_to_reference"]
+__all__ = ["REFERENCES", "RefNetwork", "Reference", "check", "for_config"]

@@ -1,97 +1,316 @@
-"""The one replay buffer: a uniform ring buffer for a whole population.
+"""The one replay buffer: a time ring per env column, shared by a whole population.
 
-Two modes (docs/DESIGN.md §4):
-- `per-member`: every member has its own buffer. Storage is `[M, C, ...]` (member axis
-  leading, like every other per-member array) and each member samples its own indices.
-- `shared`: one buffer `[C, ...]` that all members write into (each vector step appends the
-  M x E transitions of the whole population) and every member samples the SAME indices, so
-  different operators are compared on identical minibatches and a large population fits in
-  memory.
+Layout. Every vector step the trainer calls `add` once with the [M, E] slice of the
+population, so the buffer is a ring of T time slots per env column:
 
-All members step in lockstep, so the write position and the fill level are scalars shared
-by the whole population. This keeps every write a single (dynamic-update-slice or scatter)
-op with unbatched indices instead of a per-member scatter loop.
+- `per-member`: leaves `[M, T, E, ...]`, T = capacity // E. Member m only sees its own E
+  columns and draws its own minibatch (`sample(state, keys [M, 2], B)` -> leaves [M, B, ...]).
+- `shared`: one store `[T, M*E, ...]` (columns member-major: column m*E + e), T = capacity //
+  (M*E). `sample(state, key [2], B)` draws ONE minibatch [B, ...] that every member uses, so
+  different operators are compared on identical data and a large population fits in memory.
+
+All members step in lockstep, so the write cursor `pos` and the fill level `size` (in time
+slots) are int32 scalars, and every write is one `dynamic_update_slice` per leaf at time
+index `pos` (no scatter).
+
+Slot contents. The trainer adds (o_t, first_t, a_t, step_t) where o_t is the observation
+a_t was taken in and step_t the EnvStep a_t produced (klrl.envs.base: next-step autoreset,
+so o_{t+1} of slot t is written by the NEXT add; `valid_t` is False exactly on an autoreset
+step, whose o_t is the previous episode's final observation and whose a_t was ignored).
+
+Two stores:
+- `frames`: slot t keeps the single newest frame o_t (not the k-frame stack) plus first_t,
+  a_t, r_t, terminated_t, valid_t. Stacks are rebuilt at sample time, which costs ~1/k of the
+  memory of storing stacks and ~1/(2k) of storing (obs, next_obs) pairs.
+- `transitions`: slot t keeps o_t and next_obs = step_t.obs explicitly (frame_stack 1 only).
+
+Frame stacking convention (shared with the acting stack, `push_frame`): k frames
+concatenated on the LAST axis, oldest first; frames before the episode's first observation
+are zero. k = 1 is the identity.
+
+Sampling. `age` = how many adds ago a slot was written (newest = 0); time index
+(pos - 1 - age) mod T. `candidates` independent uniform (age, column) pairs are drawn per
+batch element and the first valid one is taken: conditional on success this is exactly
+uniform over the valid slots in range. If none is valid (rare: P = (1 - valid fraction)^K)
+the last candidate is returned with weight 0, so the learner can mask it without a
+data-dependent batch size.
 """
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from klrl.envs.base import EnvStep
 
 MODES = ("per-member", "shared")
+STORES = ("frames", "transitions")
+
+
+class Batch(NamedTuple):
+    """A minibatch; per-member samples carry a leading member axis [M, B, ...]."""
+
+    obs: jax.Array         # [B, *stacked_obs] in the store's obs dtype
+    action: jax.Array      # int32 [B]
+    reward: jax.Array      # float32 [B] (EnvStep.reward, the learning reward)
+    terminated: jax.Array  # float32 [B]: 1.0 = true terminal (discount 0); truncation is 0.0
+    next_obs: jax.Array    # [B, *stacked_obs]
+    weight: jax.Array      # float32 [B]: 1 for a real transition, 0 when no valid slot was drawn
 
 
 class ReplayState(NamedTuple):
-    data: Any          # pytree; leaves [M, C, ...] (per-member) or [C, ...] (shared)
-    pos: jax.Array     # int32 scalar: next write slot
-    size: jax.Array    # int32 scalar: number of valid slots (<= C)
+    """Buffer contents; jax arrays only, so orbax can save it."""
+
+    data: dict[str, jax.Array]  # leaves [M, T, E, ...] (per-member) or [T, M*E, ...] (shared)
+    pos: jax.Array              # int32 scalar: time index of the next write
+    size: jax.Array             # int32 scalar: time slots written so far, capped at T
 
 
-def init(example: Any, capacity: int, *, members: int, mode: str) -> ReplayState:
-    """An empty buffer whose items look like `example` (a pytree of one item, no batch axes)."""
+class Replay(NamedTuple):
+    """A replay buffer bound to one static configuration (all functions jit/vmap-able).
+
+    sample(state, key, B) returns (batch, indices) with indices = (time_index, column), two
+    int32 arrays with the batch's leading shape ([B] shared, [M, B] per-member). `column` is
+    the member-major column m*E + e in shared mode and the member's own env e in per-member
+    mode; the slot is `state.data[...][time_index, column]` (per member: `[m, time_index,
+    column]`). Returned for every batch element, including weight-0 ones.
+    """
+
+    init: Callable[[], ReplayState]
+    add: Callable[[ReplayState, jax.Array, jax.Array, jax.Array, EnvStep], ReplayState]
+    sample: Callable[[ReplayState, jax.Array, int], tuple[Batch, Any]]
+    bytes_per_transition: int  # bytes stored per time slot of one env column
+    mode: str
+    store: str
+
+
+# ----------------------------------------------------------------------------- frame stacks
+
+
+def stacked_shape(obs_shape: tuple[int, ...], k: int) -> tuple[int, ...]:
+    """The shape of k frames of `obs_shape` concatenated on the last axis."""
+    obs_shape = tuple(obs_shape)
+    return obs_shape[:-1] + (obs_shape[-1] * k,)
+
+
+def init_stack(obs_shape: tuple[int, ...], obs_dtype: Any, k: int, lead: tuple[int, ...]) -> jax.Array:
+    """An all-zero acting stack [*lead, *stacked_shape(obs_shape, k)]."""
+    return jnp.zeros(tuple(lead) + stacked_shape(obs_shape, k), obs_dtype)
+
+
+def push_frame(stack: jax.Array, frame: jax.Array, first: jax.Array, k: int) -> jax.Array:
+    """The acting stack after observing `frame`: drop the oldest frame, append `frame`.
+
+    stack [*lead, *stacked], frame [*lead, *obs_shape], first bool [*lead]. Where `first` is
+    True (the frame starts an episode) the k-1 older frames are zeroed, giving
+    [0, ..., 0, frame]: exactly what the replay rebuilds for that slot.
+    """
+    if k == 1:
+        return frame.astype(stack.dtype)
+    c = frame.shape[-1]
+    chex.assert_shape(stack, frame.shape[:-1] + (c * k,))
+    chex.assert_shape(first, frame.shape[:first.ndim])
+    older = stack[..., c:]
+    keep = jnp.reshape(~first, first.shape + (1,) * (older.ndim - first.ndim))
+    older = jnp.where(keep, older, jnp.zeros_like(older))
+    return jnp.concatenate([older, frame.astype(stack.dtype)], axis=-1)
+
+
+def _concat_frames(frames: jax.Array) -> jax.Array:
+    """[B, k, *obs_shape] -> [B, *stacked] (frame i's channels at i*c .. i*c + c - 1)."""
+    k = frames.shape[1]
+    moved = jnp.moveaxis(frames, 1, -2)               # [B, ..., k, c]
+    return moved.reshape(moved.shape[:-2] + (k * frames.shape[-1],))
+
+
+# ----------------------------------------------------------------------------- sampling helpers
+
+
+def _uniform_int(u: jax.Array, n: jax.Array) -> jax.Array:
+    """floor(u * n) for u in [0, 1), clamped to [0, n - 1] (float rounding can hit n)."""
+    return jnp.clip((u * n).astype(jnp.int32), 0, jnp.maximum(n - 1, 0))
+
+
+def _time_index(pos: jax.Array, age: jax.Array, T: int) -> jax.Array:
+    """Time index of the slot written `age` adds ago (newest = 0)."""
+    return jnp.mod(pos - 1 - age, T)
+
+
+def _draw(key: jax.Array, valid: jax.Array, pos: jax.Array, lo: jax.Array, n: jax.Array,
+          batch_size: int, candidates: int, first: jax.Array | None = None
+          ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Pick B slots uniformly among valid ones with age in [lo, lo + n - 1].
+
+    valid: bool [T, C] of one store. With `first` (frames store), a slot whose NEXT slot is an
+    episode start is excluded too: normally only autoreset slots (already invalid) precede one,
+    but a host pool re-reset on resume starts an episode without one (klrl.runner).
+    Returns (age, time_index, column, weight), each [B]. n <= 0 (too little data yet) yields
+    weight 0 everywhere with ages clamped to lo.
+    """
+    T, C = valid.shape
+    u = jax.random.uniform(key, (2, batch_size, candidates))
+    age = lo + _uniform_int(u[0], n)                    # [B, K]
+    col = _uniform_int(u[1], jnp.int32(C))
+    ok = valid[_time_index(pos, age, T), col] & (n > 0)
+    if first is not None:
+        ok = ok & ~first[_time_index(pos, age - 1, T), col]
+    # First valid candidate; argmax of an all-False row is 0, so fall back to the last one.
+    any_ok = ok.any(axis=-1)
+    pick = jnp.where(any_ok, jnp.argmax(ok, axis=-1), candidates - 1)[:, None]
+    age = jnp.take_along_axis(age, pick, axis=-1)[:, 0]
+    col = jnp.take_along_axis(col, pick, axis=-1)[:, 0]
+    return age, _time_index(pos, age, T), col, any_ok.astype(jnp.float32)
+
+
+def _sample_frames(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, batch_size: int,
+                   k: int, candidates: int) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
+    """One frames store [T, C, ...] -> a batch [B, ...] with stacks rebuilt from single frames.
+
+    Ages are restricted to [1, size - k]: age >= 1 so next obs (age - 1) exists, and
+    age + k - 1 <= size - 1 so the stack window never reaches unwritten or overwritten slots.
+    """
+    T = data["valid"].shape[0]
+    age, ti, col, weight = _draw(key, data["valid"], pos, jnp.int32(1), size - k,
+                                 batch_size, candidates, data["first"])
+    # Window of k + 1 frames, oldest first: ages a+k-1 .. a (obs) and a+k-2 .. a-1 (next obs).
+    ages = age[:, None] + (k - 1 - jnp.arange(k + 1))          # [B, k+1]
+    wt = _time_index(pos, ages, T)
+    frames = data["frame"][wt, col[:, None]]                    # [B, k+1, *obs_shape]
+    first = data["first"][wt, col[:, None]][:, :k]              # obs window only
+    # Latest episode start inside the obs window (0 if none: nothing to zero). A valid slot's
+    # next obs is never a first obs, so the same start pads next_obs.
+    start = jnp.max(jnp.where(first, jnp.arange(k), 0), axis=-1)
+    keep = jnp.arange(k + 1)[None, :] >= start[:, None]
+    keep = keep.reshape(keep.shape + (1,) * (frames.ndim - 2))
+    frames = jnp.where(keep, frames, jnp.zeros_like(frames))
+    batch = Batch(
+        obs=_concat_frames(frames[:, :k]),
+        action=data["action"][ti, col],
+        reward=data["reward"][ti, col],
+        terminated=data["terminated"][ti, col].astype(jnp.float32),
+        next_obs=_concat_frames(frames[:, 1:]),
+        weight=weight,
+    )
+    return batch, (ti, col)
+
+
+def _sample_transitions(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array,
+                        batch_size: int, candidates: int) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
+    """One transitions store [T, C, ...] -> a batch [B, ...]; ages in [0, size - 1]."""
+    _, ti, col, weight = _draw(key, data["valid"], pos, jnp.int32(0), size,
+                               batch_size, candidates)
+    batch = Batch(
+        obs=data["obs"][ti, col],
+        action=data["action"][ti, col],
+        reward=data["reward"][ti, col],
+        terminated=data["terminated"][ti, col].astype(jnp.float32),
+        next_obs=data["next_obs"][ti, col],
+        weight=weight,
+    )
+    return batch, (ti, col)
+
+
+# ----------------------------------------------------------------------------- construction
+
+
+def _slot_spec(store: str, obs_shape: tuple[int, ...], obs_dtype: Any) -> dict[str, tuple]:
+    """Per-slot (shape, dtype) of every stored leaf."""
+    spec = {
+        "action": ((), jnp.int32),
+        "reward": ((), jnp.float32),
+        "terminated": ((), jnp.bool_),
+        "valid": ((), jnp.bool_),
+    }
+    if store == "frames":
+        spec.update(frame=(obs_shape, obs_dtype), first=((), jnp.bool_))
+    else:
+        spec.update(obs=(obs_shape, obs_dtype), next_obs=(obs_shape, obs_dtype))
+    return spec
+
+
+def make_replay(store: str, *, obs_shape: tuple[int, ...], obs_dtype: Any, frame_stack: int,
+                members: int, envs: int, capacity: int, mode: str, candidates: int = 4) -> Replay:
+    """Build the replay for a population of `members` x `envs` environments.
+
+    obs_shape is ONE frame (EnvSpec.obs_shape); batches carry stacked_shape(obs_shape,
+    frame_stack). capacity counts transitions in total (per member in per-member mode, for
+    the whole population in shared mode); it is rounded down to a multiple of the columns.
+    Raises ValueError for an unknown store/mode, frame_stack > 1 with the transitions store,
+    candidates < 1, or a capacity that leaves fewer than frame_stack + 2 time slots.
+    """
+    if store not in STORES:
+        raise ValueError(f"replay_store: got {store!r}; allowed {', '.join(STORES)}")
     if mode not in MODES:
         raise ValueError(f"replay_mode: got {mode!r}; allowed {', '.join(MODES)}")
-    lead = (members, capacity) if mode == "per-member" else (capacity,)
-    data = jax.tree.map(lambda x: jnp.zeros(lead + jnp.shape(x), jnp.asarray(x).dtype), example)
-    return ReplayState(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
+    k = int(frame_stack)
+    if k < 1:
+        raise ValueError(f"frame_stack: got {k}; must be >= 1")
+    if store == "transitions" and k != 1:
+        raise ValueError(f"frame_stack: got {k} with replay_store 'transitions', which only "
+                         "supports frame_stack 1; use replay_store 'frames'")
+    if candidates < 1:
+        raise ValueError(f"replay candidates: got {candidates}; must be >= 1")
+    M, E = int(members), int(envs)
+    obs_shape = tuple(int(d) for d in obs_shape)
+    obs_dtype = jnp.dtype(obs_dtype)
+    columns = E if mode == "per-member" else M * E
+    T = int(capacity) // columns
+    if T < k + 2:
+        raise ValueError(
+            f"buffer_size (capacity): got {capacity}, i.e. {T} time slots of {columns} env "
+            f"columns in {mode} mode; need >= {k + 2} slots (frame_stack + 2), i.e. "
+            f"capacity >= {(k + 2) * columns}")
 
+    spec = _slot_spec(store, obs_shape, obs_dtype)
+    bytes_per_transition = sum(int(np.prod(s, dtype=np.int64)) * jnp.dtype(d).itemsize
+                               for s, d in spec.values())
+    lead = (M, T, E) if mode == "per-member" else (T, M * E)
 
-def capacity(state: ReplayState, mode: str) -> int:
-    leaf = jax.tree.leaves(state.data)[0]
-    return leaf.shape[1] if mode == "per-member" else leaf.shape[0]
+    def init() -> ReplayState:
+        data = {name: jnp.zeros(lead + s, d) for name, (s, d) in spec.items()}
+        return ReplayState(data, jnp.zeros((), jnp.int32), jnp.zeros((), jnp.int32))
 
+    def add(state: ReplayState, obs: jax.Array, first: jax.Array, action: jax.Array,
+            step: EnvStep) -> ReplayState:
+        """Write the [M, E] slot at time index pos: obs = o_t (the frame a_t was taken in)."""
+        chex.assert_shape(obs, (M, E) + obs_shape)
+        chex.assert_shape([first, action, step.reward, step.terminated, step.valid], (M, E))
+        items = {"action": action, "reward": step.reward, "terminated": step.terminated,
+                 "valid": step.valid}
+        if store == "frames":
+            items.update(frame=obs, first=first)
+        else:
+            chex.assert_shape(step.obs, (M, E) + obs_shape)
+            items.update(obs=obs, next_obs=step.obs)
 
-def add(state: ReplayState, items: Any, mode: str) -> ReplayState:
-    """Append a batch of items, overwriting the oldest ones once full.
-
-    items: leaves `[M, n, ...]` (n new items per member). per-member: member m's items go to
-    its own buffer; shared: all M*n items go into the one buffer (member-major order).
-    """
-    cap = capacity(state, mode)
-    if mode == "shared":
-        items = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), items)
-        axis = 0
-    else:
-        axis = 1
-    n = jax.tree.leaves(items)[0].shape[axis]
-    if n > cap:
-        raise ValueError(f"buffer_size: got {cap}; must be >= {n} items written per step")
-    if cap % n == 0:
-        # Writes never straddle the end: one contiguous in-place slice update.
-        def write(buf, x):
-            start = [0] * buf.ndim
-            start[axis] = state.pos
-            return jax.lax.dynamic_update_slice(buf, x.astype(buf.dtype), start)
-    else:
-        idx = (state.pos + jnp.arange(n)) % cap
-
-        def write(buf, x):
+        def write(buf: jax.Array, x: jax.Array) -> jax.Array:
             x = x.astype(buf.dtype)
-            return buf.at[idx].set(x) if axis == 0 else buf.at[:, idx].set(x)
-    data = jax.tree.map(write, state.data, items)
-    return ReplayState(data, (state.pos + n) % cap, jnp.minimum(state.size + n, cap))
+            if mode == "per-member":   # [M, E, ...] -> [M, 1, E, ...] at (0, pos, 0, ...)
+                x, start = x[:, None], (0, state.pos, 0)
+            else:                      # [M, E, ...] -> [1, M*E, ...] at (pos, 0, ...)
+                x, start = x.reshape((1, M * E) + x.shape[2:]), (state.pos, 0)
+            start = start + (0,) * (buf.ndim - len(start))
+            return jax.lax.dynamic_update_slice(buf, x, start)
 
+        data = {name: write(state.data[name], items[name]) for name in state.data}
+        return ReplayState(data, (state.pos + 1) % T, jnp.minimum(state.size + 1, T))
 
-def sample_indices(key: jax.Array, size: jax.Array, batch_size: int) -> jax.Array:
-    """Uniform indices in [0, size) as floor(u * size) (cheaper than randint under vmap)."""
-    u = jax.random.uniform(key, (batch_size,))
-    return jnp.minimum((u * size).astype(jnp.int32), jnp.maximum(size - 1, 0))
+    def sample_one(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, batch_size: int):
+        if store == "frames":
+            return _sample_frames(data, pos, size, key, batch_size, k, candidates)
+        return _sample_transitions(data, pos, size, key, batch_size, candidates)
 
+    def sample(state: ReplayState, key: jax.Array, batch_size: int) -> tuple[Batch, Any]:
+        """per-member: key [M, 2] -> leaves [M, B, ...]; shared: key [2] -> leaves [B, ...]."""
+        if mode == "shared":
+            return sample_one(state.data, state.pos, state.size, key, batch_size)
+        chex.assert_axis_dimension(key, 0, M)
+        return jax.vmap(lambda d, kk: sample_one(d, state.pos, state.size, kk, batch_size))(
+            state.data, key)
 
-def sample(state: ReplayState, keys: jax.Array, batch_size: int, mode: str) -> tuple[Any, jax.Array]:
-    """Sample a minibatch per member.
-
-    keys: per-member mode `[M, 2]` (each member its own indices); shared mode one key `[2]`
-    (the same indices for every member).
-    Returns (batch, indices): per-member leaves `[M, B, ...]`, indices `[M, B]`; shared
-    leaves `[B, ...]` (one batch, identical for every member) and indices `[B]`.
-    """
-    if mode == "shared":
-        idx = sample_indices(keys, state.size, batch_size)
-        return jax.tree.map(lambda x: x[idx], state.data), idx
-    idx = jax.vmap(lambda k: sample_indices(k, state.size, batch_size))(keys)
-    batch = jax.tree.map(lambda x: jnp.take_along_axis(
-        x, idx.reshape(idx.shape + (1,) * (x.ndim - 2)), axis=1), state.data)
-    return batch, idx
+    return Replay(init=init, add=add, sample=sample, bytes_per_transition=bytes_per_transition,
+                  mode=mode, store=store)

@@ -1,25 +1,34 @@
-"""The whole training run of a population as one pure function.
+"""The whole training run of a population as one pure function, composed from small pieces.
 
-`make_train(StaticConfig)` returns a `Trainer` whose `train(keys, hparams)` is
-`init` followed by `lax.scan(run_chunk)` over `num_chunks` chunks; each chunk is a
-`lax.scan` over vector steps (act, env step, replay insert, gradient update, target update,
-ε schedule) followed by greedy evaluation episodes. No Python runs in the hot loop.
-The interface is fixed by .notes/train_contract.md (keys [M, 2], hparams name -> [M]).
+`make_train(StaticConfig)` returns a `Trainer`; `train(keys, hparams)` is `init` followed by
+`lax.scan(run_chunk)` over chunks; each chunk scans vector steps and ends with evaluation.
+The pieces, each testable alone:
+- the learner update (`make_update`): agent loss -> gradients -> an optax chain built from
+  traced hyperparameters (optional global-norm clip, Adam with eps, learning rate), with a
+  divergence guard that costs one finiteness test of the loss and the gradient norm;
+- actors (klrl.actors; an agent may bring its own): act on [E] envs, return log-probabilities;
+- the data source: the run's replay (klrl.replay: frame-stack or transitions store,
+  per-member or shared) or what the agent's actor records (Q♯ rollout labels);
+- evaluators: in-graph episodes on fresh envs (`episodes`, gymnax/tabular), or test envs
+  inside the training pool stepped concurrently with ε_eval (`concurrent`, any backend: an
+  emulator pool cannot be reset in-graph), whose episodes run across chunk boundaries.
 
-Population: every per-member array has the member axis M first. The learner (acting,
-loss, optimizer) is `vmap`ped over members; the environments are stepped as one batch
-[M, E] through the `klrl.envs.VecEnv` interface (so a non-vmappable envpool pool can sit
-behind it); all members advance in lockstep, so step counters, the replay write position
-and the "learn now?" / "update the target now?" decisions are scalars shared by the
-population (real `lax.cond`s, not per-member selects).
+Population: every per-member array has the member axis M first; the learner and actors are
+`vmap`ped over members; the environment is ONE backend instance for [M, E (+ test envs)] and
+is never vmapped (klrl.envs.base: a host pool cannot be). All members advance in lockstep, so
+step counters, the replay write position and the "update now?" decisions are scalars.
 
-Randomness: each member key is split into independent streams (init, acting+env,
-replay sampling, evaluation, env reset) with `fold_in`, so members never share
+Periods are in env steps per member: `learning_starts`, `update_every` (one gradient update
+per `update_every` env steps; with E envs a vector step makes E/update_every of them, so
+`update_every = 1` is one update per env step), `target_update_every`, the ε schedule.
+
+Randomness: each member key is split into independent streams (init, acting+env, replay
+sampling, evaluation, env reset, actor carry) with `fold_in`, so members never share
 initialisation or exploration noise. In `shared` replay mode the sampling indices come from
 one population stream (derived from member 0's key), so every member sees the same batch.
 
-Divergence: an update whose loss or gradient is non-finite is not applied; the member is
-flagged `diverged` and its parameters stay frozen (finite), the others are unaffected.
+Divergence: an update whose loss or gradient norm is non-finite is not applied; the member is
+flagged `diverged` and frozen from then on, the others are unaffected.
 """
 
 from __future__ import annotations
@@ -31,15 +40,16 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from klrl import reference
+from klrl import actors as act_lib
+from klrl import reference as refs
 from klrl import replay as rb
-from klrl.agents import AGENTS, LOSSES, Nets, Transition
-from klrl.envs import ENVS, make_env
+from klrl.agents import AGENTS, LOSSES, Context, Nets
+from klrl.envs import BACKENDS, TRAITS, check_env, env_spec, make_env, stacked_shape
 from klrl.errors import ConfigError
-from klrl.networks import make_network
+from klrl.networks import TORSOS, make_network
 
 TARGET_UPDATES = ("hard", "polyak")
-ACTING = ("epsilon_greedy", "softmax")
+EVAL_MODES = ("episodes", "concurrent")
 
 
 @dataclass(frozen=True)
@@ -47,6 +57,7 @@ class StaticConfig:
     """Everything that changes shapes or the compiled program (hashable)."""
 
     env: str = "CartPole-v1"
+    env_backend: str = "jax"             # jax (gymnax/tabular, in-graph) | pool (host numpy pool)
     agent: str = "mdqn"
     num_envs: int = 10
     total_steps: int = 500_000
@@ -54,20 +65,27 @@ class StaticConfig:
     buffer_size: int = 10_000
     batch_size: int = 128
     learning_starts: int = 10_000
-    train_every: int = 1
+    update_every: int = 10               # env steps per member between gradient updates
     target_update_every: int = 500
+    max_grad_norm: float = 0.0           # global-norm gradient clip; 0 = none
+    torso: str = "mlp"                   # mlp | minatar_cnn | nature_cnn
+    obs_scale: float = 1.0               # observations are multiplied by this inside the network
     hidden: tuple[int, ...] = (120, 84)
     loss: str = "huber"
     target_update: str = "hard"
     acting: str = "epsilon_greedy"
     replay_mode: str = "per-member"
+    replay_store: str = "frames"         # frames (each observation stored once) | transitions (obs + next_obs)
     num_atoms: int = 51
     v_min: float = -10.0
     v_max: float = 10.0
-    eval_episodes: int = 10
+    eval_mode: str = "episodes"          # episodes (fresh in-graph envs per chunk) | concurrent (test envs in the pool)
+    eval_episodes: int = 10              # episodes mode: episodes per member per chunk
+    eval_envs: int = 2                   # concurrent mode: test envs per member
+    eval_epsilon: float = 0.0            # ε of evaluation (0 = greedy)
     consistent_weight: bool = False
-    # qsharp: the fixed reference policy π_ref (klrl.reference) and Q♯'s critic training mode
-    # (klrl.agents.qsharp). With a reference set, every agent also reports `kl_ref`.
+    # The fixed reference policy π_ref (klrl.reference), needed by qsharp/qsharp_cd/kl_prior;
+    # with one set, every agent also reports `kl_ref`.
     reference: str = "none"              # none | uniform | softmax | epsilon_greedy
     reference_run: str = ""              # `klrl train` run directory holding Q_ref's checkpoint
     reference_member: int = 0            # member of that run (config.json `members`)
@@ -94,7 +112,7 @@ AGENT_HPARAMS: dict[str, float] = {
     "clip_min": -1.0,      # l0, the lower clip of the Munchausen bonus
     "entropic_index": 2.0,  # Tsallis q of MVI(q); 2 = sparsemax
     "lam": 0.27,           # KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)
-    "eta": 1.0,            # qsharp: KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)
+    "eta": 1.0,            # KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)
 }
 HPARAMS: dict[str, float] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
 
@@ -102,47 +120,72 @@ HPARAMS: dict[str, float] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
 def hparams_used(cfg: StaticConfig) -> tuple[str, ...]:
     """The traced hyperparameters that influence a run with this static config."""
     names = ["learning_rate", "gamma", "adam_eps"]
-    if getattr(AGENTS[cfg.agent], "behaviour", None) is not None:
-        pass  # qsharp: the agent acts with its own (guided) policy, not ε-greedy/softmax
-    elif cfg.acting == "epsilon_greedy":
-        names += ["epsilon_start", "epsilon_end", "epsilon_fraction"]
-    else:
-        names += ["softmax_temperature"]
+    agent = AGENTS[cfg.agent]
+    if agent.actor is None:          # the configured rule; an agent's own actor uses its own hparams
+        names += ["epsilon_start", "epsilon_end", "epsilon_fraction"] if cfg.acting == "epsilon_greedy" \
+            else ["softmax_temperature"]
     if cfg.target_update == "polyak":
         names += ["polyak"]
-    return tuple(names) + AGENTS[cfg.agent].hparams
+    return tuple(names) + agent.hparams
 
 
-class TrainState(NamedTuple):
-    """Full learner state; jax arrays only (orbax-saveable). Member axis M leads."""
+# ---- state ------------------------------------------------------------------------------------
+
+class Learner(NamedTuple):
+    """Per-member networks and optimizer (leaves [M, ...])."""
 
     params: Any
     target_params: Any
-    prev_target_params: Any   # previous target network (used by mdkl; kept for all agents)
+    prev_target_params: Any   # previous target network (agents with extra_nets = ("prev_target",)), else ()
     opt_state: Any
-    replay: rb.ReplayState
-    env_state: Any            # [M, E, ...]
-    obs: jax.Array            # [M, E, *obs_shape]
-    act_key: jax.Array        # [M, 2] acting + env-step stream
-    sample_key: jax.Array     # [M, 2] replay sampling stream (per-member mode)
-    shared_sample_key: jax.Array  # [2] population sampling stream (shared mode)
-    eval_key: jax.Array       # [M, 2]
-    vstep: jax.Array          # int32 scalar: vector steps done (env steps = vstep·E)
-    chunk: jax.Array          # int32 scalar: chunks done
     diverged: jax.Array       # bool [M]
-    agent_state: Any = None   # qsharp: per-member carry of an agent's Behaviour ([M] zeros when unused)
+
+
+class ActorState(NamedTuple):
+    """What acting needs between steps, for all [M, E + test] envs."""
+
+    obs: jax.Array            # [M, E', *stacked]: the (frame-stacked) observation to act on
+    first: jax.Array          # bool [M, E']: obs is the first of an episode (zero-padded stack)
+    carry: Any                # the training actor's per-member carry (train envs only)
+    key: jax.Array            # [M, 2] acting + env-step stream
+
+
+class Keys(NamedTuple):
+    sample: jax.Array         # [M, 2] data sampling (per-member)
+    shared: jax.Array         # [2] population sampling stream (shared replay)
+    eval: jax.Array           # [M, 2]
+
+
+class Counters(NamedTuple):
+    vstep: jax.Array          # int32 scalar: vector steps done (env steps per member = vstep·E)
+    chunk: jax.Array          # int32 scalar: chunks done
+
+
+class TrainState(NamedTuple):
+    """Full state of a run; jax arrays only (orbax-saveable). Member axis M leads."""
+
+    learner: Learner
+    actor: ActorState
+    env: Any                  # backend state (not saved when the backend is not checkpointable)
+    replay: Any               # klrl.replay state, or () when the agent brings its own data
+    keys: Keys
+    counters: Counters
+    reference: Any            # π_ref's parameters (an argument of the program), () without one
 
 
 class Trainer(NamedTuple):
-    init: Callable[[jax.Array, dict], TrainState]
+    init: Callable[..., TrainState]
     run_chunk: Callable[[TrainState, dict], tuple[TrainState, dict]]
     num_chunks: int
-    train: Callable[[jax.Array, dict], tuple[TrainState, dict]]
+    train: Callable[..., tuple[TrainState, dict]]
+    spec: Any                 # klrl.envs.EnvSpec
+    traits: Any               # klrl.envs.Traits: in_graph_reset, checkpointable
+    reference: Any            # klrl.reference.Reference | None (its `load()` gives the params)
+    env_start: Callable[[jax.Array, int], tuple[Any, jax.Array]]   # (member keys, salt) -> (env state, obs)
 
 
 # Key streams split from each member key.
-_INIT, _ACT, _SAMPLE, _EVAL, _RESET, _SHARED = range(6)
-_CARRY = 6   # qsharp: an agent Behaviour's carry (e.g. rollout switch steps)
+_INIT, _ACT, _SAMPLE, _EVAL, _RESET, _SHARED, _CARRY = range(7)
 
 
 def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
@@ -152,14 +195,18 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: StaticConfig) -> None:
     """Structural checks of a static config (ConfigError, one line)."""
-    _check(cfg.env in ENVS, "env", cfg.env, ", ".join(ENVS))
+    _check(cfg.env_backend in BACKENDS, "env_backend", cfg.env_backend, ", ".join(BACKENDS))
+    check_env(cfg.env, cfg.env_backend)
     _check(cfg.agent in AGENTS, "agent", cfg.agent, ", ".join(AGENTS))
     _check(cfg.loss in LOSSES, "loss", cfg.loss, ", ".join(LOSSES))
+    _check(cfg.torso in TORSOS, "torso", cfg.torso, ", ".join(TORSOS))
     _check(cfg.target_update in TARGET_UPDATES, "target_update", cfg.target_update, ", ".join(TARGET_UPDATES))
-    _check(cfg.acting in ACTING, "acting", cfg.acting, ", ".join(ACTING))
+    _check(cfg.acting in act_lib.ACTING, "acting", cfg.acting, ", ".join(act_lib.ACTING))
     _check(cfg.replay_mode in rb.MODES, "replay_mode", cfg.replay_mode, ", ".join(rb.MODES))
-    for name in ("num_envs", "total_steps", "chunk_steps", "buffer_size", "batch_size", "train_every",
-                 "target_update_every", "eval_episodes"):
+    _check(cfg.replay_store in rb.STORES, "replay_store", cfg.replay_store, ", ".join(rb.STORES))
+    _check(cfg.eval_mode in EVAL_MODES, "eval_mode", cfg.eval_mode, ", ".join(EVAL_MODES))
+    for name in ("num_envs", "total_steps", "chunk_steps", "buffer_size", "batch_size", "update_every",
+                 "target_update_every", "eval_episodes", "eval_envs"):
         v = getattr(cfg, name)
         _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
     _check(isinstance(cfg.learning_starts, int) and cfg.learning_starts >= 0, "learning_starts",
@@ -168,17 +215,20 @@ def validate(cfg: StaticConfig) -> None:
            f"a divisor of total_steps={cfg.total_steps}")
     _check(cfg.chunk_steps % cfg.num_envs == 0, "chunk_steps", cfg.chunk_steps,
            f"a multiple of num_envs={cfg.num_envs}")
-    _check(len(cfg.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
-           cfg.hidden, "a non-empty tuple of integers >= 1")
-    _check(cfg.buffer_size >= cfg.num_envs, "buffer_size", cfg.buffer_size, f">= num_envs={cfg.num_envs}")
+    _check(len(cfg.hidden) >= 0 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
+           cfg.hidden, "a tuple of integers >= 1")
+    _check(cfg.max_grad_norm >= 0, "max_grad_norm", cfg.max_grad_norm, ">= 0 (0: no clipping)")
+    _check(cfg.obs_scale > 0, "obs_scale", cfg.obs_scale, "> 0")
+    _check(0 <= cfg.eval_epsilon <= 1, "eval_epsilon", cfg.eval_epsilon, "a number in [0, 1]")
+    if cfg.env_backend == "pool":
+        _check(cfg.eval_mode == "concurrent", "eval_mode", cfg.eval_mode,
+               "concurrent with backend pool (a host pool cannot start fresh episodes in-graph)")
     if AGENTS[cfg.agent].num_outputs(cfg) > 1:  # categorical critics (c51, qsharp, qsharp_cd)
         _check(isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2, "num_atoms", cfg.num_atoms, "an integer >= 2")
         _check(cfg.v_min < cfg.v_max, "v_min", cfg.v_min, f"< v_max={cfg.v_max}")
-    # qsharp: reference policy (reads the reference run's config.json only) and agent checks.
-    reference.check(cfg)
-    agent_check = getattr(AGENTS[cfg.agent], "validate", None)
-    if agent_check is not None:
-        agent_check(cfg)
+    refs.check(cfg)
+    if AGENTS[cfg.agent].needs_reference and cfg.reference == "none":
+        raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {cfg.agent}")
 
 
 def prepare_hparams(hparams: dict, members: int) -> dict:
@@ -197,55 +247,26 @@ def prepare_hparams(hparams: dict, members: int) -> dict:
     return out
 
 
-def epsilon(env_steps: jax.Array, hp: dict, total_steps: int) -> jax.Array:
-    """Linear ε schedule: ε_start → ε_end over epsilon_fraction·total_steps env steps."""
-    duration = jnp.maximum(hp["epsilon_fraction"] * total_steps, 1.0)
-    frac = jnp.clip(env_steps.astype(jnp.float32) / duration, 0.0, 1.0)
-    return hp["epsilon_start"] + frac * (hp["epsilon_end"] - hp["epsilon_start"])
+# ---- pieces -------------------------------------------------------------------------------------
+
+def make_optimizer(hp: dict, max_grad_norm: float) -> optax.GradientTransformation:
+    """optax chain from one member's traced hyperparameters: [clip] -> Adam(eps) -> −lr."""
+    parts = [optax.clip_by_global_norm(max_grad_norm)] if max_grad_norm > 0 else []
+    parts += [optax.scale_by_adam(eps=hp["adam_eps"]), optax.scale_by_learning_rate(hp["learning_rate"])]
+    return optax.chain(*parts)
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
+def make_update(cfg: StaticConfig, net, agent) -> Callable:
+    """One member's gradient step: (learner leaves, batch, hp, ctx) -> (learner, loss, aux).
 
+    The guard: a non-finite loss or gradient norm zeroes the gradients (so the optimizer state
+    stays finite) and withholds the step; the member is flagged diverged and stays frozen.
+    Both selects fuse into elementwise kernels the update runs anyway.
+    """
 
-def make_train(cfg: StaticConfig) -> Trainer:
-    """Build the pure training program for `cfg` (see module docstring)."""
-    validate(cfg)
-    env = make_env(cfg.env)
-    spec = env.spec
-    agent = AGENTS[cfg.agent]
-    net = make_network(spec, cfg.hidden, agent.num_outputs(cfg))
-    num_actions = spec.num_actions
-    E = cfg.num_envs
-    steps_per_chunk = cfg.chunk_steps // E
-    num_chunks = cfg.total_steps // cfg.chunk_steps
-    shared = cfg.replay_mode == "shared"
+    def update(learner: Learner, batch, hp: dict, ctx: Context):
+        params, target, prev_target = learner.params, learner.target_params, learner.prev_target_params
 
-    def q_values(params, obs):
-        return agent.q_values(net.apply(params, obs), cfg)
-
-    # qsharp: extension points for agents that act with their own policy (klrl.agents.qsharp):
-    # `behaviour` (per-member carry in TrainState.agent_state, acting, per-step bookkeeping,
-    # optional own minibatch sampling) and `policy_logits` (their policy in evaluation).
-    # With a reference policy configured, evaluation also measures KL(π‖π_ref) per step.
-    behaviour = agent.behaviour(cfg, spec) if getattr(agent, "behaviour", None) is not None else None
-    policy_logits = getattr(agent, "policy_logits", None)
-    ref = reference.for_config(cfg)
-
-    # ---- acting (one member) -------------------------------------------------------------
-    def act(params, obs, key, hp, env_steps):
-        """Actions [E] for one member's envs: ε-greedy (floor(u·A), not randint) or softmax."""
-        q = q_values(params, obs)
-        k1, k2 = jax.random.split(key)
-        if cfg.acting == "epsilon_greedy":
-            explore = jax.random.uniform(k1, q.shape[:-1]) < epsilon(env_steps, hp, cfg.total_steps)
-            random_a = jnp.minimum((jax.random.uniform(k2, q.shape[:-1]) * num_actions).astype(jnp.int32),
-                                   num_actions - 1)
-            return jnp.where(explore, random_a, jnp.argmax(q, axis=-1).astype(jnp.int32))
-        return jax.random.categorical(k1, q / hp["softmax_temperature"], axis=-1).astype(jnp.int32)
-
-    # ---- learning (one member) -----------------------------------------------------------
-    def update(params, target, prev_target, opt_state, batch, hp, diverged):
         def loss_fn(p):
             nets = Nets(
                 online=lambda o: net.apply(p, o),
@@ -253,182 +274,297 @@ def make_train(cfg: StaticConfig) -> Trainer:
                 target=lambda o: net.apply(target, o),
                 prev_target=lambda o: net.apply(prev_target, o),
             )
-            return agent.loss(nets, batch, hp, cfg)
+            return agent.loss(nets, batch, hp, cfg, ctx)
 
-        (loss, _), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        updates, new_opt = optax.scale_by_adam(eps=hp["adam_eps"]).update(grads, opt_state)
-        new_params = jax.tree.map(lambda p, u: p - hp["learning_rate"] * u, params, updates)
-        ok = jnp.isfinite(loss) & _all_finite(grads)
-        apply = ok & ~diverged
-        keep = lambda new, old: jax.tree.map(lambda n, o: jnp.where(apply, n, o), new, old)
-        params, opt_state = keep(new_params, params), keep(new_opt, opt_state)
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
+        updates, opt_state = make_optimizer(hp, cfg.max_grad_norm).update(grads, learner.opt_state, params)
+        step = (ok & ~learner.diverged).astype(jnp.float32)
+        params = jax.tree.map(lambda p, u: p + step * u, params, updates)
         if cfg.target_update == "polyak":
             target = jax.tree.map(lambda t, p: t + hp["polyak"] * (p - t), target, params)
-        return params, target, opt_state, loss, diverged | ~ok
+        new = learner._replace(params=params, target_params=target, opt_state=opt_state,
+                               diverged=learner.diverged | ~ok)
+        return new, loss, aux
 
-    member_update = jax.vmap(update, in_axes=(0, 0, 0, 0, None if shared else 0, 0, 0))
+    return update
 
-    def learn(state: TrainState, hp):
-        if shared:
-            key, sub = jax.random.split(state.shared_sample_key)
-            data, _ = rb.sample(state.replay, sub, cfg.batch_size, cfg.replay_mode)
-            sample_key = state.sample_key
-            shared_key = key
+
+def _member_axes(tree: Any) -> Any:
+    return jax.tree.map(lambda _: 0, tree)
+
+
+def make_train(cfg: StaticConfig) -> Trainer:
+    """Build the pure training program for `cfg` (see module docstring); nothing is compiled."""
+    validate(cfg)
+    agent = AGENTS[cfg.agent]
+    E = cfg.num_envs
+    E_test = cfg.eval_envs if cfg.eval_mode == "concurrent" else 0
+    steps_per_chunk = cfg.chunk_steps // E
+    num_chunks = cfg.total_steps // cfg.chunk_steps
+    shared = cfg.replay_mode == "shared"
+    reference = refs.for_config(cfg)
+    ref_fn = reference.log_probs if reference is not None else None
+
+    envs_cache: dict[int, Any] = {}
+
+    def env_for(members: int):
+        if members not in envs_cache:   # a backend is built for a given [members, envs]
+            envs_cache[members] = make_env(cfg.env, members, E + E_test, cfg.env_backend)
+        return envs_cache[members]
+
+    spec = env_spec(cfg.env, cfg.env_backend)
+    traits = TRAITS[cfg.env_backend]
+    k = spec.frame_stack
+    obs_shape = stacked_shape(spec)
+    num_actions = spec.num_actions
+    net = make_network(cfg.torso, cfg.hidden, num_actions, agent.num_outputs(cfg), cfg.obs_scale)
+
+    def q_values(out):
+        return agent.q_values(out, cfg)
+
+    actor = (agent.actor(cfg, spec, q_values) if agent.actor is not None
+             else act_lib.configured(cfg.acting, q_values, cfg.total_steps))
+    eval_actor = (agent.eval_actor(cfg, spec, q_values) if agent.eval_actor is not None
+                  else act_lib.evaluation(q_values, cfg.eval_epsilon))
+    own_data = agent.data(cfg, spec) if agent.data is not None else None
+    update = make_update(cfg, net, agent)
+    keeps_prev = "prev_target" in agent.extra_nets
+
+    def ctx_of(ref_params) -> Context:
+        return Context(log_ref=None if ref_fn is None else (lambda obs: ref_fn(ref_params, obs)))
+
+    def make_store(members: int):
+        return rb.make_replay(cfg.replay_store, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
+                              frame_stack=k, members=members, envs=E, capacity=cfg.buffer_size,
+                              mode=cfg.replay_mode)
+
+    def reset_keys(keys: jax.Array, salt: int) -> jax.Array:
+        """[M, E', 2] env keys from the member keys; `salt` > 0 re-derives them (pool re-reset)."""
+        base = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, _RESET), salt))(keys)
+        return jax.vmap(lambda kk: jax.random.split(kk, E + E_test))(base)
+
+    def env_start(keys: jax.Array, salt: int = 0):
+        """(env state, first obs) for the population; a host call for pools."""
+        keys = jnp.asarray(keys, jnp.uint32)
+        return env_for(keys.shape[0]).reset(reset_keys(keys, salt))
+
+    def push(stack, frame, first):
+        return rb.push_frame(stack, frame, first, k)
+
+    def newest_frame(stack):
+        return stack[..., stack.shape[-1] - spec.obs_shape[-1]:] if k > 1 else stack
+
+    # ---- learning ----------------------------------------------------------------------------
+    member_update = jax.vmap(update, in_axes=(0, None if shared and own_data is None else 0, 0, None))
+
+    def learn(state: TrainState, hp, ctx):
+        """One gradient update of every member; returns (state, loss [M], aux {name: [M]})."""
+        keys = state.keys
+        if own_data is not None:
+            split = jax.vmap(jax.random.split)(keys.sample)
+            keys = keys._replace(sample=split[:, 0])
+            batch = jax.vmap(own_data, in_axes=(0, 0, None))(state.actor.carry, split[:, 1], cfg.batch_size)
+        elif shared:
+            new_shared, sub = jax.random.split(keys.shared)
+            keys = keys._replace(shared=new_shared)
+            batch, _ = store.sample(state.replay, sub, cfg.batch_size)
         else:
-            split = jax.vmap(jax.random.split)(state.sample_key)
-            sample_key, subs = split[:, 0], split[:, 1]
-            if behaviour is not None and behaviour.sample is not None:   # qsharp: e.g. rollout labels
-                data = jax.vmap(behaviour.sample, in_axes=(0, 0, None))(state.agent_state, subs, cfg.batch_size)
-            else:
-                data, _ = rb.sample(state.replay, subs, cfg.batch_size, cfg.replay_mode)
-            shared_key = state.shared_sample_key
-        params, target, opt_state, loss, diverged = member_update(
-            state.params, state.target_params, state.prev_target_params, state.opt_state, data, hp,
-            state.diverged)
-        state = state._replace(params=params, target_params=target, opt_state=opt_state, diverged=diverged,
-                               sample_key=sample_key, shared_sample_key=shared_key)
-        return state, loss
+            split = jax.vmap(jax.random.split)(keys.sample)
+            keys = keys._replace(sample=split[:, 0])
+            batch, _ = store.sample(state.replay, split[:, 1], cfg.batch_size)
+        learner, loss, aux = member_update(state.learner, batch, hp, ctx)
+        return state._replace(learner=learner, keys=keys), loss, aux
 
-    def update_target(state: TrainState) -> TrainState:
+    def update_target(learner: Learner) -> Learner:
         """Every target_update_every env steps: π₋ ← target, and (hard mode) target ← online."""
-        new_target = state.params if cfg.target_update == "hard" else state.target_params
-        return state._replace(prev_target_params=state.target_params, target_params=new_target)
+        target = learner.params if cfg.target_update == "hard" else learner.target_params
+        prev = learner.target_params if keeps_prev else learner.prev_target_params
+        return learner._replace(prev_target_params=prev, target_params=target)
 
-    # ---- one vector step of the whole population ----------------------------------------
-    def vector_step(state: TrainState, hp):
-        env_steps = state.vstep * E
-        split = jax.vmap(lambda k: jax.random.split(k, 3))(state.act_key)        # [M, 3, 2]
-        act_key, k_act, k_env = split[:, 0], split[:, 1], split[:, 2]
-        if behaviour is None:
-            actions = jax.vmap(act, in_axes=(0, 0, 0, 0, None))(state.params, state.obs, k_act, hp, env_steps)
-        else:  # qsharp: the agent's own policy (may depend on its carry)
-            actions = jax.vmap(lambda p, o, c, k, h: behaviour.act(net.apply(p, o), o, c, k, h))(
-                state.params, state.obs, state.agent_state, k_act, hp)
-        env_keys = jax.vmap(lambda k: jax.random.split(k, E))(k_env)            # [M, E, 2]
-        env_state, st = env.step(state.env_state, actions, env_keys)
-        if behaviour is not None:
-            k_obs = jax.vmap(lambda k: jax.random.fold_in(k, 1))(k_act)
-            state = state._replace(agent_state=jax.vmap(behaviour.observe)(
-                state.agent_state, state.obs, actions, st.reward, st.terminated | st.truncated, k_obs))
-        items = Transition(obs=state.obs, action=actions, reward=st.reward,
-                           terminated=st.terminated.astype(jnp.float32), next_obs=st.next_obs)
-        replay = rb.add(state.replay, items, cfg.replay_mode)
-        vstep = state.vstep + 1
-        state = state._replace(env_state=env_state, obs=st.obs, replay=replay, act_key=act_key, vstep=vstep)
-
-        M = actions.shape[0]
-        learn_now = (vstep * E >= cfg.learning_starts) & (vstep % cfg.train_every == 0)
-        state, loss = jax.lax.cond(learn_now, learn, lambda s, h: (s, jnp.full((M,), jnp.nan, jnp.float32)),
-                                   state, hp)
-        crossed = (vstep * E) // cfg.target_update_every != ((vstep - 1) * E) // cfg.target_update_every
-        state = jax.lax.cond(crossed, update_target, lambda s: s, state)
-
-        done = st.terminated | st.truncated
-        stats = dict(
-            ret_sum=jnp.sum(jnp.where(done, st.episode_return, 0.0), axis=1),
-            ret_count=jnp.sum(done, axis=1).astype(jnp.float32),
-            loss_sum=jnp.where(learn_now, loss, 0.0),
-            loss_count=jnp.full((M,), learn_now, jnp.float32),
-        )
-        return state, stats
-
-    # ---- greedy evaluation ----------------------------------------------------------------
-    def eval_actions(params, obs, key, hp):
-        """Evaluation actions [M, n] and per-step KL(π‖π_ref) [M, n] (zeros without a reference).
-
-        Greedy for ordinary agents; agents with `policy_logits` (qsharp) are evaluated with
-        their own stochastic policy, sampled. The KL is that of the policy acted with
-        (greedy: −ln π_ref(argmax)).
-        """
-        if policy_logits is None:
-            q = jax.vmap(q_values)(params, obs)
-            actions = jnp.argmax(q, axis=-1).astype(jnp.int32)
-            logits = jnp.where(jax.nn.one_hot(actions, num_actions, dtype=bool), 0.0, -jnp.inf)
+    # ---- one vector step of the whole population ----------------------------------------------
+    def vector_step(carry, hp, ctx, aux_zero):
+        state, acc = carry
+        env = env_for(state.learner.diverged.shape[0])
+        env_steps = state.counters.vstep * E
+        split = jax.vmap(lambda kk: jax.random.split(kk, 5))(state.actor.key)        # [M, 5, 2]
+        new_key, k_act, k_test, k_env, k_obs = (split[:, i] for i in range(5))
+        a = state.actor
+        out = jax.vmap(net.apply)(state.learner.params, a.obs)                         # one forward, all envs
+        actions, log_probs = jax.vmap(actor.act, in_axes=(0, 0, 0, 0, 0, None, None))(
+            out[:, :E], a.obs[:, :E], a.carry, k_act, hp, env_steps, ctx)
+        if E_test:
+            test_actions, test_log_probs = jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(
+                out[:, E:], a.obs[:, E:], (), k_test, hp, env_steps, ctx)
+            actions_all = jnp.concatenate([actions, test_actions], axis=1)
         else:
-            logits = jax.vmap(lambda p, o, h: policy_logits(net.apply(p, o), o, h, cfg))(params, obs, hp)
-            actions = jax.vmap(lambda k, lg: jax.random.categorical(k, lg, axis=-1))(key, logits).astype(jnp.int32)
-        kl = (reference.kl_to_reference(logits, ref.log_probs(obs)) if ref is not None
-              else jnp.zeros(actions.shape, jnp.float32))
-        return actions, kl
+            actions_all = actions
+        env_keys = (jax.vmap(lambda kk: jax.random.split(kk, E + E_test))(k_env) if traits.in_graph_reset else None)
+        env_state, st = env.step(state.env, actions_all, env_keys)
+        st_train = jax.tree.map(lambda x: x[:, :E], st)
+        carry_new = jax.vmap(actor.observe)(a.carry, a.obs[:, :E], actions, st_train, k_obs)
+        replay = state.replay
+        if own_data is None:
+            replay = store.add(replay, newest_frame(a.obs[:, :E]), a.first[:, :E], actions, st_train)
+        first = ~st.valid
+        actor_state = ActorState(obs=push(a.obs, st.obs, first), first=first, carry=carry_new, key=new_key)
+        vstep = state.counters.vstep + 1
+        state = state._replace(actor=actor_state, env=env_state, replay=replay,
+                               counters=state.counters._replace(vstep=vstep))
 
-    def evaluate(params, eval_key, hp):
-        """Mean undiscounted return of `eval_episodes` greedy episodes per member (parallel envs),
-        and (qsharp) the mean per-step KL(π‖π_ref) along them."""
+        # Gradient updates due in this vector step: one per `update_every` env steps per member.
+        M = actions.shape[0]
+        due = (vstep * E) // cfg.update_every - ((vstep - 1) * E) // cfg.update_every
+        n_updates = jnp.where(vstep * E >= cfg.learning_starts, due, 0)
+
+        def one_update(_, c):
+            s, loss_sum, aux_sum = c
+            s, loss, aux = learn(s, hp, ctx)
+            return s, loss_sum + loss, jax.tree.map(jnp.add, aux_sum, aux)
+
+        zeros = jnp.zeros((M,), jnp.float32)
+        state, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, (state, zeros, aux_zero))
+        crossed = (vstep * E) // cfg.target_update_every != ((vstep - 1) * E) // cfg.target_update_every
+        state = state._replace(learner=jax.lax.cond(crossed, update_target, lambda lr: lr, state.learner))
+
+        done = st_train.done
+        stats = dict(
+            ret_sum=jnp.sum(jnp.where(done, st_train.episode_return, 0.0), axis=1),
+            ret_count=jnp.sum(done, axis=1).astype(jnp.float32),
+            loss_sum=loss_sum, loss_count=jnp.full((M,), n_updates, jnp.float32),
+            aux_sum=aux_sum,
+        )
+        if E_test:
+            st_test = jax.tree.map(lambda x: x[:, E:], st)
+            test_done = st_test.done
+            stats["eval_sum"] = jnp.sum(jnp.where(test_done, st_test.episode_return, 0.0), axis=1)
+            stats["eval_count"] = jnp.sum(test_done, axis=1).astype(jnp.float32)
+            if ctx.log_ref is not None:   # per-step KL(π‖π_ref) of the evaluation policy along test episodes
+                kl = act_lib.kl(test_log_probs, ctx.log_ref(a.obs[:, E:]))
+                stats["kl_sum"] = jnp.sum(jnp.where(st_test.valid, kl, 0.0), axis=1)
+                stats["kl_count"] = jnp.sum(st_test.valid, axis=1).astype(jnp.float32)
+        acc = jax.tree.map(jnp.add, acc, stats)
+        return (state, acc), None
+
+    # ---- in-graph evaluation episodes -----------------------------------------------------------
+    def evaluate_episodes(params, eval_key, hp, ctx):
+        """Mean return of `eval_episodes` fresh episodes per member (in-graph envs, played to their
+        first end or the time limit) and the per-step KL(π‖π_ref) along them."""
         n = cfg.eval_episodes
         M = eval_key.shape[0]
-        split = jax.vmap(lambda k: jax.random.split(k, n + 1))(eval_key)        # [M, n+1, 2]
+        env = make_env(cfg.env, M, n, cfg.env_backend)
+        split = jax.vmap(lambda kk: jax.random.split(kk, n + 1))(eval_key)              # [M, n+1, 2]
         env_state, obs = env.reset(split[:, 1:])
+        obs = push(jnp.zeros((M, n) + obs_shape, spec.obs_dtype), obs, jnp.ones((M, n), bool))
 
         def cond(c):
-            t, done = c[0], c[3]
-            return (t < spec.max_episode_steps) & ~jnp.all(done)
+            return (c[0] < spec.max_episode_steps) & ~jnp.all(c[3])
 
         def body(c):
             t, env_state, obs, done, ret, key, kl_sum, kl_n = c
-            s = jax.vmap(lambda k: jax.random.split(k, n + 1))(key)
-            # Policy-sampling key: fold_in(key, n+1) is outside split(key, n+1) = fold_in(key,
-            # 0..n), so it never coincides with an env key or the carried key s[:, 0].
-            k_pol = jax.vmap(lambda k: jax.random.fold_in(k, n + 1))(key)
-            actions, kl = eval_actions(params, obs, k_pol, hp)
-            env_state, st = env.step(env_state, actions, s[:, 1:])
-            ret = ret + jnp.where(done, 0.0, st.reward)
-            kl_sum, kl_n = kl_sum + jnp.where(done, 0.0, kl), kl_n + jnp.where(done, 0.0, 1.0)
-            return t + 1, env_state, st.obs, done | st.terminated | st.truncated, ret, s[:, 0], kl_sum, kl_n
+            s = jax.vmap(lambda kk: jax.random.split(kk, n + 2))(key)
+            out = jax.vmap(net.apply)(params, obs)
+            actions, log_probs = jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(
+                out, obs, (), s[:, n + 1], hp, 0, ctx)
+            env_state, st = env.step(env_state, actions, s[:, 1:n + 1])
+            ret = jnp.where(~done & st.done, st.episode_return, ret)
+            if ctx.log_ref is not None:
+                kl = act_lib.kl(log_probs, ctx.log_ref(obs))
+                kl_sum, kl_n = kl_sum + jnp.where(done, 0.0, kl), kl_n + jnp.where(done, 0.0, 1.0)
+            return (t + 1, env_state, push(obs, st.obs, ~st.valid), done | st.done, ret, s[:, 0], kl_sum, kl_n)
 
         zeros = jnp.zeros((M, n), jnp.float32)
         init = (jnp.zeros((), jnp.int32), env_state, obs, jnp.zeros((M, n), bool), zeros, split[:, 0], zeros, zeros)
         out = jax.lax.while_loop(cond, body, init)
+        # Every episode ends by the time limit (truncated there), so `ret` holds all n returns.
+        ret = out[4]
         kl_per_step = jnp.sum(out[6], axis=1) / jnp.maximum(jnp.sum(out[7], axis=1), 1.0)
-        return jnp.mean(out[4], axis=1), kl_per_step
+        return jnp.mean(ret, axis=1), kl_per_step
 
-    # ---- the contract's functions ----------------------------------------------------------
-    def init(keys: jax.Array, hparams: dict) -> TrainState:
+    # ---- the Trainer's functions ------------------------------------------------------------------
+    store = make_store(1) if own_data is None else None   # re-made per population size in init
+
+    def init(keys: jax.Array, hparams: dict, ref_params: Any = (), env_start_state=None) -> TrainState:
+        nonlocal store
         keys = jnp.asarray(keys, jnp.uint32)
         M = keys.shape[0]
         prepare_hparams(hparams, M)  # shape/name check only
-        stream = lambda i: jax.vmap(lambda k: jax.random.fold_in(k, i))(keys)
-        dummy = jnp.zeros(spec.obs_shape, spec.obs_dtype)
-        params = jax.vmap(lambda k: net.init(k, dummy))(stream(_INIT))
-        opt_state = jax.vmap(optax.scale_by_adam().init)(params)
-        reset_keys = jax.vmap(lambda k: jax.random.split(k, E))(stream(_RESET))
-        env_state, obs = env.reset(reset_keys)
-        example = Transition(obs=dummy, action=jnp.zeros((), jnp.int32), reward=jnp.zeros((), jnp.float32),
-                             terminated=jnp.zeros((), jnp.float32), next_obs=dummy)
-        replay = rb.init(example, cfg.buffer_size, members=M, mode=cfg.replay_mode)
+        stream = lambda i: jax.vmap(lambda kk: jax.random.fold_in(kk, i))(keys)  # noqa: E731
+        dummy = jnp.zeros(obs_shape, spec.obs_dtype)
+        params = jax.vmap(lambda kk: net.init(kk, dummy))(stream(_INIT))
+        opt_state = jax.vmap(make_optimizer(COMMON_HPARAMS, cfg.max_grad_norm).init)(params)
+        if env_start_state is None:
+            if not traits.in_graph_reset:
+                raise ValueError("init: this env resets on the host; pass env_start_state=trainer.env_start(keys)")
+            env_start_state = env_start(keys)
+        env_state, frame = env_start_state
+        E_all = E + E_test
+        first = jnp.ones((M, E_all), bool)
+        obs = push(jnp.zeros((M, E_all) + obs_shape, spec.obs_dtype), frame, first)
+        carry = jax.vmap(actor.init, in_axes=(0, None))(stream(_CARRY), E)
+        if own_data is None:
+            store = make_store(M)
+            replay = store.init()
+        else:
+            replay = ()
+        learner = Learner(params=params, target_params=params, prev_target_params=params if keeps_prev else (),
+                          opt_state=opt_state, diverged=jnp.zeros((M,), bool))
         return TrainState(
-            params=params, target_params=params, prev_target_params=params, opt_state=opt_state,
-            replay=replay, env_state=env_state, obs=obs, act_key=stream(_ACT), sample_key=stream(_SAMPLE),
-            shared_sample_key=jax.random.fold_in(keys[0], _SHARED), eval_key=stream(_EVAL),
-            vstep=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32), diverged=jnp.zeros((M,), bool),
-            agent_state=(jax.vmap(behaviour.init, in_axes=(0, None))(stream(_CARRY), E) if behaviour is not None
-                         else jnp.zeros((M,), jnp.int32)))
+            learner=learner, actor=ActorState(obs=obs, first=first, carry=carry, key=stream(_ACT)),
+            env=env_state, replay=replay,
+            keys=Keys(sample=stream(_SAMPLE), shared=jax.random.fold_in(keys[0], _SHARED), eval=stream(_EVAL)),
+            counters=Counters(vstep=jnp.zeros((), jnp.int32), chunk=jnp.zeros((), jnp.int32)),
+            reference=ref_params)
 
     def run_chunk(state: TrainState, hparams: dict) -> tuple[TrainState, dict]:
-        M = state.diverged.shape[0]
+        nonlocal store
+        M = state.learner.diverged.shape[0]
+        if own_data is None:
+            store = make_store(M)
         hp = prepare_hparams(hparams, M)
-        state, stats = jax.lax.scan(lambda s, _: vector_step(s, hp), state, None, length=steps_per_chunk)
-        stats = jax.tree.map(lambda x: jnp.sum(x, axis=0), stats)
-        eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.eval_key, state.chunk)
-        eval_return, eval_kl = evaluate(state.params, eval_keys, hp)
+        ctx = ctx_of(state.reference)
+        # The aux metrics' names and shapes, from the loss's abstract evaluation (no compute).
+        aux_zero = jax.tree.map(lambda x: jnp.zeros((M,), jnp.float32),
+                                jax.eval_shape(lambda s: learn(s, hp, ctx)[2], state))
+        f32 = jnp.zeros((M,), jnp.float32)
+        acc0 = dict(ret_sum=f32, ret_count=f32, loss_sum=f32, loss_count=f32, aux_sum=aux_zero)
+        if E_test:
+            acc0.update(eval_sum=f32, eval_count=f32)
+            if ctx.log_ref is not None:
+                acc0.update(kl_sum=f32, kl_count=f32)
+        (state, acc), _ = jax.lax.scan(lambda c, _: vector_step(c, hp, ctx, aux_zero), (state, acc0), None,
+                                       length=steps_per_chunk)
         nan = jnp.float32(jnp.nan)
+        mean = lambda s, n: jnp.where(n > 0, s / jnp.maximum(n, 1.0), nan)  # noqa: E731
         metrics = {
-            "step": jnp.full((M,), state.vstep * E, jnp.float32),
-            "train_return": jnp.where(stats["ret_count"] > 0, stats["ret_sum"] / jnp.maximum(stats["ret_count"], 1), nan),
-            "eval_return": eval_return,
-            "loss": jnp.where(stats["loss_count"] > 0, stats["loss_sum"] / jnp.maximum(stats["loss_count"], 1), nan),
-            "diverged": state.diverged.astype(jnp.float32),
+            "step": jnp.full((M,), state.counters.vstep * E, jnp.float32),
+            "train_return": mean(acc["ret_sum"], acc["ret_count"]),
         }
-        if ref is not None:   # qsharp: per-step KL(π‖π_ref) along the evaluation episodes
-            metrics["kl_ref"] = eval_kl
-        return state._replace(chunk=state.chunk + 1), metrics
+        if E_test:
+            metrics["eval_return"] = mean(acc["eval_sum"], acc["eval_count"])
+            if ctx.log_ref is not None:
+                metrics["kl_ref"] = mean(acc["kl_sum"], acc["kl_count"])
+        else:
+            eval_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys.eval, state.counters.chunk)
+            eval_return, eval_kl = evaluate_episodes(state.learner.params, eval_keys, hp, ctx)
+            metrics["eval_return"] = eval_return
+            if ctx.log_ref is not None:
+                metrics["kl_ref"] = eval_kl
+        metrics["loss"] = mean(acc["loss_sum"], acc["loss_count"])
+        metrics["diverged"] = state.learner.diverged.astype(jnp.float32)
+        for name, total in acc["aux_sum"].items():
+            metrics[name] = mean(total, acc["loss_count"])
+        return state._replace(counters=state.counters._replace(chunk=state.counters.chunk + 1)), metrics
 
-    def train(keys: jax.Array, hparams: dict) -> tuple[TrainState, dict]:
-        state = init(keys, hparams)
+    def train(keys: jax.Array, hparams: dict, ref_params: Any = ()) -> tuple[TrainState, dict]:
+        state = init(keys, hparams, ref_params)
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=num_chunks)
 
-    return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train)
+    return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train, spec=spec, traits=traits,
+                   reference=reference, env_start=env_start)
 
 
-__all__ = ["AGENT_HPARAMS", "COMMON_HPARAMS", "HPARAMS", "StaticConfig", "TrainState", "Trainer",
-           "epsilon", "hparams_used", "make_train", "prepare_hparams", "validate"]
-
+__all__ = ["AGENT_HPARAMS", "COMMON_HPARAMS", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
+           "StaticConfig", "TrainState", "Trainer", "hparams_used", "make_optimizer", "make_train", "make_update",
+           "prepare_hparams", "validate"]

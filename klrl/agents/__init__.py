@@ -1,12 +1,12 @@
 """Deep agents: network head + loss built from `klrl.operators`; no loop code here.
 
-`AGENTS` maps the public agent names to `klrl.agents.base.Agent`s; `Agent.hparams` lists the
-traced hyperparameters each agent's target uses (the trainer's common ones are in
+`AGENTS` maps the public agent names to `klrl.agents.base.AgentSpec`s; `AgentSpec.hparams`
+lists the traced hyperparameters each agent uses (the trainer's common ones are in
 `klrl.train.COMMON_HPARAMS`).
 """
 
 from klrl.agents.al import AL, PAL
-from klrl.agents.base import LOSSES, Agent, Nets, Transition
+from klrl.agents.base import LOSSES, AgentSpec, Context, Nets
 from klrl.agents.c51 import C51
 from klrl.agents.dqn import DOUBLE_DQN, DQN
 from klrl.agents.mdkl import MDKL
@@ -15,8 +15,7 @@ from klrl.agents.mvi import MVI
 from klrl.agents.qsharp import KL_PRIOR, QSHARP, QSHARP_CD
 from klrl.agents.soft_dqn import SOFT_DQN
 
-AGENTS: dict[str, Agent] = {a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51)}
-# qsharp: KL-regularized control toward a fixed reference policy (Q♯, CD guidance, soft Q with prior).
-AGENTS.update({a.name: a for a in (QSHARP, QSHARP_CD, KL_PRIOR)})
+AGENTS: dict[str, AgentSpec] = {
+    a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51, QSHARP, QSHARP_CD, KL_PRIOR)}
 
-__all__ = ["AGENTS", "LOSSES", "Agent", "Nets", "Transition"]
+__all__ = ["AGENTS", "LOSSES", "AgentSpec", "Context", "Nets"]

@@ -7,12 +7,12 @@ from klrl import operators as ops
 from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
-def _al_target(nets, batch, hp, cfg):
+def _al_target(nets, batch, hp, cfg, ctx):
     return ops.advantage_learning_target(*target_at_s_and_next(nets, batch), batch.action,
                                          batch.reward, discount(batch, hp), alpha=hp["alpha"])
 
 
-def _pal_target(nets, batch, hp, cfg):
+def _pal_target(nets, batch, hp, cfg, ctx):
     return ops.persistent_advantage_learning_target(
         *target_at_s_and_next(nets, batch), batch.action, batch.reward,
         discount(batch, hp), alpha=hp["alpha"])

@@ -1,18 +1,25 @@
-"""What an agent is: a network head size + a loss built from `klrl.operators`.
+"""What an agent is (`AgentSpec`): a network head size, a loss built from `klrl.operators`,
+and, where it is not the trainer's configured rule, how it acts and where its data comes from.
 
-Agents hold no loop code: the trainer (klrl.train) owns acting, replay, target updates and
-optimisation. An agent says
-- which traced hyperparameters its target uses (`hparams`; the common ones — learning rate,
-  γ, Adam eps, ε schedule, Polyak rate, softmax temperature — are the trainer's),
-- how many outputs per action its network has (1, or the number of atoms),
-- whether it needs the previous target network (explicit mirror descent),
-- its loss on a minibatch, and how to read action values from the network output.
-
-Every target is computed by a function of `klrl.operators`; agents never re-derive the math.
+Agents hold no loop code: the trainer (klrl.train) owns stepping, replay, target updates and
+optimisation, and reads only the fields below (no attribute probing):
+- `hparams`: the traced hyperparameters its loss or actor uses (the common ones — learning
+  rate, γ, Adam eps, gradient clip, ε schedule, Polyak rate, softmax temperature — belong to
+  the trainer);
+- `num_outputs(cfg)`: outputs per action (1, or the number of atoms); `q_values(out, cfg)`;
+- `loss(nets, batch, hp, cfg, ctx) -> (loss, aux)`: aux metrics (q_mean, target_mean, …)
+  are averaged over a chunk's updates and written to metrics.csv as `loss/<name>`;
+- `actor(cfg, spec, q_values)` / `eval_actor(...)`: an `klrl.actors.Actor` for training /
+  evaluation, or None for the configured rule (ε-greedy or softmax; greedy or ε_eval);
+- `data(cfg, spec)`: a sampler `(actor_carry, key, batch_size) -> batch` when the agent
+  learns from something its actor records (Q♯ rollout labels), None for the run's replay;
+- `extra_nets`: ("prev_target",) when the loss needs the previous target network (mdkl);
+- `needs_reference`: the agent needs a fixed reference policy π_ref (`ctx.log_ref`).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -24,16 +31,6 @@ from klrl.operators import select_action
 LOSSES = ("huber", "l2")
 
 
-class Transition(NamedTuple):
-    """A minibatch of transitions, leaves [B, ...]. `terminated` is float32 (1 = terminal)."""
-
-    obs: jax.Array
-    action: jax.Array
-    reward: jax.Array
-    terminated: jax.Array
-    next_obs: jax.Array
-
-
 class Nets(NamedTuple):
     """Network evaluators for one member. `online` carries gradients; the others do not.
 
@@ -43,24 +40,36 @@ class Nets(NamedTuple):
     online: Callable[[jax.Array], jax.Array]
     online_frozen: Callable[[jax.Array], jax.Array]   # online net, stop-gradient (double DQN)
     target: Callable[[jax.Array], jax.Array]
-    prev_target: Callable[[jax.Array], jax.Array]     # previous target net (mdkl only)
+    prev_target: Callable[[jax.Array], jax.Array]     # previous target net (extra_nets = ("prev_target",))
 
 
-class Agent(NamedTuple):
+class Context(NamedTuple):
+    """What agents get besides networks and data: ln π_ref(·|obs) of the fixed reference
+    policy (None without one). Its parameters are an argument of the compiled program."""
+
+    log_ref: Callable[[jax.Array], jax.Array] | None = None
+
+
+@dataclass(frozen=True)
+class AgentSpec:
     name: str
-    hparams: tuple[str, ...]                      # traced hyperparameters the target uses
-    loss: Callable[[Nets, Transition, dict, Any], tuple[jax.Array, dict]]
+    hparams: tuple[str, ...]
+    loss: Callable[..., tuple[jax.Array, dict]]
     num_outputs: Callable[[Any], int] = lambda cfg: 1
     q_values: Callable[[jax.Array, Any], jax.Array] = lambda out, cfg: out
-    needs_prev_target: bool = False
+    actor: Callable[..., Any] | None = None
+    eval_actor: Callable[..., Any] | None = None
+    data: Callable[..., Any] | None = None
+    extra_nets: tuple[str, ...] = ()
+    needs_reference: bool = False
 
 
-def discount(batch: Transition, hp: dict) -> jax.Array:
+def discount(batch, hp: dict) -> jax.Array:
     """d = γ(1 − terminated): truncation is not termination, so only `terminated` cuts it."""
     return hp["gamma"] * (1.0 - batch.terminated)
 
 
-def target_at_s_and_next(nets: Nets, batch: Transition) -> tuple[jax.Array, jax.Array]:
+def target_at_s_and_next(nets: Nets, batch) -> tuple[jax.Array, jax.Array]:
     """(q̄(s), q̄(s')) from ONE forward pass of the target net over [obs; next_obs].
 
     One [2B]-row matmul chain instead of two [B]-row ones: fewer, larger kernels.
@@ -69,7 +78,7 @@ def target_at_s_and_next(nets: Nets, batch: Transition) -> tuple[jax.Array, jax.
     return both[: batch.obs.shape[0]], both[batch.obs.shape[0]:]
 
 
-def per_example(hp: dict, names: tuple[str, ...], batch: Transition) -> dict:
+def per_example(hp: dict, names: tuple[str, ...], batch) -> dict:
     """The coefficients `names` broadcast to the batch shape [B].
 
     Operators accept scalar or per-example ([B]) coefficients; inside the population vmap a
@@ -79,22 +88,28 @@ def per_example(hp: dict, names: tuple[str, ...], batch: Transition) -> dict:
     return {k: (jnp.broadcast_to(v, batch.reward.shape) if k in names else v) for k, v in hp.items()}
 
 
-def regression_loss(pred: jax.Array, target: jax.Array, kind: str) -> jax.Array:
-    """Mean Huber (δ = 1, as in DQN) or ½-squared error between prediction and target."""
+def weighted_mean(x: jax.Array, weight: jax.Array) -> jax.Array:
+    """Σ w·x / max(Σ w, 1): the mean over the batch's real transitions (weight 0 = excluded slot)."""
+    return jnp.sum(weight * x) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def regression_loss(pred: jax.Array, target: jax.Array, kind: str, weight: jax.Array) -> jax.Array:
+    """Weighted mean Huber (δ = 1, as in DQN) or ½-squared error between prediction and target."""
     if kind == "huber":
-        return jnp.mean(optax.huber_loss(pred, target, delta=1.0))
+        return weighted_mean(optax.huber_loss(pred, target, delta=1.0), weight)
     if kind == "l2":
-        return jnp.mean(0.5 * jnp.square(pred - target))
+        return weighted_mean(0.5 * jnp.square(pred - target), weight)
     raise ValueError(f"loss: got {kind!r}; allowed {', '.join(LOSSES)}")
 
 
-def value_agent(name: str, hparams: tuple[str, ...],
-                target_fn: Callable[[Nets, Transition, dict, Any], jax.Array]) -> Agent:
+def value_agent(name: str, hparams: tuple[str, ...], target_fn: Callable[..., jax.Array], **fields) -> AgentSpec:
     """A scalar-Q agent: loss = regression of q(s, a) onto `target_fn`'s (stop-gradient) y."""
 
-    def loss(nets: Nets, batch: Transition, hp: dict, cfg: Any):
-        y = jax.lax.stop_gradient(target_fn(nets, batch, per_example(hp, hparams, batch), cfg))
+    def loss(nets: Nets, batch, hp: dict, cfg: Any, ctx: Context):
+        y = jax.lax.stop_gradient(target_fn(nets, batch, per_example(hp, hparams, batch), cfg, ctx))
         q_sa = select_action(nets.online(batch.obs), batch.action)
-        return regression_loss(q_sa, y, cfg.loss), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y)}
+        w = batch.weight
+        return regression_loss(q_sa, y, cfg.loss, w), {"q_mean": weighted_mean(q_sa, w),
+                                                       "target_mean": weighted_mean(y, w)}
 
-    return Agent(name=name, hparams=hparams, loss=loss)
+    return AgentSpec(name=name, hparams=hparams, loss=loss, **fields)

@@ -9,14 +9,14 @@ import jax
 import jax.numpy as jnp
 
 from klrl import operators as ops
-from klrl.agents.base import Agent, Transition, discount
+from klrl.agents.base import AgentSpec, discount, weighted_mean
 
 
 def atoms(cfg) -> jax.Array:
     return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, dtype=jnp.float32)
 
 
-def target_distribution(nets, batch: Transition, hp, cfg) -> jax.Array:
+def target_distribution(nets, batch, hp, cfg) -> jax.Array:
     """Projected target distribution [B, N] (stop-gradient)."""
     z = atoms(cfg)
     logits_next = nets.target(batch.next_obs)                       # [B, A, N]
@@ -26,15 +26,16 @@ def target_distribution(nets, batch: Transition, hp, cfg) -> jax.Array:
     return ops.categorical_td_target(z, probs_next, weights, batch.reward, discount(batch, hp))
 
 
-def _loss(nets, batch, hp, cfg):
+def _loss(nets, batch, hp, cfg, ctx):
     y = jax.lax.stop_gradient(target_distribution(nets, batch, hp, cfg))
     logits = nets.online(batch.obs)                                  # [B, A, N]
     logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
     ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
     q_sa = jnp.sum(jax.nn.softmax(logits_sa, axis=-1) * atoms(cfg), axis=-1)
-    return jnp.mean(ce), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y @ atoms(cfg))}
+    w = batch.weight
+    return weighted_mean(ce, w), {"q_mean": weighted_mean(q_sa, w), "target_mean": weighted_mean(y @ atoms(cfg), w)}
 
 
-C51 = Agent(name="c51", hparams=(), loss=_loss,
+C51 = AgentSpec(name="c51", hparams=(), loss=_loss,
             num_outputs=lambda cfg: cfg.num_atoms,
             q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)))

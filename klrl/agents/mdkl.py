@@ -4,7 +4,7 @@ Geist, "Leverage the Average", NeurIPS 2020).
 y = r + d·<π₊, q̄ − λ ln(π₊/π₋) − τ ln π₊>(s'), ln π₊ = log_softmax((λ ln π₋ + q̄)/(λ+τ)).
 
 π₋ is "the policy of the previous target network". The trainer keeps the previous target
-parameters (set to the old target at every target update) and this module turns them into
+parameters (`extra_nets`) (set to the old target at every target update) and this module turns them into
 a policy. Choice (documented, unverified against the paper's code): π₋ is the same
 regularized greedy step applied to the previous target's values with a uniform previous
 policy, i.e. ln π₋ = log_softmax(q̄₋(s')/(λ+τ)) — `mirror_descent_log_policy` with a uniform
@@ -16,7 +16,7 @@ M-DQN(α = 0.9, τ_M = λ + τ = 0.3) (ALGORITHMS.md §5).
 import jax.numpy as jnp
 
 from klrl import operators as ops
-from klrl.agents.base import Agent, discount, value_agent
+from klrl.agents.base import AgentSpec, discount, value_agent
 
 
 def previous_log_policy(q_prev_target_next, hp):
@@ -26,10 +26,10 @@ def previous_log_policy(q_prev_target_next, hp):
     return ops.mirror_descent_log_policy(q_prev_target_next, log_uniform, lam=hp["lam"], tau=hp["tau"])
 
 
-def _target(nets, batch, hp, cfg):
+def _target(nets, batch, hp, cfg, ctx):
     log_pi_prev = previous_log_policy(nets.prev_target(batch.next_obs), hp)
     return ops.mirror_descent_target(nets.target(batch.next_obs), log_pi_prev, batch.reward,
                                      discount(batch, hp), lam=hp["lam"], tau=hp["tau"])
 
 
-MDKL: Agent = value_agent("mdkl", ("lam", "tau"), _target)._replace(needs_prev_target=True)
+MDKL: AgentSpec = value_agent("mdkl", ("lam", "tau"), _target, extra_nets=("prev_target",))

@@ -8,7 +8,7 @@ from klrl import operators as ops
 from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
-def _target(nets, batch, hp, cfg):
+def _target(nets, batch, hp, cfg, ctx):
     return ops.munchausen_target(*target_at_s_and_next(nets, batch), batch.action,
                                  batch.reward, discount(batch, hp),
                                  alpha=hp["alpha"], tau=hp["tau"], clip_min=hp["clip_min"])

@@ -10,7 +10,7 @@ from klrl import operators as ops
 from klrl.agents.base import discount, target_at_s_and_next, value_agent
 
 
-def _target(nets, batch, hp, cfg):
+def _target(nets, batch, hp, cfg, ctx):
     return ops.tsallis_munchausen_target(
         *target_at_s_and_next(nets, batch), batch.action, batch.reward,
         discount(batch, hp), entropic_index=hp["entropic_index"], alpha=hp["alpha"], tau=hp["tau"],

@@ -44,56 +44,26 @@ Practical notes (measured on CartPole, results/qsharp_frontier/README.md):
 - rollout mode yields at most one label per episode (against one transition per step for
   td), so at equal env steps its critic sees far less data.
 
-Hooks the trainer (klrl.train) calls for agents that define them:
-`policy_logits(out, obs, hp, cfg)` — the agent's own stochastic policy (acting in
-evaluation, and the `kl_ref` metric); `behaviour(cfg, spec)` — a `Behaviour` (per-member
-carry, acting, per-step bookkeeping and an optional replacement of replay sampling).
+How the trainer sees them (klrl.agents.base.AgentSpec, no special cases): `actor` is the
+guided policy (td) or the roll-in/roll-out actor whose carry holds the label store (rollout);
+`eval_actor` samples the guided policy; `data` (rollout only) samples the actor's labels in
+place of the replay; π_ref comes in as `ctx.log_ref`, its parameters an argument of the program.
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 
+from klrl import actors
 from klrl import operators as ops
-from klrl import reference as refs
-from klrl.agents.base import Transition, discount, regression_loss
+from klrl.agents.base import AgentSpec, discount, regression_loss, weighted_mean
 from klrl.agents.c51 import atoms  # the same fixed support as C51
 from klrl.errors import ConfigError
 
 MODES = ("td", "rollout")
-
-
-class Behaviour(NamedTuple):
-    """How an agent acts and what it records, for ONE member (the trainer vmaps over members).
-
-    init(key, num_envs) -> carry; act(out, obs, carry, key, hp) -> actions [E];
-    observe(carry, obs, actions, reward, done, key) -> carry (after each env step; `obs` is
-    the observation the action was taken in); sample(carry, key, batch_size) -> batch, or
-    None to sample the trainer's replay buffer.
-    """
-
-    init: Callable[[jax.Array, int], Any]
-    act: Callable[..., jax.Array]
-    observe: Callable[..., Any]
-    sample: Callable[..., Any] | None = None
-
-
-class GuidedAgent(NamedTuple):
-    """An `klrl.agents.base.Agent` plus the hooks of a policy guided by a fixed π_ref."""
-
-    name: str
-    hparams: tuple[str, ...]
-    loss: Callable
-    num_outputs: Callable[[Any], int]
-    q_values: Callable[[jax.Array, Any], jax.Array]
-    policy_logits: Callable[[jax.Array, jax.Array, dict, Any], jax.Array]
-    behaviour: Callable[[Any, Any], Behaviour]
-    validate: Callable[[Any], None]
-    needs_prev_target: bool = False
-    needs_reference: bool = True
 
 
 class LabelBatch(NamedTuple):
@@ -121,21 +91,8 @@ class RolloutCarry(NamedTuple):
     store_size: jax.Array   # [E] filled slots (valid labels are slots [0, size))
 
 
-# ---- shared pieces ------------------------------------------------------------------------
-
-def log_reference(cfg, obs: jax.Array) -> jax.Array:
-    """ln π_ref(·|obs) [..., A] of the run's configured reference (klrl.reference).
-
-    `make_train` rejects reference "none" for these agents, so one is always configured.
-    """
-    return refs.for_config(cfg).log_probs(obs)
-
-
-def _sample_logits(key: jax.Array, logits: jax.Array) -> jax.Array:
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
-
-
-def _check(cfg, name: str, distributional: bool) -> None:
+def check(cfg, name: str, distributional: bool) -> None:
+    """The agent-specific config rules (ConfigError, one line)."""
     if cfg.reference == "none":
         raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {name}")
     if cfg.qsharp_mode not in MODES:
@@ -151,53 +108,46 @@ def _check(cfg, name: str, distributional: bool) -> None:
 
 # ---- the categorical critic of π_ref --------------------------------------------------------
 
-def _critic_loss(nets, batch, hp, cfg):
+def _critic_loss(nets, batch, hp, cfg, ctx):
     """Cross-entropy of p(s, a) against the projected target: TD (expected SARSA under π_ref)
-    or rollout labels Π(G) (maximum likelihood), weighted by `batch.weight` in rollout mode."""
+    or, in rollout mode, the labels Π(G) (maximum likelihood); weighted by `batch.weight`."""
     z = atoms(cfg)
-    if isinstance(batch, LabelBatch):
+    if cfg.qsharp_mode == "rollout":
         uniform = jnp.full(batch.ret.shape + z.shape, 1.0 / z.shape[0], z.dtype)
         # Π(G): a zero discount moves every atom onto G, whatever the probabilities.
         y = ops.categorical_projection(z, uniform, batch.ret, jnp.zeros_like(batch.ret))
-        weight = batch.weight
     else:
         logits_next = nets.target(batch.next_obs)                              # [B, A, N]
-        w = jnp.exp(log_reference(cfg, batch.next_obs))                         # π_ref(·|s')
+        w = jnp.exp(ctx.log_ref(batch.next_obs))                                # π_ref(·|s')
         y = ops.categorical_td_target(z, jax.nn.softmax(logits_next, axis=-1), w, batch.reward,
                                       discount(batch, hp))
-        weight = jnp.ones(batch.reward.shape, jnp.float32)
     y = jax.lax.stop_gradient(y)
     logits = nets.online(batch.obs)
     logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
     ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
-    loss = jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1.0)
-    return loss, {"q_mean": jnp.mean(ops.categorical_mean(logits_sa[:, None], z))}
+    return weighted_mean(ce, batch.weight), {
+        "q_mean": weighted_mean(ops.categorical_mean(logits_sa[:, None], z)[:, 0], batch.weight)}
 
 
-def _entropic_logits(out, obs, hp, cfg):
+def _entropic_logits(cfg):
     """Q♯ guidance: ln π_ref + Q_η/η, Q_η = η ln E[exp(Z/η)]."""
-    q_eta = ops.entropic_q(out, atoms(cfg), hp["eta"])
-    return ops.guided_logits(log_reference(cfg, obs), q_eta, hp["eta"])
+    def logits(out, obs, hp, ctx):
+        q_eta = ops.entropic_q(out, atoms(cfg), hp["eta"])
+        return ops.guided_logits(ctx.log_ref(obs), q_eta, hp["eta"])
+    return logits
 
 
-def _mean_logits(out, obs, hp, cfg):
+def _mean_logits(cfg):
     """"CD" guidance: ln π_ref + E[Z]/η."""
-    return ops.guided_logits(log_reference(cfg, obs), ops.categorical_mean(out, atoms(cfg)), hp["eta"])
+    def logits(out, obs, hp, ctx):
+        return ops.guided_logits(ctx.log_ref(obs), ops.categorical_mean(out, atoms(cfg)), hp["eta"])
+    return logits
 
 
-# ---- behaviours -----------------------------------------------------------------------------
+# ---- the rollout actor and its label sampler ------------------------------------------------
 
-def _guided_behaviour(policy_logits, cfg) -> Behaviour:
-    """td mode: act with the guided policy; no carry."""
-    return Behaviour(
-        init=lambda key, num_envs: jnp.zeros((), jnp.int32),
-        act=lambda out, obs, carry, key, hp: _sample_logits(key, policy_logits(out, obs, hp, cfg)),
-        observe=lambda carry, obs, actions, reward, done, key: carry,
-    )
-
-
-def _rollout_behaviour(policy_logits, cfg, spec) -> Behaviour:
-    """rollout mode: guided roll-in, switch to π_ref at h, label (s_h, a_h) with the return."""
+def rollout_actor(policy_logits, cfg, spec) -> actors.Actor:
+    """Guided roll-in, switch to π_ref at h ~ U{0..H−1}, label (s_h, a_h) with the return."""
     horizon = cfg.qsharp_switch_horizon or spec.max_episode_steps
 
     def draw_h(key, n):
@@ -206,70 +156,74 @@ def _rollout_behaviour(policy_logits, cfg, spec) -> Behaviour:
     def init(key, num_envs):
         K = max(1, cfg.buffer_size // num_envs)
         E = num_envs
-        obs = jnp.zeros((E,) + tuple(spec.obs_shape), spec.obs_dtype)
+        obs_shape = spec.obs_shape[:-1] + (spec.obs_shape[-1] * spec.frame_stack,)
+        obs = jnp.zeros((E,) + obs_shape, spec.obs_dtype)
         return RolloutCarry(
             t=jnp.zeros((E,), jnp.int32), h=draw_h(key, E), switched=jnp.zeros((E,), bool), s_h=obs,
             a_h=jnp.zeros((E,), jnp.int32), ret=jnp.zeros((E,), jnp.float32),
-            store_obs=jnp.zeros((E, K) + tuple(spec.obs_shape), spec.obs_dtype),
+            store_obs=jnp.zeros((E, K) + obs_shape, spec.obs_dtype),
             store_action=jnp.zeros((E, K), jnp.int32), store_ret=jnp.zeros((E, K), jnp.float32),
             store_pos=jnp.zeros((E,), jnp.int32), store_size=jnp.zeros((E,), jnp.int32))
 
-    def act(out, obs, carry, key, hp):
+    def act(out, obs, carry, key, hp, env_steps, ctx):
         use_ref = carry.switched | (carry.t == carry.h)
-        logits = jnp.where(use_ref[:, None], log_reference(cfg, obs), policy_logits(out, obs, hp, cfg))
-        return _sample_logits(key, logits)
+        logits = jnp.where(use_ref[:, None], ctx.log_ref(obs), policy_logits(out, obs, hp, ctx))
+        return actors.sample_logits(key, logits)
 
-    def observe(carry: RolloutCarry, obs, actions, reward, done, key):
+    def observe(carry: RolloutCarry, obs, actions, step, key):
         E, K = carry.store_action.shape
         expand = lambda m, x: m.reshape(m.shape + (1,) * (x.ndim - 1))  # noqa: E731
+        done = step.done
         at_switch = ~carry.switched & (carry.t == carry.h)
         s_h = jnp.where(expand(at_switch, obs), obs, carry.s_h)
         a_h = jnp.where(at_switch, actions, carry.a_h)
         switched = carry.switched | at_switch
-        ret = jnp.where(at_switch, 0.0, carry.ret) + jnp.where(switched, reward, 0.0)
+        ret = jnp.where(at_switch, 0.0, carry.ret) + jnp.where(switched, step.reward, 0.0)
         write = done & switched
         e, pos = jnp.arange(E), carry.store_pos
         put = lambda store, x: store.at[e, pos].set(jnp.where(expand(write, x), x, store[e, pos]))  # noqa: E731
-        carry = carry._replace(
+        new = carry._replace(
             store_obs=put(carry.store_obs, s_h), store_action=put(carry.store_action, a_h),
             store_ret=put(carry.store_ret, ret),
             store_pos=jnp.where(write, (pos + 1) % K, pos),
             store_size=jnp.where(write, jnp.minimum(carry.store_size + 1, K), carry.store_size))
-        return carry._replace(
+        new = new._replace(
             t=jnp.where(done, 0, carry.t + 1), h=jnp.where(done, draw_h(key, E), carry.h),
             switched=switched & ~done, s_h=s_h, a_h=a_h, ret=jnp.where(done, 0.0, ret))
+        # An autoreset step (valid False) is no transition: its action was ignored.
+        return jax.tree.map(lambda n, o: jnp.where(expand(step.valid, n), n, o), new, carry)
 
-    def sample(carry: RolloutCarry, key, batch_size):
-        """Uniform over all labels of this member: env e ∝ its label count, then a slot."""
-        k_env, k_slot = jax.random.split(key)
-        sizes = carry.store_size.astype(jnp.float32)
-        has = jnp.sum(sizes) > 0
-        logits = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1.0)), -jnp.inf)
-        logits = jnp.where(has, logits, 0.0)
-        e = jax.random.categorical(k_env, logits, shape=(batch_size,))
-        k = jnp.minimum((jax.random.uniform(k_slot, (batch_size,)) * sizes[e]).astype(jnp.int32),
-                        jnp.maximum(carry.store_size[e] - 1, 0))
-        return LabelBatch(obs=carry.store_obs[e, k], action=carry.store_action[e, k], ret=carry.store_ret[e, k],
-                          weight=jnp.full((batch_size,), has, jnp.float32))
-
-    return Behaviour(init=init, act=act, observe=observe, sample=sample)
+    return actors.Actor(init, act, observe)
 
 
-def _critic_behaviour(policy_logits):
-    def behaviour(cfg, spec):
+def sample_labels(carry: RolloutCarry, key, batch_size):
+    """Uniform over all labels of this member: env e ∝ its label count, then a slot."""
+    k_env, k_slot = jax.random.split(key)
+    sizes = carry.store_size.astype(jnp.float32)
+    has = jnp.sum(sizes) > 0
+    logits = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1.0)), -jnp.inf)
+    logits = jnp.where(has, logits, 0.0)
+    e = jax.random.categorical(k_env, logits, shape=(batch_size,))
+    k = jnp.minimum((jax.random.uniform(k_slot, (batch_size,)) * sizes[e]).astype(jnp.int32),
+                    jnp.maximum(carry.store_size[e] - 1, 0))
+    return LabelBatch(obs=carry.store_obs[e, k], action=carry.store_action[e, k], ret=carry.store_ret[e, k],
+                      weight=jnp.full((batch_size,), has, jnp.float32))
+
+
+def _critic_agent(name: str, logits_of) -> AgentSpec:
+    def actor(cfg, spec, q_values):
+        check(cfg, name, distributional=True)
         if cfg.qsharp_mode == "rollout":
-            return _rollout_behaviour(policy_logits, cfg, spec)
-        return _guided_behaviour(policy_logits, cfg)
-    return behaviour
+            return rollout_actor(logits_of(cfg), cfg, spec)
+        return actors.from_logits(logits_of(cfg))
 
-
-def _critic_agent(name: str, policy_logits) -> GuidedAgent:
-    return GuidedAgent(
+    return AgentSpec(
         name=name, hparams=("eta",), loss=_critic_loss,
         num_outputs=lambda cfg: cfg.num_atoms,
         q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)),
-        policy_logits=policy_logits, behaviour=_critic_behaviour(policy_logits),
-        validate=lambda cfg: _check(cfg, name, distributional=True))
+        actor=actor, eval_actor=lambda cfg, spec, q_values: actors.from_logits(logits_of(cfg)),
+        data=lambda cfg, spec: sample_labels if cfg.qsharp_mode == "rollout" else None,
+        needs_reference=True)
 
 
 QSHARP = _critic_agent("qsharp", _entropic_logits)
@@ -278,25 +232,29 @@ QSHARP_CD = _critic_agent("qsharp_cd", _mean_logits)
 
 # ---- soft Q with prior (TD baseline) --------------------------------------------------------
 
-def _kl_prior_loss(nets, batch: Transition, hp, cfg):
-    y = ops.kl_prior_target(nets.target(batch.next_obs), log_reference(cfg, batch.next_obs), batch.reward,
+def _kl_prior_loss(nets, batch, hp, cfg, ctx):
+    y = ops.kl_prior_target(nets.target(batch.next_obs), ctx.log_ref(batch.next_obs), batch.reward,
                             discount(batch, hp), eta=hp["eta"])
     y = jax.lax.stop_gradient(y)
     q_sa = ops.select_action(nets.online(batch.obs), batch.action)
-    return regression_loss(q_sa, y, cfg.loss), {"q_mean": jnp.mean(q_sa), "target_mean": jnp.mean(y)}
+    w = batch.weight
+    return regression_loss(q_sa, y, cfg.loss, w), {"q_mean": weighted_mean(q_sa, w), "target_mean": weighted_mean(y, w)}
 
 
-def _kl_prior_logits(out, obs, hp, cfg):
+def _kl_prior_logits(out, obs, hp, ctx):
     """π ∝ π_ref·exp(Q/η): the fixed-point policy of the KL-prior operator."""
-    return ops.guided_logits(log_reference(cfg, obs), out, hp["eta"])
+    return ops.guided_logits(ctx.log_ref(obs), out, hp["eta"])
 
 
-KL_PRIOR = GuidedAgent(
-    name="kl_prior", hparams=("eta",), loss=_kl_prior_loss, num_outputs=lambda cfg: 1,
-    q_values=lambda out, cfg: out, policy_logits=_kl_prior_logits,
-    behaviour=lambda cfg, spec: _guided_behaviour(_kl_prior_logits, cfg),
-    validate=lambda cfg: _check(cfg, "kl_prior", distributional=False))
+def _kl_prior_actor(cfg, spec, q_values):
+    check(cfg, "kl_prior", distributional=False)
+    return actors.from_logits(_kl_prior_logits)
 
 
-__all__ = ["Behaviour", "GuidedAgent", "KL_PRIOR", "LabelBatch", "MODES", "QSHARP", "QSHARP_CD", "RolloutCarry",
-           "atoms"]
+KL_PRIOR = AgentSpec(
+    name="kl_prior", hparams=("eta",), loss=_kl_prior_loss, actor=_kl_prior_actor,
+    eval_actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits), needs_reference=True)
+
+
+__all__ = ["KL_PRIOR", "LabelBatch", "MODES", "QSHARP", "QSHARP_CD", "RolloutCarry", "atoms", "check",
+           "rollout_actor", "sample_labels"]

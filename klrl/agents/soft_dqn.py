@@ -4,7 +4,7 @@ from klrl import operators as ops
 from klrl.agents.base import discount, value_agent
 
 
-def _target(nets, batch, hp, cfg):
+def _target(nets, batch, hp, cfg, ctx):
     return ops.soft_q_target(nets.target(batch.next_obs), batch.reward, discount(batch, hp), tau=hp["tau"])
 
 

@@ -1,50 +1,89 @@
-"""Environment adapters behind one small batched interface (`klrl.envs.base.VecEnv`).
+"""Environment backends behind one protocol (`klrl.envs.base.Env`), built for [members, envs].
 
-`ENVS` lists the environment ids the trainer accepts; `make_env(name)` builds the adapter.
-All are gymnax 1.0.1 environments (in-graph, jit/vmap-able). The MinAtar games gymnax 1.0.1
-ships are Asterix, Breakout, Freeway, Seaquest and SpaceInvaders; their binary observation
-planes are stored as uint8.
+Backends (`env.backend`):
+- `jax`: in-graph, vmappable, checkpointable: the gymnax 1.0.1 classic-control and MinAtar
+  games (MinAtar's binary planes stored as uint8) and the tabular MDPs of klrl.tabular with
+  one-hot observations (`QSharpTree-v0`, `QSharpChain-v0`).
+- `pool`: a numpy environment pool behind a host callback with envpool's semantics (host
+  reset, no keys, next-step autoreset, refuses vmap, not checkpointable): CartPole-v1 and the
+  tabular MDPs. It exists to test the engine the way an emulator pool will drive it.
 """
 
 from __future__ import annotations
 
 import functools
+from typing import NamedTuple
 
 import jax.numpy as jnp
 
-from klrl.envs.base import EnvSpec, EnvStep, EpisodeStats, VecEnv
+from klrl.envs.base import Env, EnvSpec, EnvStep, EpisodeStats, stacked_shape
+from klrl.envs.tabular_env import TABULAR_ENVS
 from klrl.errors import ConfigError
 
 CLASSIC = ("CartPole-v1", "Acrobot-v1", "MountainCar-v0")
 MINATAR = ("Asterix-MinAtar", "Breakout-MinAtar", "Freeway-MinAtar", "Seaquest-MinAtar",
            "SpaceInvaders-MinAtar")
-# qsharp: small finite MDPs of klrl.tabular with one-hot observations (exact answers known).
-from klrl.envs.tabular_env import TABULAR_ENVS  # noqa: E402
-
 TABULAR = tuple(TABULAR_ENVS)
-ENVS: tuple[str, ...] = CLASSIC + MINATAR + TABULAR
+BACKEND_ENVS: dict[str, tuple[str, ...]] = {
+    "jax": CLASSIC + MINATAR + TABULAR,
+    "pool": ("CartPole-v1",) + TABULAR,
+}
+BACKENDS = tuple(BACKEND_ENVS)
 
-__all__ = ["ENVS", "EnvSpec", "EnvStep", "EpisodeStats", "VecEnv", "make_env"]
+
+class Traits(NamedTuple):
+    """A backend's declared capabilities (the same as its Env instances' attributes)."""
+
+    in_graph_reset: bool
+    checkpointable: bool
+
+
+TRAITS: dict[str, Traits] = {"jax": Traits(True, True), "pool": Traits(False, False)}
+ENVS: tuple[str, ...] = BACKEND_ENVS["jax"]
+
+__all__ = ["BACKENDS", "BACKEND_ENVS", "ENVS", "TRAITS", "Traits", "Env", "EnvSpec", "EnvStep", "EpisodeStats", "check_env",
+           "env_spec", "make_env", "stacked_shape"]
+
+
+def check_env(name: str, backend: str = "jax") -> None:
+    """ConfigError (one line) unless `backend` is known and serves `name`."""
+    if backend not in BACKEND_ENVS:
+        raise ConfigError(f"env.backend: got {backend!r}; allowed {', '.join(BACKENDS)}")
+    if name not in BACKEND_ENVS[backend]:
+        raise ConfigError(f"env.name: got {name!r}; allowed one of {', '.join(BACKEND_ENVS[backend])}"
+                          f" (backend {backend})")
 
 
 @functools.lru_cache(maxsize=None)
-def make_env(name: str) -> VecEnv:
-    """The batched adapter for environment `name` (one of `ENVS`)."""
-    if name not in ENVS:
-        raise ConfigError(f"env: got {name!r}; allowed {', '.join(ENVS)}")
-    if name in TABULAR:
-        from klrl.envs.tabular_env import TabularVecEnv
-
-        return TabularVecEnv(name)
+def _gymnax(name: str):
     import gymnax
 
-    from klrl.envs.gymnax_env import GymnaxVecEnv
-
     env, params = gymnax.make(name)
-    obs_shape = tuple(env.observation_space(params).shape)
-    pixels = name in MINATAR
-    spec = EnvSpec(name=name, obs_shape=obs_shape,
-                   obs_dtype=jnp.uint8 if pixels else jnp.float32,
-                   num_actions=int(env.num_actions),
-                   max_episode_steps=int(params.max_steps_in_episode), pixels=pixels)
-    return GymnaxVecEnv(name, spec, env, params)
+    spec = EnvSpec(name=name, obs_shape=tuple(env.observation_space(params).shape),
+                   obs_dtype=jnp.uint8 if name in MINATAR else jnp.float32,
+                   num_actions=int(env.num_actions), max_episode_steps=int(params.max_steps_in_episode))
+    return spec, env, params
+
+
+def env_spec(name: str, backend: str = "jax") -> EnvSpec:
+    """The static facts of an environment, without building a batch of it."""
+    check_env(name, backend)
+    if name in TABULAR:
+        return make_env(name, 1, 1, "jax").spec   # the pool serves the same MDPs with the same spec
+    return _gymnax(name)[0]
+
+
+def make_env(name: str, members: int, envs: int, backend: str = "jax") -> Env:
+    """The `backend` environment `name` for [members, envs] (one pool of members·envs for `pool`)."""
+    check_env(name, backend)
+    if backend == "pool":
+        from klrl.envs.pool import PoolEnv
+
+        return PoolEnv(name, members, envs)
+    if name in TABULAR:
+        from klrl.envs.tabular_env import tabular_env
+
+        return tabular_env(name, members, envs)
+    from klrl.envs.gymnax_env import gymnax_env
+
+    return gymnax_env(*_gymnax(name), members, envs)

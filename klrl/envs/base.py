@@ -1,19 +1,27 @@
-"""The environment interface the learner sees: batched transitions, not an env object.
+"""The environment protocol the trainer sees: one backend instance serves [M, E] environments.
 
-A `VecEnv` steps a whole batch of environments with any leading shape (the trainer uses
-[M, E]: members x envs per member) in one call. The gymnax adapter implements it with a
-flattened `vmap`; an envpool Atari pool (one C++ object of M*E envs stepped through its XLA
-interface, which cannot be vmapped) can implement the same two functions by reshaping the
-[M, E] actions to [M*E] and back. Nothing in the learner vmaps over environments.
+Backends differ in who resets and whether they can be traced, vmapped or checkpointed; they
+agree on ONE step semantics, the one C++ emulator pools (envpool, ALE's vector env) have:
 
-Conventions (docs/ALGORITHMS.md, docs/ECOSYSTEM.md):
-- `terminated` is a true end of the MDP (bootstrap with discount 0); `truncated` is a time
+- Next-step autoreset. A step that ends an episode (`terminated` or `truncated`) returns the
+  observation the episode ended in. The NEXT step of that environment ignores its action,
+  starts a new episode and returns its first observation with reward 0, terminated =
+  truncated = False and `valid = False`: it is not a transition and must not be learned
+  from. Every other step has `valid = True`. In-graph backends (gymnax, tabular) emulate
+  this, so the replay stores each observation once (the next observation of slot t is the
+  observation stored at t + 1) whatever the backend.
+- `terminated` is a true end of the MDP (bootstrap with discount 0); `truncated` a time
   limit (NOT termination: the learner bootstraps through it with γ).
-- Environments auto-reset: `EnvStep.obs` is the observation to act on next (the first
-  observation of a new episode after a reset), `EnvStep.next_obs` is the observation that
-  the transition actually led to (pre-reset), which is what the target bootstraps from.
-- The adapter tracks running episode returns: `episode_return` / `episode_length` hold the
-  totals of the episode that ended at this step (meaningful where `done`).
+- `reward` is what the agent learns from (e.g. clipped on Atari), `raw_reward` what is
+  reported; `episode_return` / `episode_length` are the raw totals of the episode that
+  ended at this step (meaningful where `done`).
+
+Capabilities are declared, never probed:
+- `in_graph_reset`: True for gymnax/tabular (reset is a pure function of keys, inside the
+  compiled program); False for host pools, whose `reset` is a host call with concrete keys
+  (the seeds are derived from them) made once before the program starts.
+- `checkpointable`: whether the env state can be saved and restored (pools: no; a resumed
+  run re-resets them, see klrl.runner).
 """
 
 from __future__ import annotations
@@ -27,23 +35,29 @@ class EnvSpec(NamedTuple):
     """Static facts about an environment (hashable; used to build shapes)."""
 
     name: str
-    obs_shape: tuple[int, ...]
-    obs_dtype: Any            # storage dtype of observations (uint8 for binary MinAtar planes)
+    obs_shape: tuple[int, ...]  # ONE frame as the backend returns it
+    obs_dtype: Any              # storage dtype (uint8 for binary MinAtar planes and pixels)
     num_actions: int
-    max_episode_steps: int    # time limit (truncation), also the cap of evaluation episodes
-    pixels: bool              # image observations [H, W, C] (CNN) vs vectors (MLP)
+    max_episode_steps: int      # time limit (truncation), also the cap of evaluation episodes
+    frame_stack: int = 1        # frames the agent stacks along the last axis (Atari: 4)
+
+
+def stacked_shape(spec: EnvSpec) -> tuple[int, ...]:
+    """The agent's observation shape: `frame_stack` frames concatenated on the last axis."""
+    return spec.obs_shape[:-1] + (spec.obs_shape[-1] * spec.frame_stack,)
 
 
 class EnvStep(NamedTuple):
-    """One batched transition, every field with the batch's leading shape."""
+    """One batched step, every field with the batch's leading shape [M, E]."""
 
-    obs: jax.Array             # next observation to act on (post auto-reset)
-    next_obs: jax.Array        # observation reached by the transition (pre-reset)
-    reward: jax.Array          # float32
+    obs: jax.Array             # observation after the step (a new episode's first on an autoreset step)
+    reward: jax.Array          # float32, for learning
+    raw_reward: jax.Array      # float32, reported
     terminated: jax.Array      # bool: true terminal state, discount 0
     truncated: jax.Array       # bool: time limit, bootstrap through it
-    episode_return: jax.Array  # float32: return of the episode that just ended (where done)
-    episode_length: jax.Array  # int32: its length (where done)
+    valid: jax.Array           # bool: False on an autoreset step (not a transition)
+    episode_return: jax.Array  # float32: raw return of the episode that just ended (where done)
+    episode_length: jax.Array  # int32: its length in valid steps (where done)
 
     @property
     def done(self) -> jax.Array:
@@ -51,19 +65,23 @@ class EnvStep(NamedTuple):
 
 
 class EpisodeStats(NamedTuple):
-    """Running totals of the current episode of each environment (part of the env state)."""
+    """Running totals of the current episode of each environment (part of an in-graph env state)."""
 
     ret: jax.Array     # float32
     length: jax.Array  # int32
 
 
-class VecEnv(Protocol):
-    """What the trainer needs from an environment backend."""
+class Env(Protocol):
+    """What the trainer needs from an environment backend built for [members, envs]."""
 
     spec: EnvSpec
+    members: int
+    envs: int
+    in_graph_reset: bool
+    checkpointable: bool
 
     def reset(self, keys: jax.Array) -> tuple[Any, jax.Array]:
-        """keys uint32 [*batch, 2] -> (state, obs [*batch, *obs_shape])."""
+        """keys uint32 [M, E, 2] -> (state, obs [M, E, *obs_shape]); host call when not in_graph_reset."""
 
     def step(self, state: Any, actions: jax.Array, keys: jax.Array) -> tuple[Any, EnvStep]:
-        """Step every environment once, auto-resetting finished ones."""
+        """Step every environment once (actions int32 [M, E]); pools ignore `keys`."""

@@ -1,9 +1,9 @@
-"""A finite MDP of `klrl.tabular` as an in-graph environment behind the `VecEnv` interface.
+"""A finite MDP of `klrl.tabular` as an in-graph environment behind the `Env` protocol.
 
 Observations are one-hot state vectors [S] (float32); every episode starts in state 0 (the
 root of `tree_mdp`, the head of `chain_mdp`); a transition samples s' ~ P(·|s, a) (exact for
 the deterministic MDPs), pays r(s, a), terminates when s' is terminal and is truncated at
-`max_episode_steps`. Finished environments auto-reset, as the gymnax adapter does.
+`max_episode_steps`. Finished environments auto-reset on the next step (klrl.envs.in_graph).
 
 The point is testing: the deep agents run on an environment whose exact answer is known
 (`klrl.tabular.qsharp` computes it from the same `MDP` arrays, `tabular_mdp(name)`).
@@ -18,13 +18,12 @@ Registered ids (`TABULAR_ENVS`), all built from a fixed PRNG key so they are rep
 from __future__ import annotations
 
 import functools
-from typing import NamedTuple
-
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from klrl.envs.base import EnvSpec, EnvStep, EpisodeStats
+from klrl.envs.base import EnvSpec
+from klrl.envs.in_graph import InGraphEnv, OneStep
 
 # id -> (constructor name, keyword arguments, seed)
 TABULAR_ENVS: dict[str, tuple[str, dict, int]] = {
@@ -50,56 +49,33 @@ def _episode_cap(name: str) -> int:
     return kwargs["depth"] if kind == "tree" else kwargs["length"]
 
 
-class TabularState(NamedTuple):
-    s: jax.Array        # int32 current state
-    t: jax.Array        # int32 steps taken in the current episode
-    stats: EpisodeStats
+def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps: int | None = None) -> InGraphEnv:
+    """[members, envs] copies of a finite MDP with one-hot observations (in-graph)."""
+    mdp = tabular_mdp(name) if mdp is None else mdp
+    P = jnp.asarray(mdp.P, jnp.float32)
+    r = jnp.asarray(mdp.r, jnp.float32)
+    terminal = jnp.asarray(mdp.terminal, bool)
+    S, A = r.shape
+    cap = _episode_cap(name) if max_episode_steps is None else max_episode_steps
+    spec = EnvSpec(name=name, obs_shape=(S,), obs_dtype=jnp.float32, num_actions=A, max_episode_steps=int(cap))
+    one_hot = lambda s: jax.nn.one_hot(s, S, dtype=jnp.float32)  # noqa: E731
 
+    def reset_one(key):
+        s = jnp.zeros((), jnp.int32)
+        return (s, jnp.zeros((), jnp.int32)), one_hot(s)
 
-class TabularVecEnv:
-    """A batch (any leading shape) of copies of one finite MDP with one-hot observations."""
-
-    def __init__(self, name: str, mdp=None, max_episode_steps: int | None = None):
-        mdp = tabular_mdp(name) if mdp is None else mdp
-        self.name = name
-        self._P = jnp.asarray(mdp.P, jnp.float32)
-        self._r = jnp.asarray(mdp.r, jnp.float32)
-        self._terminal = jnp.asarray(mdp.terminal, bool)
-        S, A = self._r.shape
-        cap = _episode_cap(name) if max_episode_steps is None else max_episode_steps
-        self.spec = EnvSpec(name=name, obs_shape=(S,), obs_dtype=jnp.float32, num_actions=A,
-                            max_episode_steps=int(cap), pixels=False)
-
-    def _obs(self, s: jax.Array) -> jax.Array:
-        return jax.nn.one_hot(s, self.spec.obs_shape[0], dtype=jnp.float32)
-
-    def reset(self, keys: jax.Array) -> tuple[TabularState, jax.Array]:
-        batch = keys.shape[:-1]
-        s = jnp.zeros(batch, jnp.int32)
-        stats = EpisodeStats(ret=jnp.zeros(batch, jnp.float32), length=jnp.zeros(batch, jnp.int32))
-        return TabularState(s, jnp.zeros(batch, jnp.int32), stats), self._obs(s)
-
-    def step(self, state: TabularState, actions: jax.Array, keys: jax.Array) -> tuple[TabularState, EnvStep]:
-        s, a = state.s, actions.astype(jnp.int32)
-        probs = self._P[s, a]                                            # [*batch, S]
+    def step_one(key, inner, action) -> OneStep:
+        s, t = inner
         # log(0) = -inf excludes impossible successors; deterministic rows are exact.
-        flat_keys = keys.reshape((-1,) + keys.shape[-1:])
-        flat_logp = jnp.log(probs).reshape((-1, probs.shape[-1]))
-        s_next = jax.vmap(jax.random.categorical)(flat_keys, flat_logp).reshape(s.shape).astype(jnp.int32)
-        reward = self._r[s, a]
-        terminated = self._terminal[s_next]
-        t = state.t + 1
-        truncated = (t >= self.spec.max_episode_steps) & ~terminated
+        s_next = jax.random.categorical(key, jnp.log(P[s, action])).astype(jnp.int32)
+        terminated = terminal[s_next]
+        truncated = (t + 1 >= cap) & ~terminated
         done = terminated | truncated
-        ep_ret = state.stats.ret + reward
-        ep_len = state.stats.length + 1
         s_reset = jnp.where(done, 0, s_next)
-        new = TabularState(s_reset, jnp.where(done, 0, t),
-                           EpisodeStats(jnp.where(done, 0.0, ep_ret), jnp.where(done, 0, ep_len)))
-        out = EnvStep(obs=self._obs(s_reset), next_obs=self._obs(s_next), reward=reward,
-                      terminated=terminated, truncated=truncated, episode_return=ep_ret,
-                      episode_length=ep_len)
-        return new, out
+        return OneStep((s_reset, jnp.where(done, 0, t + 1)), one_hot(s_reset), one_hot(s_next),
+                       r[s, action], terminated, truncated)
+
+    return InGraphEnv(spec, members, envs, reset_one, step_one)
 
 
-__all__ = ["TABULAR_ENVS", "TabularState", "TabularVecEnv", "tabular_mdp"]
+__all__ = ["TABULAR_ENVS", "tabular_env", "tabular_mdp"]
