@@ -112,6 +112,23 @@ def _checkpointer(out: str, pop: Population, exp: Experiment):
     return PopulationCheckpointer(os.path.join(out, "checkpoints", pop.agent), exp.config_hash())
 
 
+def _saved(state, trainer):
+    """What a checkpoint holds: the whole state, less the env state of a non-checkpointable pool."""
+    return state if trainer.traits.checkpointable else state._replace(env=())
+
+
+def _resumed(restored, trainer, keys, chunks_done: int):
+    """The state to continue from. Checkpointable envs: exactly the saved state. A host pool:
+    learner, optimizer, replay, keys, counters and the actor's carry are restored exactly;
+    the pool is re-reset from seeds derived from the member keys and the chunk count, so
+    episodes in flight at the checkpoint are lost and the next observation is a fresh
+    episode's first (the replay never learns across the seam: klrl.replay excludes a slot
+    followed by an episode start). The run still finishes with the same step count."""
+    if trainer.traits.checkpointable:
+        return restored
+    return trainer.reenter(restored, trainer.env_start(keys, chunks_done))
+
+
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
                    chunk_counter: list[int]) -> dict:
     """Train one population to the end (resuming from its checkpoint if asked); returns timing."""
@@ -136,15 +153,21 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         return {"agent": pop.agent, "members": M, "skipped": True}
 
     t0 = time.perf_counter()
-    state = jax.jit(trainer.init)(keys, hparams)
+    # π_ref's parameters are loaded here, on the host, and passed to the program.
+    ref_params = trainer.reference.load() if trainer.reference is not None else ()
+    # A host pool resets outside the program; the same call re-resets it on resume.
+    env_start = None if trainer.traits.in_graph_reset else trainer.env_start(keys, 0)
+    state = jax.jit(trainer.init)(keys, hparams, ref_params, env_start)
     if sharded:
         state = shard_population(state, M)
     history: dict[str, np.ndarray] = {}
     start = 0
     if resume and ckpt.latest_step() is not None:
-        state, history, meta = ckpt.restore(state)
+        restored, history, meta = ckpt.restore(_saved(state, trainer))
         start = int(meta["chunks_done"])
-        _log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}")
+        state = _resumed(restored, trainer, keys, start)
+        _log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}"
+             + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
     chunk_counter[0] += start
 
     if sharded:          # pin the output layout to the input layout: one compile, chunk after chunk
@@ -186,7 +209,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
 
         done = c + 1
         if done % exp.checkpoint_every == 0 or done == trainer.num_chunks:
-            ckpt.save(done, state, history, {"agent": pop.agent, "members": M})
+            ckpt.save(done, _saved(state, trainer), history, {"agent": pop.agent, "members": M})
         chunk_counter[0] += 1
         kill_after = os.environ.get(KILL_ENV)
         if kill_after and chunk_counter[0] == int(kill_after):

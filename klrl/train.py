@@ -182,6 +182,7 @@ class Trainer(NamedTuple):
     traits: Any               # klrl.envs.Traits: in_graph_reset, checkpointable
     reference: Any            # klrl.reference.Reference | None (its `load()` gives the params)
     env_start: Callable[[jax.Array, int], tuple[Any, jax.Array]]   # (member keys, salt) -> (env state, obs)
+    reenter: Callable[[TrainState, tuple[Any, jax.Array]], TrainState]  # continue on freshly reset envs
 
 
 # Key streams split from each member key.
@@ -557,11 +558,19 @@ def make_train(cfg: StaticConfig) -> Trainer:
             metrics[name] = mean(total, acc["loss_count"])
         return state._replace(counters=state.counters._replace(chunk=state.counters.chunk + 1)), metrics
 
+    def reenter(state: TrainState, env_start_state) -> TrainState:
+        """`state` continued on freshly reset envs (a resumed host pool): every env starts an
+        episode, so the acting stacks restart and the next replay slot is an episode start."""
+        env_state, frame = env_start_state
+        first = jnp.ones(state.actor.first.shape, bool)
+        obs = push(jnp.zeros_like(state.actor.obs), frame, first)
+        return state._replace(env=env_state, actor=state.actor._replace(obs=obs, first=first))
+
     def train(keys: jax.Array, hparams: dict, ref_params: Any = ()) -> tuple[TrainState, dict]:
         state = init(keys, hparams, ref_params)
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=num_chunks)
 
-    return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train, spec=spec, traits=traits,
+    return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train, spec=spec, traits=traits, reenter=reenter,
                    reference=reference, env_start=env_start)
 
 

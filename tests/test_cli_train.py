@@ -85,8 +85,9 @@ def test_run_directory_holds_config_metrics_checkpoints_figure(tiny):
     head = open(os.path.join(out, "metrics.csv")).readline().strip()
     assert head == "member,seed,alpha,learning_rate,agent,step,metric,value"
     rows = read_metrics(os.path.join(out, "metrics.csv"))
-    assert {r["metric"] for r in rows} >= {"eval_return", "train_return", "loss", "diverged"}
-    assert len(rows) == 12 * CHUNKS * 4
+    # The loss's aux metrics (q_mean, target_mean) reach metrics.csv next to the trainer's four.
+    assert {r["metric"] for r in rows} == {"eval_return", "train_return", "loss", "diverged", "q_mean", "target_mean"}
+    assert len(rows) == 12 * CHUNKS * 6
     assert sorted({r["step"] for r in rows}) == [200, 400, 600, 800]
     assert {r["alpha"] for r in rows if r["agent"] == "dqn"} == {None}
     assert {r["alpha"] for r in rows if r["agent"] == "mdqn"} == {0.5, 0.9}
@@ -134,7 +135,7 @@ def test_sigkill_then_resume_reproduces_the_run_byte_for_byte(tiny):
     ref = open(os.path.join(tiny["out"], "metrics.csv"), "rb").read()
     partial = open(os.path.join(out, "metrics.csv"), "rb").read()
     assert ref.startswith(partial) and len(partial) < len(ref)       # rows so far recoverable
-    assert partial.count(b"\n") == 1 + (4 * CHUNKS + 8 * 3) * 4
+    assert partial.count(b"\n") == 1 + (4 * CHUNKS + 8 * 3) * 6   # 6 metrics per member and chunk
     # a resume with a different resolved config is refused, before compiling
     bad = _klrl("train", tiny["cfg"], "--out", out, "--resume", "--set", "agent.tau=0.05")
     assert bad.returncode == 2 and "config whose hash" in bad.stderr
@@ -221,7 +222,7 @@ def test_population_sharded_over_two_devices_matches_one_device(tmp_path):
     single-device run up to float rounding (XLA picks other kernels for the per-device
     shapes, so bit equality holds per device layout, not across layouts)."""
     cfg = tmp_path / "tiny1.toml"
-    cfg.write_text(TINY.replace('"agent.name" = ["dqn", "mdqn"]', "")
+    cfg.write_text(TINY.replace('"agent.name" = ["dqn", "mdqn"]', "").replace('"agent.alpha" = [0.5, 0.9]', "")
                    .replace('"train.learning_rate" = [1e-3, 1e30]', ""))
     one = _klrl("train", str(cfg), "--out", str(tmp_path / "one"))
     two = _klrl("train", str(cfg), "--out", str(tmp_path / "two"),
@@ -232,3 +233,56 @@ def test_population_sharded_over_two_devices_matches_one_device(tmp_path):
     b = read_metrics(str(tmp_path / "two" / "metrics.csv"))
     assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
     np.testing.assert_allclose([r["value"] for r in a], [r["value"] for r in b], rtol=1e-3, equal_nan=True)
+
+
+POOL = """
+[env]
+name = "CartPole-v1"
+backend = "pool"
+num_envs = 4
+
+[agent]
+name = "mdqn"
+hidden = [16]
+
+[train]
+total_steps = 800
+chunk_steps = 200
+buffer_size = 256
+batch_size = 16
+learning_starts = 100
+update_every = 4
+target_update_every = 100
+eval_mode = "concurrent"
+eval_envs = 2
+seeds = 2
+
+[output]
+checkpoint_every = 2
+"""
+
+
+def test_pool_resume_restores_learner_exactly_and_re_resets_the_pool(tmp_path):
+    """A host pool cannot be checkpointed. What --resume means for it (klrl.runner._resumed):
+    the run restarts from the last checkpoint with learner, optimizer, replay, keys and counters
+    exactly as saved, the pool re-reset from derived seeds, and it finishes with the same step
+    count. So rows up to the checkpoint are byte-identical to an uninterrupted run, later rows
+    are a valid continuation (not the same numbers: the episodes in flight were lost)."""
+    cfg = tmp_path / "pool.toml"
+    cfg.write_text(POOL)
+    full = _klrl("train", str(cfg), "--out", str(tmp_path / "full"))
+    assert full.returncode == 0, full.stderr[-2000:]
+    killed = _klrl("train", str(cfg), "--out", str(tmp_path / "k"), env={KILL_ENV: "3"})   # checkpoint at chunk 2
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    resumed = _klrl("train", str(cfg), "--out", str(tmp_path / "k"), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "re-reset" in resumed.stderr
+    a = read_metrics(str(tmp_path / "full" / "metrics.csv"))
+    b = read_metrics(str(tmp_path / "k" / "metrics.csv"))
+    assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
+    assert max(r["step"] for r in b) == 800
+    before = [r for r in a if r["step"] <= 400]
+    assert before == [r for r in b if r["step"] <= 400]
+    after_a = [r["value"] for r in a if r["step"] > 400 and r["metric"] == "loss"]
+    after_b = [r["value"] for r in b if r["step"] > 400 and r["metric"] == "loss"]
+    assert all(math.isfinite(v) for v in after_b) and after_a != after_b

@@ -31,7 +31,7 @@ DEFAULT_OUT = os.path.join("results", "bench", "train.json")
 QUICK_OUT = os.path.join("results", "bench", "train_quick.json")   # --quick never overwrites the real result
 
 REFERENCE = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=10, total_steps=50_000, chunk_steps=50_000,
-                         buffer_size=10_000, batch_size=128, learning_starts=10_000, train_every=1,
+                         buffer_size=10_000, batch_size=128, learning_starts=10_000, update_every=10,
                          target_update_every=500, hidden=(120, 84), loss="l2", target_update="hard",
                          acting="epsilon_greedy", replay_mode="per-member", eval_episodes=10)
 QUICK = dataclasses.replace(REFERENCE, total_steps=2_000, chunk_steps=2_000, buffer_size=1_000,
