@@ -51,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
 
             plot_run(args.run_dir)
         elif args.command == "tabular":
-            from klrl.tabular.leverage import run_experiment as run_tabular
+            from klrl.tabular.experiment import run_experiment as run_tabular
 
             run_tabular(args.config, out_dir=args.out, quick=args.quick)
         elif args.command == "bench":

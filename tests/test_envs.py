@@ -358,15 +358,20 @@ def test_torso_output_and_parameter_shapes():
 
 
 def test_small_torsos_treat_leading_axes_as_batch():
-    """Numerically: applying to [1, B, ...] is applying to [B, ...] (mlp, minatar_cnn)."""
-    key = jax.random.PRNGKey(0)
+    """Numerically: applying to [1, B, ...] or one row is applying to [B, ...] (mlp, minatar_cnn)."""
     for torso, shape, dtype in (("mlp", (4,), jnp.float32), ("minatar_cnn", (10, 10, 4), jnp.uint8)):
         net = make_network(torso, (8,), 3, 2)
-        params = net.init(key, jnp.zeros(shape, dtype))
-        x = jax.random.randint(key, (3,) + shape, 0, 2).astype(dtype)
-        out = net.apply(params, x)
-        np.testing.assert_allclose(net.apply(params, x[None])[0], out, rtol=1e-5, atol=1e-6)
-        np.testing.assert_allclose(net.apply(params, x[1]), out[1], rtol=1e-5, atol=1e-6)
+
+        @jax.jit
+        def apply_three_ways(key):
+            params = net.init(key, jnp.zeros(shape, dtype))
+            x = jax.random.randint(key, (3,) + shape, 0, 2).astype(dtype)
+            return net.apply(params, x), net.apply(params, x[None])[0], net.apply(params, x[1])
+
+        out, lead, row = apply_three_ways(jax.random.PRNGKey(0))
+        assert out.shape == (3, 3, 2)
+        np.testing.assert_allclose(lead, out, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(row, out[1], rtol=1e-5, atol=1e-6)
 
 
 def test_obs_scale_is_applied_inside_the_network():
@@ -374,12 +379,18 @@ def test_obs_scale_is_applied_inside_the_network():
     shape = (84, 84, 4)
     scaled = make_network("nature_cnn", (32,), 6, obs_scale=1 / 255)
     plain = make_network("nature_cnn", (32,), 6)
-    params = scaled.init(jax.random.PRNGKey(1), jnp.zeros(shape, jnp.uint8))
-    frames = jax.random.randint(jax.random.PRNGKey(2), (2,) + shape, 0, 256).astype(jnp.uint8)
-    out = scaled.apply(params, frames)
+
+    @jax.jit
+    def outputs(key):
+        params = scaled.init(key, jnp.zeros(shape, jnp.uint8))
+        frames = jax.random.randint(key, (2,) + shape, 0, 256).astype(jnp.uint8)
+        return (scaled.apply(params, frames), plain.apply(params, frames.astype(jnp.float32) / 255.0),
+                plain.apply(params, frames))
+
+    out, by_hand, unscaled = outputs(jax.random.PRNGKey(1))
     assert out.shape == (2, 6) and out.dtype == jnp.float32
-    np.testing.assert_allclose(out, plain.apply(params, frames.astype(jnp.float32) / 255.0), rtol=1e-4, atol=1e-5)
-    assert not np.allclose(out, plain.apply(params, frames))      # the scale matters
+    np.testing.assert_allclose(out, by_hand, rtol=1e-4, atol=1e-5)
+    assert not np.allclose(out, unscaled)      # the scale matters
 
 
 def test_unknown_torso_is_rejected():

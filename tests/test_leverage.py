@@ -9,6 +9,7 @@ import pytest
 from klrl.cli import main as cli_main
 from klrl.errors import ConfigError
 from klrl.tabular import leverage
+from klrl.tabular.experiment import run_experiment
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "experiments", "leverage_average.toml")
@@ -49,7 +50,7 @@ def test_bad_config_raises_one_line_config_error_and_writes_nothing(tmp_path, te
     path = _write(tmp_path, text)
     out = tmp_path / "out"
     with pytest.raises(ConfigError) as err:
-        leverage.run_experiment(path, out_dir=str(out))
+        run_experiment(path, out_dir=str(out))
     msg = str(err.value)
     assert msg.startswith(field + ":") and "got" in msg and "allowed" in msg and "\n" not in msg
     assert not out.exists()
@@ -70,13 +71,13 @@ def test_out_dir_that_is_a_file_is_rejected_before_computing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
     with pytest.raises(ConfigError, match="^out_dir:"):
-        leverage.run_experiment(CONFIG, out_dir=str(blocker), quick=True)
+        run_experiment(CONFIG, out_dir=str(blocker), quick=True)
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("leverage_quick")
-    summary = leverage.run_experiment(CONFIG, out_dir=str(out), quick=True)
+    summary = run_experiment(CONFIG, out_dir=str(out), quick=True)
     return out, summary
 
 
@@ -128,11 +129,11 @@ def test_quick_run_shows_the_paper_effects(quick_run):
 def test_same_seed_same_numbers_other_seed_other_numbers(quick_run, tmp_path):
     out, _ = quick_run
     again = tmp_path / "again"
-    leverage.run_experiment(CONFIG, out_dir=str(again), quick=True)
+    run_experiment(CONFIG, out_dir=str(again), quick=True)
     assert (again / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
     other_cfg = _write(tmp_path, "[experiment]\nseed = 1\n", "seed1.toml")
     other = tmp_path / "other"
-    leverage.run_experiment(other_cfg, out_dir=str(other), quick=True)
+    run_experiment(other_cfg, out_dir=str(other), quick=True)
     assert (other / "metrics.csv").read_bytes() != (out / "metrics.csv").read_bytes()
 
 
@@ -143,7 +144,7 @@ def test_full_run_reproduces_the_committed_results(tmp_path):
     committed = os.path.join(os.path.dirname(CONFIG), "..", "results", "leverage_average", "summary.json")
     with open(committed) as f:
         expected = json.load(f)
-    summary = leverage.run_experiment(CONFIG, out_dir=str(tmp_path / "full"))
+    summary = run_experiment(CONFIG, out_dir=str(tmp_path / "full"))
     np.testing.assert_allclose(list(summary["horizon_slopes"].values()),
                                list(expected["horizon_slopes"].values()), rtol=1e-6)
     for key in ("max_ratio_measured_over_bound", "max_ratio_literal_indexing"):

@@ -4,7 +4,7 @@ import os
 import subprocess
 import sys
 
-from klrl.tabular import leverage
+from klrl.tabular.experiment import run_experiment
 from klrl.tabular.plots import FIGURES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 def test_notebook_draws_figures_from_quick_results(tmp_path):
     results = tmp_path / "results"
     figures = tmp_path / "figures"
-    leverage.run_experiment(os.path.join(ROOT, "experiments", "leverage_average.toml"),
+    run_experiment(os.path.join(ROOT, "experiments", "leverage_average.toml"),
                             out_dir=str(results), quick=True)
     env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_FIGURES_DIR": str(figures),
            "MPLBACKEND": "Agg"}
