@@ -1,30 +1,97 @@
-"""klrl.train: the contract (.notes/train_contract.md), determinism, divergence, shared replay.
+"""klrl.train: the contract, determinism, divergence, shared replay, the update cadence, gradient
+clipping, the two replay stores, the two evaluation strategies and the loss aux metrics.
 
-Compiles are the cost here: one tiny per-member program (4 members) serves determinism,
-key independence and divergence; one tiny shared-replay program serves the shared checks.
+Compiles are the cost here: one tiny per-member program (4 members) serves the contract,
+determinism, key independence, divergence and the host loop; one program per replay store
+serves the update cadence, the aux metrics and the frames/transitions comparison; smoke tests
+compile without backend optimisation (`_compiled(..., fast=True)`: about half the compile
+time, same semantics).
 """
 
 import dataclasses
+from types import SimpleNamespace
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 from klrl import replay as rb
-from klrl.agents import AGENTS
+from klrl.actors import epsilon
+from klrl.agents import AGENTS, Context, Nets
 from klrl.errors import ConfigError
-from klrl.train import HPARAMS, StaticConfig, TrainState, epsilon, hparams_used, make_train
+from klrl.networks import make_network
+from klrl.train import (HPARAMS, ActorState, Counters, Keys, Learner, StaticConfig, TrainState, hparams_used,
+                        make_optimizer, make_train, make_update, prepare_hparams)
 
+# update_every=2 with 2 envs: one gradient update per vector step (the old train_every=1).
 TINY = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=2, total_steps=160, chunk_steps=80,
-                    buffer_size=64, batch_size=8, learning_starts=20, target_update_every=20,
+                    buffer_size=64, batch_size=8, learning_starts=20, update_every=2, target_update_every=20,
                     hidden=(8,), eval_episodes=2, loss="l2")
-METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
+BASE_METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
+METRICS = BASE_METRICS | {"q_mean", "target_mean"}      # + mdqn's loss aux
+NO_BACKEND_OPT = {"xla_backend_optimization_level": 0}
+CARTPOLE_MIN_EPISODE = 8    # from |θ| <= 0.05 rad, pushing one way, |θ| > 12° takes >= 8 Euler steps
 
 
 def _keys(*seeds):
     return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
 
+
+def _compiled(fn, *args, fast=True):
+    """jax.jit(fn) compiled for `args`; `fast` skips XLA's backend optimisation (compile time)."""
+    lowered = jax.jit(fn).lower(*args)
+    return lowered.compile(NO_BACKEND_OPT) if fast else lowered.compile()
+
+
+def _adam_count(learner) -> np.ndarray:
+    """Adam's step count per member: +1 per gradient update (optax chain: [clip,] adam, lr)."""
+    (adam,) = [s for s in learner.opt_state if isinstance(s, optax.ScaleByAdamState)]
+    return np.asarray(adam.count)
+
+
+def _expected_updates(cfg, vsteps: int) -> int:
+    """Updates after `vsteps` vector steps: one per `update_every` env steps, once
+    vstep·E >= learning_starts (the trainer's rule, written out)."""
+    E, U = cfg.num_envs, cfg.update_every
+    return sum(v * E // U - (v - 1) * E // U for v in range(1, vsteps + 1) if v * E >= cfg.learning_starts)
+
+
+def _probe_agent():
+    """DQN whose loss aux also fingerprints its minibatch (summed weighted obs and actions)
+    and reports a constant 1, so metrics show which data each member learned from and how
+    aux values are averaged over a chunk's updates."""
+    base = AGENTS["dqn"]
+
+    def loss(nets, batch, hp, cfg, ctx):
+        value, aux = base.loss(nets, batch, hp, cfg, ctx)
+        w = batch.weight
+        return value, {**aux, "probe_one": jnp.float32(1.0),
+                       "probe_obs": jnp.sum(w[:, None] * batch.obs.reshape(w.shape[0], -1)),
+                       "probe_action": jnp.sum(w * batch.action)}
+
+    return dataclasses.replace(base, name="probe", loss=loss)
+
+
+def _make_train_with_probe(cfg):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(AGENTS, "probe", _probe_agent())
+        return make_train(cfg)
+
+
+def _host_loop(tr, state, hp, run_chunk=None):
+    """Chunks one by one: (states after each chunk, metrics stacked [chunks, M])."""
+    run_chunk = run_chunk or jax.jit(tr.run_chunk)
+    states, rows = [], []
+    for _ in range(tr.num_chunks):
+        state, m = run_chunk(state, hp)
+        states.append(state)
+        rows.append(m)
+    return states, {k: np.stack([np.asarray(r[k]) for r in rows]) for k in rows[0]}
+
+
+# ---- the per-member program ---------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
 def per_member_run():
@@ -35,80 +102,341 @@ def per_member_run():
     train = jax.jit(tr.train)
     state, metrics = train(keys, hp)
     state2, metrics2 = train(keys, hp)
-    return tr, keys, hp, state, metrics, state2, metrics2
+    chunk_states, chunk_metrics = _host_loop(tr, jax.jit(tr.init)(keys, hp), hp)
+    return SimpleNamespace(tr=tr, keys=keys, hp=hp, state=state, metrics=metrics, state2=state2,
+                           metrics2=metrics2, chunk_states=chunk_states, chunk_metrics=chunk_metrics)
 
 
 def test_contract_shapes_and_types(per_member_run):
-    tr, keys, hp, state, metrics, _, _ = per_member_run
+    r = per_member_run
+    tr, state, metrics = r.tr, r.state, r.metrics
     assert tr.num_chunks == 2
+    assert tr.traits.in_graph_reset and tr.traits.checkpointable and tr.reference is None
+    assert tr.spec.obs_shape == (4,) and tr.spec.num_actions == 2 and tr.spec.frame_stack == 1
     assert set(metrics) == METRICS
     for v in metrics.values():
         assert v.shape == (2, 4) and v.dtype == jnp.float32
     np.testing.assert_array_equal(metrics["step"][:, 0], [80, 160])
-    assert isinstance(state, TrainState)
+    assert isinstance(state, TrainState) and isinstance(state.learner, Learner)
+    assert isinstance(state.actor, ActorState) and isinstance(state.keys, Keys)
+    assert isinstance(state.counters, Counters)
     leaves = jax.tree.leaves(state)
     assert all(isinstance(x, jax.Array) for x in leaves)
     assert not any(jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key) for x in leaves)
-    assert state.obs.shape == (4, 2, 4) and int(state.vstep) == 80
-    assert state.replay.data.obs.shape == (4, 64, 4)
+    assert state.actor.obs.shape == (4, 2, 4) and state.actor.first.shape == (4, 2)
+    assert state.actor.first.dtype == jnp.bool_ and state.actor.carry == ()
+    assert int(state.counters.vstep) == 80 and int(state.counters.chunk) == 2
+    assert state.counters.vstep.shape == () and state.counters.vstep.dtype == jnp.int32
+    assert state.learner.diverged.shape == (4,) and state.learner.prev_target_params == ()
+    assert state.keys.sample.shape == (4, 2) and state.keys.eval.shape == (4, 2) and state.keys.shared.shape == (2,)
+    assert state.reference == ()
+    # frames store, per member: [M, T = 64 // 2, E, ...]; 80 adds into a ring of 32 slots
+    data = state.replay.data
+    assert data["frame"].shape == (4, 32, 2, 4) and data["action"].shape == (4, 32, 2)
+    assert int(state.replay.size) == 32 and int(state.replay.pos) == 80 % 32
+    # one update per vector step from env step 20 on: 80 - 10 + 1 = 71 (members that train)
+    assert _expected_updates(TINY, 80) == 71
+    np.testing.assert_array_equal(_adam_count(state.learner)[:3], [71, 71, 71])
+
+
+def test_loss_aux_metrics_are_reported(per_member_run):
+    m = per_member_run.metrics
+    for name in ("q_mean", "target_mean"):
+        assert np.all(np.isfinite(m[name][:, :3]))
+    # the aux values are of the same run as the loss: identical members, identical aux
+    np.testing.assert_array_equal(m["q_mean"][:, 0], m["q_mean"][:, 1])
+    assert not np.array_equal(m["q_mean"][:, 0], m["q_mean"][:, 2])
 
 
 def test_same_key_bit_exact_and_different_keys_differ(per_member_run):
-    _, _, _, state, metrics, state2, metrics2 = per_member_run
+    r = per_member_run
+    state, metrics = r.state, r.metrics
     # Same program, same keys: bit-identical results, run to run.
-    for a, b in zip(jax.tree.leaves((state, metrics)), jax.tree.leaves((state2, metrics2))):
+    for a, b in zip(jax.tree.leaves((state, metrics)), jax.tree.leaves((r.state2, r.metrics2))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     # Members 0 and 1 share a key (and hyperparameters): identical in every respect.
-    for x in jax.tree.leaves((state.params, state.replay.data, metrics)):
-        np.testing.assert_array_equal(np.asarray(x[0] if x.shape[0] == 4 else x[:, 0]),
-                                      np.asarray(x[1] if x.shape[0] == 4 else x[:, 1]))
+    for x in jax.tree.leaves((state.learner, state.actor, state.replay.data, state.keys.sample, state.keys.eval)):
+        np.testing.assert_array_equal(np.asarray(x[0]), np.asarray(x[1]))
+    for x in metrics.values():
+        np.testing.assert_array_equal(x[:, 0], x[:, 1])
     # Member 2 has another key: different initialisation and different exploration.
     init0 = make_train(TINY).init(_keys(0, 1), {})
-    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(init0.params) if "kernel" in str(path)]
+    kernels = [x for path, x in jax.tree_util.tree_leaves_with_path(init0.learner.params) if "kernel" in str(path)]
     assert len(kernels) == 2 and all(not np.array_equal(x[0], x[1]) for x in kernels)
-    assert not np.array_equal(state.replay.data.action[0], state.replay.data.action[2])
-    assert not np.array_equal(state.replay.data.obs[0], state.replay.data.obs[2])
+    assert not np.array_equal(state.replay.data["action"][0], state.replay.data["action"][2])
+    assert not np.array_equal(state.replay.data["frame"][0], state.replay.data["frame"][2])
 
 
 def test_diverging_member_is_flagged_and_frozen(per_member_run):
-    _, _, _, state, metrics, _, _ = per_member_run
-    np.testing.assert_array_equal(metrics["diverged"][-1], [0, 0, 0, 1])
+    r = per_member_run
+    state, metrics = r.state, r.metrics
+    np.testing.assert_array_equal(metrics["diverged"], [[0, 0, 0, 1], [0, 0, 0, 1]])
     assert np.all(np.isfinite(metrics["loss"][:, :3]))
     assert np.all(np.isfinite(metrics["eval_return"]))
-    for x in jax.tree.leaves((state.params, state.target_params, state.opt_state)):
+    for x in jax.tree.leaves(state.learner):
         assert np.all(np.isfinite(np.asarray(x, np.float64)))
+    # Frozen: member 3's networks do not move from chunk 1 to chunk 2; the others keep training.
+    first, second = r.chunk_states
+    for a, b in zip(jax.tree.leaves((first.learner.params, first.learner.target_params)),
+                    jax.tree.leaves((second.learner.params, second.learner.target_params))):
+        a, b = np.asarray(a), np.asarray(b)
+        np.testing.assert_array_equal(a[3], b[3])
+    for m in range(3):
+        assert any(not np.array_equal(np.asarray(a)[m], np.asarray(b)[m])
+                   for a, b in zip(jax.tree.leaves(first.learner.params), jax.tree.leaves(second.learner.params)))
 
 
 def test_host_loop_of_chunks_equals_train(per_member_run):
-    tr, keys, hp, state, metrics, _, _ = per_member_run
-    s = jax.jit(tr.init)(keys, hp)
-    run_chunk = jax.jit(tr.run_chunk)
-    rows = []
-    for _ in range(tr.num_chunks):
-        s, m = run_chunk(s, hp)
-        rows.append(m)
-    for name in METRICS:
-        np.testing.assert_array_equal(np.stack([r[name] for r in rows]), metrics[name])
-    for a, b in zip(jax.tree.leaves(s.params), jax.tree.leaves(state.params)):
+    r = per_member_run
+    assert set(r.chunk_metrics) == set(r.metrics)
+    for name in r.metrics:
+        np.testing.assert_array_equal(r.chunk_metrics[name], r.metrics[name])
+    for a, b in zip(jax.tree.leaves(r.chunk_states[-1]), jax.tree.leaves(r.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+# ---- shared replay ---------------------------------------------------------------------------------
+
+def test_shared_replay_one_buffer_same_batches():
+    cfg = dataclasses.replace(TINY, agent="probe", replay_mode="shared", total_steps=80, buffer_size=84)
+    tr = _make_train_with_probe(cfg)
+    keys = _keys(3, 4, 5)
+    state, metrics = _compiled(tr.train, keys, {})(keys, {})
+    # one buffer for all members: [T = 84 // (3 members * 2 envs), M*E columns, ...]
+    data = state.replay.data
+    assert data["frame"].shape == (14, 6, 4) and data["action"].shape == (14, 6)
+    assert int(state.replay.size) == 14 and int(state.replay.pos) == 40 % 14
+    # shared sampling yields ONE minibatch (no member axis) from the population stream
+    replay = rb.make_replay("frames", obs_shape=(4,), obs_dtype=jnp.float32, frame_stack=1, members=3, envs=2,
+                            capacity=84, mode="shared")
+    batch, (ti, col) = replay.sample(state.replay, state.keys.shared, 8)
+    assert ti.shape == (8,) and col.shape == (8,) and batch.obs.shape == (8, 4)
+    np.testing.assert_array_equal(batch.obs, data["frame"][ti, col])
+    np.testing.assert_array_equal(batch.action, data["action"][ti, col])
+    # ... which every member learns from: the minibatch fingerprints agree bit for bit across
+    # members (different keys, different networks: their q estimates differ)
+    m = {k: np.asarray(v) for k, v in metrics.items()}
+    for name in ("probe_obs", "probe_action"):
+        assert np.all(m[name] != 0)
+        np.testing.assert_array_equal(m[name], np.broadcast_to(m[name][:, :1], m[name].shape))
+    assert not np.array_equal(m["q_mean"][:, 0], m["q_mean"][:, 1])
+    # members still explore independently
+    assert not np.array_equal(state.actor.obs[0], state.actor.obs[1])
+    assert np.all(np.isfinite(m["loss"]))
+
+
+# ---- update cadence, aux averaging, replay stores ------------------------------------------------
+
+# 4 envs, one update per 3 env steps: 4/3 updates per vector step (1, 1, 2, 1, 1, 2, ...).
+# Learning starts at env step 60 (vector step 15, inside chunk 2 of 12 vector steps).
+CADENCE = dataclasses.replace(TINY, agent="probe", num_envs=4, update_every=3, learning_starts=60,
+                              total_steps=144, chunk_steps=48, buffer_size=96, batch_size=8,
+                              target_update_every=24, eval_episodes=1)
+
+
+@pytest.fixture(scope="module")
+def store_runs():
+    """The CADENCE program for each replay store, run chunk by chunk (lr = 0 and lr > 0)."""
+    keys = _keys(0, 1)
+    out = {}
+    for store in ("frames", "transitions"):
+        tr = _make_train_with_probe(dataclasses.replace(CADENCE, replay_store=store))
+        s0 = tr.init(keys, {})
+        run_chunk = _compiled(tr.run_chunk, s0, {"learning_rate": jnp.zeros(2)})
+        for name, lr in (("frozen", 0.0), ("learning", 1e-3)):
+            hp = {"learning_rate": jnp.full((2,), lr)}
+            out[store, name] = _host_loop(tr, tr.init(keys, hp), hp, run_chunk)
+    return out
+
+
+def test_update_every_counts_env_steps_per_member(store_runs):
+    states, metrics = store_runs["frames", "learning"]
+    E, U = CADENCE.num_envs, CADENCE.update_every
+    per_chunk = CADENCE.chunk_steps // E
+    counts = [_adam_count(s.learner) for s in states]
+    # chunk 1: no update yet; chunk 2: env steps 57..96 -> multiples of 3 from 60 on: 13;
+    # then chunk_steps / update_every = 16 per chunk.
+    want = [_expected_updates(CADENCE, per_chunk * (c + 1)) for c in range(3)]
+    assert want == [0, 13, 29] and CADENCE.chunk_steps // U == 16
+    for c, w in enumerate(want):
+        np.testing.assert_array_equal(counts[c], [w, w])
+    # loss and aux are averages over the chunk's updates: NaN where there were none, the
+    # constant aux exactly 1 otherwise
+    assert np.all(np.isnan(metrics["loss"][0])) and np.all(np.isnan(metrics["probe_one"][0]))
+    np.testing.assert_array_equal(metrics["probe_one"][1:], np.ones((2, 2)))
+    assert np.all(np.isfinite(metrics["loss"][1:])) and np.all(np.isfinite(metrics["q_mean"][1:]))
+    # per-member replay: each member draws its own minibatches
+    assert np.all(metrics["probe_obs"][1:, 0] != metrics["probe_obs"][1:, 1])
+
+
+def test_frames_and_transitions_stores_hold_the_same_transitions(store_runs):
+    """The two stores keep the same transitions, but draw different slots from the same key:
+    the frames store cannot serve the newest slot (its next frame is written by the next
+    add), so its ages are [1, size - 1] where the transitions store's are [0, size - 1]. So
+    learning runs differ from the first update on; with a zero learning rate (networks fixed)
+    acting is untouched by sampling and everything else must agree exactly."""
+    (f_states, f_m), (t_states, t_m) = store_runs["frames", "frozen"], store_runs["transitions", "frozen"]
+    for name in ("step", "train_return", "eval_return", "diverged"):
+        np.testing.assert_array_equal(f_m[name], t_m[name])
+    f, t = f_states[-1], t_states[-1]
+    for a, b in zip(jax.tree.leaves(f.actor), jax.tree.leaves(t.actor)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    fd, td = f.replay.data, t.replay.data
+    assert set(fd) == {"frame", "first", "action", "reward", "terminated", "valid"}
+    assert set(td) == {"obs", "next_obs", "action", "reward", "terminated", "valid"}
+    for name in ("action", "reward", "terminated", "valid"):
+        np.testing.assert_array_equal(fd[name], td[name])
+    np.testing.assert_array_equal(fd["frame"], td["obs"])
+    # next_obs of slot t is the frame of slot t + 1; of the newest slot, the current acting obs
+    pos, T = int(f.replay.pos), fd["frame"].shape[1]
+    assert int(f.replay.size) == T == CADENCE.buffer_size // CADENCE.num_envs
+    newest = (pos - 1) % T
+    nxt = np.roll(np.asarray(fd["frame"]), -1, axis=1)
+    nxt[:, newest] = np.asarray(f.actor.obs)
+    np.testing.assert_array_equal(nxt, td["next_obs"])
+    # Sampled batches: every real (weight-1) element of either store is a stored valid transition.
+    stored = {tuple(np.concatenate([np.ravel(o), [a, r, d], np.ravel(n)]))
+              for m in range(2) for i in range(T) for e in range(CADENCE.num_envs) if td["valid"][m, i, e]
+              for o, a, r, d, n in [(td["obs"][m, i, e], td["action"][m, i, e], td["reward"][m, i, e],
+                                     td["terminated"][m, i, e], td["next_obs"][m, i, e])]}
+    key = jax.random.split(jax.random.PRNGKey(9), 2)
+    for store, state in (("frames", f), ("transitions", t)):
+        replay = rb.make_replay(store, obs_shape=(4,), obs_dtype=jnp.float32, frame_stack=1, members=2,
+                                envs=CADENCE.num_envs, capacity=CADENCE.buffer_size, mode="per-member")
+        batch, _ = replay.sample(state.replay, key, 64)
+        assert np.all(np.asarray(batch.weight) == 1)
+        for m in range(2):
+            for j in range(64):
+                row = tuple(np.concatenate([np.ravel(batch.obs[m, j]), [batch.action[m, j], batch.reward[m, j],
+                                            batch.terminated[m, j]], np.ravel(batch.next_obs[m, j])]))
+                assert row in stored, (store, m, j)
+    # both stores learn (finite losses) with a learning rate
+    for store in ("frames", "transitions"):
+        _, m = store_runs[store, "learning"]
+        assert np.all(np.isfinite(m["loss"][1:])) and not np.any(m["diverged"])
+
+
+# ---- gradient clipping and the divergence guard (one update, by hand) ---------------------------
+
+def _one_update_setup(reward):
+    cfg = dataclasses.replace(TINY, agent="dqn")
+    agent = AGENTS["dqn"]
+    net = make_network(cfg.torso, cfg.hidden, 2)
+    params = net.init(jax.random.PRNGKey(0), jnp.zeros((4,)))
+    k = jax.random.split(jax.random.PRNGKey(1), 3)
+    B = 16
+    batch = rb.Batch(obs=jax.random.normal(k[0], (B, 4)), action=jax.random.randint(k[1], (B,), 0, 2),
+                     reward=jnp.full((B,), reward, jnp.float32), terminated=jnp.zeros((B,)),
+                     next_obs=jax.random.normal(k[2], (B, 4)), weight=jnp.ones((B,)))
+    # lr = 1, Adam eps = 10 (larger than every gradient entry): the first Adam step is
+    # -lr·g/(|g| + eps), so its size follows the gradient's and clipping shows
+    hp = {n: v[0] for n, v in prepare_hparams({"learning_rate": 1.0, "adam_eps": 10.0}, 1).items()}
+
+    def run(max_norm, diverged=False):
+        c = dataclasses.replace(cfg, max_grad_norm=max_norm)
+        learner = Learner(params=params, target_params=params, prev_target_params=(),
+                          opt_state=make_optimizer(hp, max_norm).init(params), diverged=jnp.bool_(diverged))
+        return jax.jit(make_update(c, net, agent))(learner, batch, hp, Context())
+
+    def loss_of(p):
+        nets = Nets(online=lambda o: net.apply(p, o), online_frozen=lambda o: net.apply(p, o),
+                    target=lambda o: net.apply(params, o), prev_target=lambda o: net.apply(params, o))
+        return agent.loss(nets, batch, hp, cfg, Context())[0]
+
+    return params, hp, run, jax.grad(loss_of)(params)
+
+
+def test_max_grad_norm_clips_the_update():
+    params, hp, run, grads = _one_update_setup(reward=100.0)
+    lr, eps, c = 1.0, 10.0, 0.5
+    gnorm = float(optax.global_norm(grads))
+    assert gnorm > 20 * c                                  # clipping is active
+    clipped, _ = optax.clip_by_global_norm(c).update(grads, optax.EmptyState())
+    np.testing.assert_allclose(float(optax.global_norm(clipped)), c, rtol=1e-5)
+
+    def delta(new):
+        return jax.tree.map(lambda a, b: np.asarray(a, np.float64) - np.asarray(b, np.float64), new.params, params)
+
+    def first_adam_step(g):   # bias-corrected first Adam step: m̂ = g, v̂ = g²
+        return jax.tree.map(lambda x: -lr * np.asarray(x, np.float64) / (np.abs(np.asarray(x, np.float64)) + eps), g)
+
+    for max_norm, g in ((c, clipped), (0.0, grads)):
+        new, loss, _ = run(max_norm)
+        assert np.isfinite(float(loss)) and not bool(new.diverged)
+        for got, want in zip(jax.tree.leaves(delta(new)), jax.tree.leaves(first_adam_step(g))):
+            np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-7)
+    # |g_i|/(|g_i| + eps) <= |g_i|/eps: with clipping the step is at most lr·c/eps in norm;
+    # without, it is far larger
+    bound = lr * c / eps
+    assert float(optax.global_norm(delta(run(c)[0]))) <= bound * (1 + 1e-5)
+    assert float(optax.global_norm(delta(run(0.0)[0]))) > 10 * bound
+
+
+def test_non_finite_update_is_withheld_and_flags_the_member():
+    params, _, run, _ = _one_update_setup(reward=np.nan)
+    for max_norm in (0.0, 0.5):
+        new, loss, _ = run(max_norm)
+        assert np.isnan(float(loss)) and bool(new.diverged)
+        for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
+            np.testing.assert_array_equal(a, b)
+        assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(new.opt_state))
+    # an already diverged member stays frozen on a finite batch
+    params, _, run, _ = _one_update_setup(reward=1.0)
+    new, loss, _ = run(0.0, diverged=True)
+    assert np.isfinite(float(loss)) and bool(new.diverged)
+    for a, b in zip(jax.tree.leaves(new.params), jax.tree.leaves(params)):
         np.testing.assert_array_equal(a, b)
 
 
-def test_shared_replay_one_buffer_same_batches():
-    cfg = dataclasses.replace(TINY, replay_mode="shared", total_steps=80)
-    tr = make_train(cfg)
-    keys = _keys(3, 4, 5)
-    state, metrics = jax.jit(tr.train)(keys, {})
-    # one buffer for all members; it received M·E items per vector step
-    assert state.replay.data.obs.shape == (64, 4)
-    assert int(state.replay.size) == 64 and int(state.replay.pos) == (40 * 3 * 2) % 64
-    # shared sampling yields ONE minibatch (no member axis): the trainer's vmapped update takes
-    # it with in_axes=None, so every member learns from the same rows of the one buffer
-    batch, idx = rb.sample(state.replay, state.shared_sample_key, 8, "shared")
-    assert idx.shape == (8,) and batch.obs.shape == (8, 4)
-    np.testing.assert_array_equal(batch.obs, state.replay.data.obs[idx])
-    # members still explore independently
-    assert not np.array_equal(state.obs[0], state.obs[1])
-    assert np.all(np.isfinite(metrics["loss"]))
+# ---- evaluation strategies -----------------------------------------------------------------------
+
+def test_evaluation_episodes_and_concurrent():
+    """Chunks of 5 vector steps: shorter than any CartPole episode. `episodes` plays fresh
+    episodes to their end after every chunk; `concurrent` steps test envs with the training
+    envs, so a chunk in which no test episode ended reports NaN and every episode it reports
+    started in an earlier chunk. The test envs never change what the training envs do."""
+    cfg = dataclasses.replace(TINY, agent="dqn", total_steps=100, chunk_steps=10, eval_episodes=3)
+    keys = _keys(0, 1, 2)
+    runs = {}
+    for mode in ("episodes", "concurrent"):
+        tr = make_train(dataclasses.replace(cfg, eval_mode=mode, eval_envs=2))
+        runs[mode] = _compiled(tr.train, keys, {})(keys, {})
+    (se, me), (sc, mc) = runs["episodes"], runs["concurrent"]
+    chunk_vsteps = cfg.chunk_steps // cfg.num_envs
+    assert chunk_vsteps < CARTPOLE_MIN_EPISODE
+    ev = np.asarray(me["eval_return"])
+    assert np.all(np.isfinite(ev)) and np.all((ev >= CARTPOLE_MIN_EPISODE) & (ev <= 500))
+    ec = np.asarray(mc["eval_return"])
+    assert np.all(np.isnan(ec[0]))                          # no test episode can end in chunk 1
+    done = np.isfinite(ec)
+    assert done.sum() >= ec.size // 3
+    assert np.all((ec[done] >= CARTPOLE_MIN_EPISODE) & (ec[done] <= 500))  # > 5: crossed chunk boundaries
+    # training never pauses and is the same computation in both modes
+    np.testing.assert_array_equal(me["step"], mc["step"])
+    np.testing.assert_array_equal(np.asarray(mc["step"])[:, 0], np.arange(1, 11) * cfg.chunk_steps)
+    np.testing.assert_array_equal(me["train_return"], mc["train_return"])
+    np.testing.assert_array_equal(me["loss"], mc["loss"])
+    for a, b in zip(jax.tree.leaves((se.learner, se.replay)), jax.tree.leaves((sc.learner, sc.replay))):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    # the concurrent state carries the test envs after the training envs
+    assert sc.actor.obs.shape == (3, 4, 4) and se.actor.obs.shape == (3, 2, 4)
+
+
+@pytest.mark.slow
+def test_evaluation_orders_untrained_below_trained():
+    """Learning starts after chunk 1, so chunk 1 evaluates the initial greedy network; after
+    20k env steps of DQN both strategies see a far better policy (random play: ~22)."""
+    cfg = StaticConfig(env="CartPole-v1", agent="dqn", num_envs=10, total_steps=30_000, chunk_steps=10_000,
+                       buffer_size=10_000, batch_size=64, learning_starts=10_000, update_every=10,
+                       target_update_every=500, hidden=(64, 64), loss="l2", eval_episodes=4, eval_envs=2)
+    keys = _keys(0, 1)
+    hp = {"learning_rate": 1e-3, "epsilon_fraction": 0.2}
+    for mode in ("episodes", "concurrent"):
+        tr = make_train(dataclasses.replace(cfg, eval_mode=mode))
+        _, m = jax.jit(tr.train)(keys, hp)
+        ev = np.asarray(m["eval_return"])
+        assert np.all(ev[0] < 30), (mode, ev)
+        assert np.all(ev[-1] > 150) and np.all(ev[-1] > 5 * ev[0]), (mode, ev)
 
 
 def test_epsilon_schedule_linear_then_flat():
@@ -121,47 +449,76 @@ def test_hparams_used_and_validation():
     for name, agent in AGENTS.items():
         used = hparams_used(dataclasses.replace(TINY, agent=name))
         assert set(agent.hparams) <= set(used) <= set(HPARAMS)
+        assert {"learning_rate", "gamma", "adam_eps"} <= set(used)
         assert "polyak" not in used  # TINY uses hard target updates
+        # agents with their own actor (Q♯ guided policies) do not use the ε schedule
+        assert ("epsilon_start" in used) == (agent.actor is None)
     # ε-schedule values only matter for ε-greedy acting
     assert "epsilon_start" not in hparams_used(dataclasses.replace(TINY, acting="softmax"))
+    assert "softmax_temperature" in hparams_used(dataclasses.replace(TINY, acting="softmax"))
     assert "softmax_temperature" not in hparams_used(TINY)
     assert "entropic_index" in hparams_used(dataclasses.replace(TINY, agent="mvi"))
     assert "polyak" in hparams_used(dataclasses.replace(TINY, target_update="polyak"))
-    with pytest.raises(ConfigError, match="agent: got 'ppo'"):
-        make_train(dataclasses.replace(TINY, agent="ppo"))
-    with pytest.raises(ConfigError, match="chunk_steps"):
-        make_train(dataclasses.replace(TINY, chunk_steps=70))
+    bad = [
+        ({"agent": "ppo"}, "agent: got 'ppo'"),
+        ({"chunk_steps": 70}, "chunk_steps"),
+        ({"chunk_steps": 81, "total_steps": 162}, "chunk_steps: got 81; allowed a multiple of num_envs"),
+        ({"update_every": 0}, "update_every: got 0"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"replay_store": "pairs"}, "replay_store: got 'pairs'"),
+        ({"eval_mode": "never"}, "eval_mode: got 'never'"),
+        ({"eval_envs": 0}, "eval_envs: got 0"),
+        ({"eval_epsilon": 1.5}, "eval_epsilon"),
+        ({"torso": "resnet"}, "torso: got 'resnet'"),
+        ({"obs_scale": 0.0}, "obs_scale"),
+        ({"env_backend": "envpool"}, "env.backend: got 'envpool'"),
+        ({"env_backend": "pool", "env": "Breakout-MinAtar", "eval_mode": "concurrent"}, "env.name: got 'Breakout-MinAtar'"),
+        ({"env_backend": "pool"}, "eval_mode: got 'episodes'"),     # a pool cannot play fresh episodes
+        ({"agent": "qsharp"}, "agent.reference: got 'none'"),
+    ]
+    for overrides, needle in bad:
+        with pytest.raises(ConfigError, match=needle.replace("(", r"\(")):
+            make_train(dataclasses.replace(TINY, **overrides))
     with pytest.raises(ConfigError, match="hparams: got 'lr'"):
         make_train(TINY).init(_keys(0), {"lr": jnp.ones(1)})
+    with pytest.raises(ConfigError, match=r"hparams.learning_rate: got shape \(3,\)"):
+        make_train(TINY).init(_keys(0, 1), {"learning_rate": jnp.ones(3)})
 
 
 ENGINE_AGENTS = ["dqn", "double_dqn", "soft_dqn", "al", "pal", "mdqn", "mvi", "mdkl", "c51"]
 
 
-@pytest.mark.parametrize("name", ENGINE_AGENTS)   # Q♯ agents are covered by tests/test_qsharp*.py
-def test_every_agent_runs_end_to_end(name):
+@pytest.mark.parametrize("name", ENGINE_AGENTS)   # Q♯ agents: tests/test_qsharp*.py, and through the pool
+def test_every_agent_runs_end_to_end(name):       # in tests/test_train_pool.py
     tr = make_train(dataclasses.replace(TINY, agent=name, num_atoms=11))
-    _, metrics = jax.jit(tr.train)(_keys(0, 1), {})
-    assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
+    keys = _keys(0, 1)
+    _, metrics = _compiled(tr.train, keys, {})(keys, {})
+    assert set(metrics) == METRICS
+    assert all(np.all(np.isfinite(v)) for v in metrics.values()) and not np.any(metrics["diverged"])
 
 
 @pytest.mark.parametrize("overrides", [
-    {"env": "Breakout-MinAtar"},
+    {"env": "Breakout-MinAtar", "torso": "minatar_cnn", "obs_scale": 0.5},
     {"target_update": "polyak", "acting": "softmax", "loss": "huber"},
-    {"agent": "mvi", "replay_mode": "shared", "buffer_size": 60},   # scatter write path
+    {"agent": "mvi", "replay_mode": "shared", "buffer_size": 60},
+    {"agent": "mdkl", "target_update": "polyak", "max_grad_norm": 1.0, "replay_store": "transitions"},
 ])
 def test_variants_run_end_to_end(overrides):
     tr = make_train(dataclasses.replace(TINY, **overrides))
-    _, metrics = jax.jit(tr.train)(_keys(0, 1), {"entropic_index": jnp.array([1.5, 2.0])})
+    keys, hp = _keys(0, 1), {"entropic_index": jnp.array([1.5, 2.0])}
+    _, metrics = _compiled(tr.train, keys, hp)(keys, hp)
     assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
+    assert np.all(np.isfinite(metrics["eval_return"]))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["dqn", "mdqn"])
 def test_learns_cartpole(name):
     """The learning check: median greedy eval return >= 475 over 3 seeds after 500k env steps
-    (reference configuration with the L2 loss; see klrl.bench.train.REFERENCE)."""
+    (reference configuration with the L2 loss, one update per vector step of 10 envs; see
+    klrl.bench.train.REFERENCE)."""
     cfg = StaticConfig(env="CartPole-v1", agent=name, total_steps=500_000, chunk_steps=50_000, loss="l2")
+    assert cfg.num_envs == 10 and cfg.update_every == 10
     _, metrics = jax.jit(make_train(cfg).train)(_keys(0, 1, 2), {})
     assert float(np.median(metrics["eval_return"][-1])) >= 475.0
 

@@ -38,6 +38,34 @@ QUICK = dataclasses.replace(REFERENCE, total_steps=2_000, chunk_steps=2_000, buf
                             learning_starts=500, eval_episodes=2)
 
 
+def update_flops(cfg: StaticConfig, members: int) -> float:
+    """FLOPs of one population gradient update (XLA's cost analysis of the compiled vmapped update).
+
+    The whole-run program's cost analysis counts a loop body once, not per iteration, so the
+    achieved rate is computed from this per-update count times the number of updates.
+    """
+    from klrl.agents import AGENTS, Context
+    from klrl.envs import env_spec, stacked_shape
+    from klrl.networks import make_network
+    from klrl.replay import Batch
+    from klrl.train import COMMON_HPARAMS, HPARAMS, Learner, make_optimizer, make_update
+
+    spec = env_spec(cfg.env, cfg.env_backend)
+    agent = AGENTS[cfg.agent]
+    net = make_network(cfg.torso, cfg.hidden, spec.num_actions, agent.num_outputs(cfg), cfg.obs_scale)
+    obs = jnp.zeros((members, cfg.batch_size) + stacked_shape(spec), spec.obs_dtype)
+    params = jax.vmap(lambda k: net.init(k, obs[0, 0]))(jax.random.split(jax.random.PRNGKey(0), members))
+    learner = Learner(params, params, params, jax.vmap(make_optimizer(COMMON_HPARAMS, cfg.max_grad_norm).init)(params),
+                      jnp.zeros((members,), bool))
+    vec = jnp.zeros((members, cfg.batch_size), jnp.float32)
+    batch = Batch(obs, vec.astype(jnp.int32), vec, vec, obs, vec + 1.0)
+    hp = {k: jnp.full((members,), v, jnp.float32) for k, v in HPARAMS.items()}
+    update = jax.vmap(make_update(cfg, net, agent), in_axes=(0, 0, 0, None))
+    cost = jax.jit(lambda lr, b, h: update(lr, b, h, Context())).lower(learner, batch, hp).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    return float(cost.get("flops", float("nan")))
+
+
 def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int = 0) -> dict:
     """Compile and run one population of `members`; returns the timings of one row."""
     keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(members))
@@ -56,9 +84,14 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
         cpu.append(time.process_time() - c0)
     best = min(range(repeats), key=runs.__getitem__)
     seconds = runs[best]
+    updates = max(0, cfg.total_steps - cfg.learning_starts) // cfg.update_every
+    flops = update_flops(cfg, members)
     return {
         "members": members,
         "seconds": seconds,
+        # Gradient updates only (acting, env and replay excluded): a lower bound of the work done.
+        "update_gflops": flops / 1e9,
+        "achieved_update_gflop_per_second": flops * updates / seconds / 1e9,
         "compile_seconds": compile_seconds,
         "agent_steps_per_second": members * cfg.total_steps / seconds,
         "agent_steps_per_second_per_member": cfg.total_steps / seconds,
@@ -85,7 +118,8 @@ def bench_train(out_path: str | None = None, quick: bool = False,
         r = repeats if repeats is not None else (3 if m == 1 else 1)
         rows.append(time_population(cfg, m, repeats=r))
         print(f"members={m:3d}  run {rows[-1]['seconds']:.2f}s  compile {rows[-1]['compile_seconds']:.1f}s  "
-              f"{rows[-1]['agent_steps_per_second']:.0f} agent-steps/s", flush=True)
+              f"{rows[-1]['agent_steps_per_second']:.0f} agent-steps/s  "
+              f"{rows[-1]['achieved_update_gflop_per_second']:.1f} GFLOP/s (updates)", flush=True)
     single = next((row for row in rows if row["members"] == 1), None)
     if single is not None and len(rows) > 1:
         # The machine may be shared: measure the single member again after the populations and
