@@ -265,6 +265,10 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     # The engine's own checks (make_train builds the program without compiling it) also run
     # before anything is written.
     trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
+    from klrl.train import check_members
+
+    for pop in pops:
+        check_members(exp.static_config(pop.agent), pop.size)
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 

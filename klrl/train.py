@@ -216,8 +216,8 @@ def validate(cfg: StaticConfig) -> None:
            f"a divisor of total_steps={cfg.total_steps}")
     _check(cfg.chunk_steps % cfg.num_envs == 0, "chunk_steps", cfg.chunk_steps,
            f"a multiple of num_envs={cfg.num_envs}")
-    _check(len(cfg.hidden) >= 0 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
-           cfg.hidden, "a tuple of integers >= 1")
+    _check(len(cfg.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
+           cfg.hidden, "a non-empty tuple of integers >= 1")
     _check(cfg.max_grad_norm >= 0, "max_grad_norm", cfg.max_grad_norm, ">= 0 (0: no clipping)")
     _check(cfg.obs_scale > 0, "obs_scale", cfg.obs_scale, "> 0")
     _check(0 <= cfg.eval_epsilon <= 1, "eval_epsilon", cfg.eval_epsilon, "a number in [0, 1]")
@@ -230,6 +230,17 @@ def validate(cfg: StaticConfig) -> None:
     refs.check(cfg)
     if AGENTS[cfg.agent].needs_reference and cfg.reference == "none":
         raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {cfg.agent}")
+    AGENTS[cfg.agent].check(cfg)
+    check_members(cfg, 1)
+
+
+def check_members(cfg: StaticConfig, members: int) -> None:
+    """The replay fits a population of `members` (shared mode splits buffer_size over M·E columns)."""
+    k = env_spec(cfg.env, cfg.env_backend).frame_stack
+    columns = cfg.num_envs * (members if cfg.replay_mode == "shared" else 1)
+    _check(cfg.buffer_size // columns >= k + 2, "buffer_size", cfg.buffer_size,
+           f">= {(k + 2) * columns} (at least {k + 2} time slots per env column: "
+           f"{columns} columns in {cfg.replay_mode} mode with {members} members)")
 
 
 def prepare_hparams(hparams: dict, members: int) -> dict:
@@ -278,7 +289,7 @@ def make_update(cfg: StaticConfig, net, agent) -> Callable:
             return agent.loss(nets, batch, hp, cfg, ctx)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.global_norm(grads))
+        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
         updates, opt_state = make_optimizer(hp, cfg.max_grad_norm).update(grads, learner.opt_state, params)
         step = (ok & ~learner.diverged).astype(jnp.float32)
@@ -576,4 +587,4 @@ def make_train(cfg: StaticConfig) -> Trainer:
 
 __all__ = ["AGENT_HPARAMS", "COMMON_HPARAMS", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
            "StaticConfig", "TrainState", "Trainer", "hparams_used", "make_optimizer", "make_train", "make_update",
-           "prepare_hparams", "validate"]
+           "check_members", "prepare_hparams", "validate"]

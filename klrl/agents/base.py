@@ -14,7 +14,8 @@ optimisation, and reads only the fields below (no attribute probing):
 - `data(cfg, spec)`: a sampler `(actor_carry, key, batch_size) -> batch` when the agent
   learns from something its actor records (Q♯ rollout labels), None for the run's replay;
 - `extra_nets`: ("prev_target",) when the loss needs the previous target network (mdkl);
-- `needs_reference`: the agent needs a fixed reference policy π_ref (`ctx.log_ref`).
+- `needs_reference`: the agent needs a fixed reference policy π_ref (`ctx.log_ref`);
+- `check(cfg)`: its own config rules, run by `klrl.train.validate` (one-line ConfigError).
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ class AgentSpec:
     data: Callable[..., Any] | None = None
     extra_nets: tuple[str, ...] = ()
     needs_reference: bool = False
+    check: Callable[[Any], None] = lambda cfg: None   # agent-specific config rules (ConfigError)
 
 
 def discount(batch, hp: dict) -> jax.Array:

@@ -212,7 +212,6 @@ def sample_labels(carry: RolloutCarry, key, batch_size):
 
 def _critic_agent(name: str, logits_of) -> AgentSpec:
     def actor(cfg, spec, q_values):
-        check(cfg, name, distributional=True)
         if cfg.qsharp_mode == "rollout":
             return rollout_actor(logits_of(cfg), cfg, spec)
         return actors.from_logits(logits_of(cfg))
@@ -223,7 +222,7 @@ def _critic_agent(name: str, logits_of) -> AgentSpec:
         q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)),
         actor=actor, eval_actor=lambda cfg, spec, q_values: actors.from_logits(logits_of(cfg)),
         data=lambda cfg, spec: sample_labels if cfg.qsharp_mode == "rollout" else None,
-        needs_reference=True)
+        needs_reference=True, check=lambda cfg: check(cfg, name, distributional=True))
 
 
 QSHARP = _critic_agent("qsharp", _entropic_logits)
@@ -246,14 +245,11 @@ def _kl_prior_logits(out, obs, hp, ctx):
     return ops.guided_logits(ctx.log_ref(obs), out, hp["eta"])
 
 
-def _kl_prior_actor(cfg, spec, q_values):
-    check(cfg, "kl_prior", distributional=False)
-    return actors.from_logits(_kl_prior_logits)
-
-
 KL_PRIOR = AgentSpec(
-    name="kl_prior", hparams=("eta",), loss=_kl_prior_loss, actor=_kl_prior_actor,
-    eval_actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits), needs_reference=True)
+    name="kl_prior", hparams=("eta",), loss=_kl_prior_loss,
+    actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits),
+    eval_actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits), needs_reference=True,
+    check=lambda cfg: check(cfg, "kl_prior", distributional=False))
 
 
 __all__ = ["KL_PRIOR", "LabelBatch", "MODES", "QSHARP", "QSHARP_CD", "RolloutCarry", "atoms", "check",
