@@ -119,7 +119,8 @@ def test_declared_traits_for_each_backend():
 
 def test_unknown_env_or_backend_is_a_one_line_config_error():
     cases = [
-        (lambda: make_env("Pong-v5", 1, 1), r"^env\.name: got 'Pong-v5'; allowed one of .*CartPole-v1.*\(backend jax\)"),
+        (lambda: make_env("Pong-v5", 1, 1),
+         r"^env\.name: got 'Pong-v5'; allowed one of .*CartPole-v1.*\(backend jax\)"),
         (lambda: check_env("Pong-v5"), r"^env\.name: got 'Pong-v5'"),
         (lambda: env_spec("Pong-v5"), r"^env\.name: got 'Pong-v5'"),
         (lambda: check_env("CartPole-v1", "envpool"), r"^env\.backend: got 'envpool'; allowed jax, pool"),
