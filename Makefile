@@ -19,12 +19,12 @@ install: $(STAMP)
 run: $(STAMP)
 	$(VENV)/bin/klrl train experiments/quickstart.toml --out results/quickstart
 
-# Fast suite (slow-marked tests excluded); notebooks are executed in quick mode inside it.
+# Fast suite (slow-marked tests excluded) on both cores (pytest-xdist); notebooks run in quick mode inside it.
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow" tests
+	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
 test-all: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)
 	$(VENV)/bin/klrl bench tabular

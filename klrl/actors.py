@@ -6,7 +6,9 @@ An Actor is three pure functions:
   network output `out` at `obs`; `log_probs` is ln π(·|obs) of the policy acted with, so
   KL(π‖π_ref) is measured the same way for every agent (greedy: −inf off the argmax),
 - `observe(carry, obs, actions, step, key) -> carry` after the env step (`step` is that
-  member's `EnvStep`, fields [E]).
+  member's `EnvStep`, fields [E]);
+- `restart(carry, key) -> carry` when every env was reset outside the episode stream (a host
+  pool re-reset on resume): per-episode bookkeeping restarts, anything accumulated is kept.
 The rules here: ε-greedy with a linear schedule, softmax (Boltzmann), greedy/ε_eval for
 evaluation, and sampling from an agent's own logits (Q♯'s guided policy, klrl.agents.qsharp).
 """
@@ -21,10 +23,15 @@ import jax.numpy as jnp
 ACTING = ("epsilon_greedy", "softmax")
 
 
+def _same(carry, key):
+    return carry
+
+
 class Actor(NamedTuple):
     init: Callable[[jax.Array, int], Any]
     act: Callable[..., tuple[jax.Array, jax.Array]]
     observe: Callable[..., Any]
+    restart: Callable[[Any, jax.Array], Any] = _same   # every env starts a new episode (pool re-reset)
 
 
 def _no_carry(key, num_envs):

@@ -196,8 +196,11 @@ def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
 
 def validate(cfg: StaticConfig) -> None:
     """Structural checks of a static config (ConfigError, one line)."""
-    _check(cfg.env_backend in BACKENDS, "env_backend", cfg.env_backend, ", ".join(BACKENDS))
+    _check(cfg.env_backend in BACKENDS, "env.backend", cfg.env_backend, ", ".join(BACKENDS))
     check_env(cfg.env, cfg.env_backend)
+    obs_ndim = len(env_spec(cfg.env, cfg.env_backend).obs_shape)
+    _check((cfg.torso == "mlp") == (obs_ndim == 1), "torso", cfg.torso,
+           f"{'mlp' if obs_ndim == 1 else 'minatar_cnn or nature_cnn'} for {cfg.env}'s {obs_ndim}-D observations")
     _check(cfg.agent in AGENTS, "agent", cfg.agent, ", ".join(AGENTS))
     _check(cfg.loss in LOSSES, "loss", cfg.loss, ", ".join(LOSSES))
     _check(cfg.torso in TORSOS, "torso", cfg.torso, ", ".join(TORSOS))
@@ -575,7 +578,11 @@ def make_train(cfg: StaticConfig) -> Trainer:
         env_state, frame = env_start_state
         first = jnp.ones(state.actor.first.shape, bool)
         obs = push(jnp.zeros_like(state.actor.obs), frame, first)
-        return state._replace(env=env_state, actor=state.actor._replace(obs=obs, first=first))
+        # The actor key advances so the restarted episodes draw fresh switch steps.
+        split = jax.vmap(jax.random.split)(state.actor.key)
+        carry = jax.vmap(actor.restart)(state.actor.carry, split[:, 1])
+        return state._replace(env=env_state, actor=state.actor._replace(obs=obs, first=first, carry=carry,
+                                                                         key=split[:, 0]))
 
     def train(keys: jax.Array, hparams: dict, ref_params: Any = ()) -> tuple[TrainState, dict]:
         state = init(keys, hparams, ref_params)

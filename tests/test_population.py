@@ -103,3 +103,44 @@ def test_shard_population_over_fake_devices():
                          capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
     assert res.stdout.strip().endswith("OK")
+
+
+def test_engine_fields_reach_the_static_config(schema):
+    """The redesign's config keys (env.backend, train.update_every, ...) land in the engine's
+    StaticConfig; the old vector-step `train.train_every` is gone; the engine's own checks run
+    when the experiment is built (a pool evaluates concurrently)."""
+    from klrl.errors import ConfigError
+
+    raw = {"env": {"backend": "pool", "num_envs": 4},
+           "agent": {"name": "dqn", "torso": "mlp", "obs_scale": 2.0},
+           "train": {"seeds": 2, "update_every": 8, "max_grad_norm": 10.0, "replay_store": "transitions",
+                     "eval_mode": "concurrent", "eval_envs": 3, "eval_epsilon": 0.05, "total_steps": 40,
+                     "chunk_steps": 20, "learning_starts": 8, "buffer_size": 40, "batch_size": 4}}
+    exp = build_experiment(raw, schema=schema)
+    cfg = exp.static_config("dqn")
+    assert (cfg.env_backend, cfg.num_envs, cfg.update_every, cfg.max_grad_norm) == ("pool", 4, 8, 10.0)
+    assert (cfg.replay_store, cfg.eval_mode, cfg.eval_envs, cfg.eval_epsilon) == ("transitions", "concurrent", 3, 0.05)
+    assert (cfg.torso, cfg.obs_scale) == ("mlp", 2.0)
+    with pytest.raises(ConfigError, match="train.train_every: got an unknown key"):
+        build_experiment({"train": {"train_every": 1}}, schema=schema)
+    with pytest.raises(ConfigError, match="eval_mode: got 'episodes'"):
+        build_experiment({"env": {"backend": "pool"}}, schema=schema)
+
+
+def test_member_keys_seed_every_pool_env_differently(schema):
+    """Distinct member keys -> distinct seeds for every env of the host pool (train and test
+    envs), so no two members or envs replay the same CartPole episode."""
+    from klrl.train import make_train
+
+    exp = build_experiment({"env": {"backend": "pool", "num_envs": 4},
+                            "train": {"seeds": 2, "eval_mode": "concurrent", "eval_envs": 2},
+                            "sweep": {"train.learning_rate": [1e-4, 1e-3]}}, schema=schema)
+    pop = build_population(exp, "dqn")
+    assert pop.size == 4
+    tr = make_train(exp.static_config("dqn"))
+    _, obs = tr.env_start(pop.keys, 0)
+    obs = np.asarray(obs)
+    assert obs.shape == (4, 4 + 2, 4)
+    rows = obs.reshape(-1, 4)
+    assert len({r.tobytes() for r in rows}) == rows.shape[0]
+    np.testing.assert_array_equal(np.asarray(tr.env_start(pop.keys, 0)[1]), obs)   # reproducible

@@ -193,7 +193,14 @@ def rollout_actor(policy_logits, cfg, spec) -> actors.Actor:
         # An autoreset step (valid False) is no transition: its action was ignored.
         return jax.tree.map(lambda n, o: jnp.where(expand(step.valid, n), n, o), new, carry)
 
-    return actors.Actor(init, act, observe)
+    def restart(carry: RolloutCarry, key):
+        """Fresh episodes in every env (pool re-reset): a new switch step, nothing switched; the
+        labels already stored are kept, the episodes in flight give none."""
+        E = carry.t.shape[0]
+        return carry._replace(t=jnp.zeros_like(carry.t), h=draw_h(key, E), switched=jnp.zeros_like(carry.switched),
+                              ret=jnp.zeros_like(carry.ret))
+
+    return actors.Actor(init, act, observe, restart)
 
 
 def sample_labels(carry: RolloutCarry, key, batch_size):
