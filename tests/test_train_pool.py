@@ -181,3 +181,24 @@ def test_pool_learns_cartpole(name):
     print(f"{name} pool eval_return per chunk:\n{np.round(ev, 1)}")
     assert np.all(ev[0] < 100)                              # the untrained policy is far below
     assert float(np.median(ev[-1])) >= 475.0, ev[-1]
+
+
+def test_reenter_restarts_the_rollout_actors_episodes_and_keeps_its_labels():
+    """After a pool re-reset (resume) the Q♯ rollout actor must not pair the lost episode's
+    switch point with the new episode's return: per-episode bookkeeping restarts, labels stay."""
+    cfg = StaticConfig(env="CartPole-v1", env_backend="pool", eval_mode="concurrent", agent="qsharp",
+                       qsharp_mode="rollout", qsharp_switch_horizon=2, reference="uniform", num_envs=2,
+                       total_steps=40, chunk_steps=20, buffer_size=32, batch_size=4, learning_starts=8,
+                       update_every=2, target_update_every=8, hidden=(4,), num_atoms=5)
+    tr = make_train(cfg)
+    keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
+    s = tr.init(keys, {}, (), tr.env_start(keys, 0))
+    s, _ = jax.jit(tr.run_chunk)(s, {})
+    assert np.any(np.asarray(s.actor.carry.t) > 0)            # episodes in flight before the seam
+    r = tr.reenter(s, tr.env_start(keys, 1))
+    c, old = r.actor.carry, s.actor.carry
+    assert np.all(np.asarray(r.actor.first))
+    assert np.all(np.asarray(c.t) == 0) and not np.any(np.asarray(c.switched)) and np.all(np.asarray(c.ret) == 0)
+    assert np.all(np.asarray(c.h) >= 0) and np.all(np.asarray(c.h) < 2)
+    for name in ("store_obs", "store_action", "store_ret", "store_pos", "store_size"):
+        np.testing.assert_array_equal(np.asarray(getattr(c, name)), np.asarray(getattr(old, name)))
