@@ -33,6 +33,7 @@ flagged `diverged` and frozen from then on, the others are unaffected.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
@@ -322,12 +323,10 @@ def make_train(cfg: StaticConfig) -> Trainer:
     reference = refs.for_config(cfg)
     ref_fn = reference.log_probs if reference is not None else None
 
-    envs_cache: dict[int, Any] = {}
-
+    @functools.lru_cache(maxsize=None)
     def env_for(members: int):
-        if members not in envs_cache:   # a backend is built for a given [members, envs]
-            envs_cache[members] = make_env(cfg.env, members, E + E_test, cfg.env_backend)
-        return envs_cache[members]
+        """The backend for [members, E + test envs] (one pool per population size)."""
+        return make_env(cfg.env, members, E + E_test, cfg.env_backend)
 
     spec = env_spec(cfg.env, cfg.env_backend)
     traits = TRAITS[cfg.env_backend]
@@ -350,7 +349,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
     def ctx_of(ref_params) -> Context:
         return Context(log_ref=None if ref_fn is None else (lambda obs: ref_fn(ref_params, obs)))
 
-    def make_store(members: int):
+    @functools.lru_cache(maxsize=None)
+    def store_for(members: int):
+        """The replay store for a population of `members` (shared mode sizes its columns by M)."""
         return rb.make_replay(cfg.replay_store, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
                               frame_stack=k, members=members, envs=E, capacity=cfg.buffer_size,
                               mode=cfg.replay_mode)
@@ -384,11 +385,11 @@ def make_train(cfg: StaticConfig) -> Trainer:
         elif shared:
             new_shared, sub = jax.random.split(keys.shared)
             keys = keys._replace(shared=new_shared)
-            batch, _ = store.sample(state.replay, sub, cfg.batch_size)
+            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, sub, cfg.batch_size)
         else:
             split = jax.vmap(jax.random.split)(keys.sample)
             keys = keys._replace(sample=split[:, 0])
-            batch, _ = store.sample(state.replay, split[:, 1], cfg.batch_size)
+            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, split[:, 1], cfg.batch_size)
         learner, loss, aux = member_update(state.learner, batch, hp, ctx)
         return state._replace(learner=learner, keys=keys), loss, aux
 
@@ -421,7 +422,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         carry_new = jax.vmap(actor.observe)(a.carry, a.obs[:, :E], actions, st_train, k_obs)
         replay = state.replay
         if own_data is None:
-            replay = store.add(replay, newest_frame(a.obs[:, :E]), a.first[:, :E], actions, st_train)
+            replay = store_for(actions.shape[0]).add(replay, newest_frame(a.obs[:, :E]), a.first[:, :E], actions, st_train)
         first = ~st.valid
         actor_state = ActorState(obs=push(a.obs, st.obs, first), first=first, carry=carry_new, key=new_key)
         vstep = state.counters.vstep + 1
@@ -498,10 +499,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         return jnp.mean(ret, axis=1), kl_per_step
 
     # ---- the Trainer's functions ------------------------------------------------------------------
-    store = make_store(1) if own_data is None else None   # re-made per population size in init
-
     def init(keys: jax.Array, hparams: dict, ref_params: Any = (), env_start_state=None) -> TrainState:
-        nonlocal store
         keys = jnp.asarray(keys, jnp.uint32)
         M = keys.shape[0]
         prepare_hparams(hparams, M)  # shape/name check only
@@ -519,8 +517,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         obs = push(jnp.zeros((M, E_all) + obs_shape, spec.obs_dtype), frame, first)
         carry = jax.vmap(actor.init, in_axes=(0, None))(stream(_CARRY), E)
         if own_data is None:
-            store = make_store(M)
-            replay = store.init()
+            replay = store_for(M).init()
         else:
             replay = ()
         learner = Learner(params=params, target_params=params, prev_target_params=params if keeps_prev else (),
@@ -533,10 +530,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
             reference=ref_params)
 
     def run_chunk(state: TrainState, hparams: dict) -> tuple[TrainState, dict]:
-        nonlocal store
         M = state.learner.diverged.shape[0]
-        if own_data is None:
-            store = make_store(M)
         hp = prepare_hparams(hparams, M)
         ctx = ctx_of(state.reference)
         # The aux metrics' names and shapes, from the loss's abstract evaluation (no compute).
