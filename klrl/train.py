@@ -307,10 +307,6 @@ def make_update(cfg: StaticConfig, net, agent) -> Callable:
     return update
 
 
-def _member_axes(tree: Any) -> Any:
-    return jax.tree.map(lambda _: 0, tree)
-
-
 def make_train(cfg: StaticConfig) -> Trainer:
     """Build the pure training program for `cfg` (see module docstring); nothing is compiled."""
     validate(cfg)
@@ -357,7 +353,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
                               mode=cfg.replay_mode)
 
     def reset_keys(keys: jax.Array, salt: int) -> jax.Array:
-        """[M, E', 2] env keys from the member keys; `salt` > 0 re-derives them (pool re-reset)."""
+        """[M, E', 2] env keys from the member keys; each `salt` gives a new set (a pool's re-reset)."""
         base = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, _RESET), salt))(keys)
         return jax.vmap(lambda kk: jax.random.split(kk, E + E_test))(base)
 
