@@ -40,7 +40,7 @@ class InGraphState(NamedTuple):
 
 def _where(mask: jax.Array, a: Any, b: Any) -> Any:
     """Per-env select over pytrees whose leaves lead with mask's shape."""
-    return jax.tree.map(lambda x, y: jnp.where(mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim)), x, y), a, b)
+    return jax.tree.map(lambda x, y: jnp.where(_expand(mask, x), x, y), a, b)
 
 
 class InGraphEnv:
@@ -93,4 +93,5 @@ class InGraphEnv:
 
 
 def _expand(mask: jax.Array, x: jax.Array) -> jax.Array:
+    """mask [M, E] with trailing singleton axes to broadcast against x [M, E, ...]."""
     return mask.reshape(mask.shape + (1,) * (x.ndim - mask.ndim))
