@@ -23,7 +23,9 @@ run: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 -m "not slow" tests
 
+# Everything, slow tests included; adds the envpool extra (~300 MB) for the Atari backend comparison.
 test-all: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[test,envpool]'
 	$(PY) -m pytest -q -n 2 tests
 
 bench: $(STAMP)

@@ -43,10 +43,11 @@ and Euler integration; it is computed in float64 (as envpool does) and observed 
   token that does not match the pool's counter means a stale state was replayed, which a
   pool cannot do, and raises).
 - Not vmappable: one pool steps all its environments in one call, so a batch axis over
-  pools has no meaning. `step` passes its arguments through an identity guard
-  (`jax.custom_batching.custom_vmap`) whose batching rule raises `PoolVmapError` with a
-  one-line message, before shape checks or the callback (whose own rule would only say
-  "Cannot `vmap` ordered IO callback."). Build ONE `PoolEnv(name, members, envs)` instead.
+  pools has no meaning. `step` passes its arguments through an identity guard (`vmap_guard`,
+  a `jax.custom_batching.custom_vmap`, shared with klrl.envs.atari) whose batching rule
+  raises `PoolVmapError` with a one-line message, before shape checks or the callback (whose
+  own rule would only say "Cannot `vmap` ordered IO callback."). Build ONE
+  `PoolEnv(name, members, envs)` instead.
 - Not checkpointable: the environment states live in the host process, outside every
   pytree; nothing of them can be saved. A resumed run must call `reset` again (new
   episodes, fresh seeds) and start the token from the `state` it returns.
@@ -220,20 +221,60 @@ class NumpyPool:
                        episode_length=self._len.astype(np.int32))
 
 
-def seeds_from_keys(keys) -> np.ndarray:
-    """Concrete keys (uint32 [..., 2] or typed PRNG keys) -> one seed per key, `(k0 << 32) | k1`
-    as Python ints in an object array of the keys' batch shape."""
+def seeds_from_keys(keys, *, bits: int = 64, caller: str = "PoolEnv.reset") -> np.ndarray:
+    """Concrete keys (uint32 [..., 2] or typed PRNG keys) -> one seed per key, as Python ints in
+    an object array of the keys' batch shape.
+
+    bits = 64 (default): the seed is `(k0 << 32) | k1`, an injective map (distinct keys give
+    distinct seeds). bits < 64: that 64-bit value is mixed by splitmix64's finalizer (a
+    bijection of 64-bit words) and its top `bits` bits are kept, for pools whose seeds are
+    C `int`s (ALE's vector env, envpool: bits = 31, so every seed is in [0, 2**31)). That map
+    is not injective: two distinct keys share a seed with probability 2**-bits.
+    `caller` names the host call in the error raised for traced keys."""
     if isinstance(keys, jax.core.Tracer):
-        raise TypeError("PoolEnv.reset is a host call (in_graph_reset=False): call it outside "
+        raise TypeError(f"{caller} is a host call (in_graph_reset=False): call it outside "
                         "jit/scan/vmap with concrete keys")
     if isinstance(keys, jax.Array) and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
         keys = jax.random.key_data(keys)
     k = np.asarray(keys)
     if k.ndim < 1 or k.shape[-1] != 2 or not np.issubdtype(k.dtype, np.integer):
-        raise ValueError(f"PoolEnv.reset: keys must be uint32 [..., 2], got {k.dtype} {k.shape}")
+        raise ValueError(f"{caller}: keys must be uint32 [..., 2], got {k.dtype} {k.shape}")
+    if not 1 <= bits <= 64:
+        raise ValueError(f"seeds_from_keys: bits must be in [1, 64], got {bits}")
     k = k.astype(np.uint32).astype(np.uint64)
     seeds = (k[..., 0] << np.uint64(32)) | k[..., 1]
+    if bits < 64:
+        seeds = _splitmix64_mix(seeds) >> np.uint64(64 - bits)
     return np.vectorize(int, otypes=[object])(seeds) if seeds.size else seeds.astype(object)
+
+
+def _splitmix64_mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's output function on uint64 words (Steele, Lea & Flood 2014; a bijection)."""
+    x = np.asarray(x, np.uint64)
+    with np.errstate(over="ignore"):
+        x = x + np.uint64(0x9E3779B97F4A7C15)
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def vmap_guard(message: str):
+    """An identity on `(state, actions, keys)` (any pytrees) whose batching rule raises
+    `PoolVmapError(message)`: a host pool steps all its environments in one call, so a batch
+    axis over pools has no meaning. Pool backends pass their step's arguments through it
+    first, so the refusal comes before any shape check or callback (an ordered io_callback
+    would only say "Cannot `vmap` ordered IO callback.", and an XLA FFI call with
+    vmap_method="broadcast_all" would silently step the pool once per batch element)."""
+
+    @jax.custom_batching.custom_vmap
+    def guard(state, actions, keys):
+        return state, actions, keys
+
+    @guard.def_vmap
+    def _refuse(axis_size, in_batched, state, actions, keys):
+        raise PoolVmapError(message)
+
+    return guard
 
 
 class PoolEnv:
@@ -253,19 +294,9 @@ class PoolEnv:
         self._guard = self._make_guard()
 
     def _make_guard(self):
-        message = (f"PoolEnv({self.spec.name!r}) cannot be vmapped: a host pool steps all its "
-                   f"environments in one call; build one PoolEnv(name, members, envs) for the "
-                   f"whole [members, envs] batch instead of vmapping over members or envs")
-
-        @jax.custom_batching.custom_vmap
-        def guard(state, actions, keys):
-            return state, actions, keys
-
-        @guard.def_vmap
-        def _refuse(axis_size, in_batched, state, actions, keys):
-            raise PoolVmapError(message)
-
-        return guard
+        return vmap_guard(f"PoolEnv({self.spec.name!r}) cannot be vmapped: a host pool steps all its "
+                          f"environments in one call; build one PoolEnv(name, members, envs) for the "
+                          f"whole [members, envs] batch instead of vmapping over members or envs")
 
     def reset(self, keys) -> tuple[jax.Array, jax.Array]:
         """Host call: keys uint32 [M, E, 2] -> (token int32 0, obs float32 [M, E, *obs_shape])."""
@@ -306,4 +337,4 @@ class PoolEnv:
 
 
 __all__ = ["CARTPOLE", "POOL_ENVS", "NumpyPool", "PoolEnv", "PoolVmapError", "cartpole_step",
-           "seeds_from_keys"]
+           "seeds_from_keys", "vmap_guard"]
