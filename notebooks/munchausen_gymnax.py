@@ -53,9 +53,11 @@ def save(fig, name):
         fig.savefig(os.path.join(FIGURES, name), dpi=110)
 
 
-# The deep-agent evidence of this notebook: results/quickstart (CartPole) and results/minatar*
-# (other results/ folders belong to other notebooks). Re-runs under <run>/runs/ are skipped.
-RUN_PATTERNS = ("quickstart", "minatar*", "cartpole*")
+# The deep-agent evidence of this notebook: results/quickstart (CartPole), results/minatar_breakout
+# and results/cartpole* (other results/ folders belong to other notebooks: the per-game runs of
+# results/minatar_munchausen and results/minatar_mvi_q are notebooks/munchausen_minatar.py's).
+# Re-runs under <run>/runs/ are skipped.
+RUN_PATTERNS = ("quickstart", "minatar_breakout", "cartpole*")
 
 
 def find_runs(root):

@@ -1,0 +1,114 @@
+"""notebooks/munchausen_minatar.py on a tiny results folder made by real tiny `klrl train` runs.
+
+The folder has the layout of results/minatar_munchausen/<Game> and results/minatar_mvi_q/<Game>,
+the experiment TOMLs shrunk by `--set` (2,000 steps in 2 chunks, 2 seeds, dqn + mdqn, q = 1, 2):
+
+- munchausen/Asterix: finished;
+- munchausen/Breakout: in progress, a real one: the run SIGKILLs itself (the runner's test
+  hook) after DQN's last chunk, before M-DQN starts, so it has no summary.json;
+- mvi_q/Breakout (no finished DQN run there: min-max over q) and mvi_q/Asterix (DQN-normalized).
+
+The five compiles are the cost; the runs go in two processes at once and share a persistent
+JAX compilation cache in pytest's cache folder, so only a first run pays them in full.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+NOTEBOOK = os.path.join(ROOT, "notebooks", "munchausen_minatar.py")
+MUNCHAUSEN = os.path.join(ROOT, "experiments", "minatar_munchausen.toml")
+MVI = os.path.join(ROOT, "experiments", "minatar_mvi_q.toml")
+TINY = ["env.num_envs=2", "agent.hidden=[16]", "train.total_steps=2000", "train.chunk_steps=1000",
+        "train.buffer_size=2000", "train.learning_starts=500", "train.batch_size=8", "train.seeds=2"]
+
+DRIVER = """
+import json, os, sys
+from klrl.runner import KILL_ENV, run_experiment
+for toml, out, overrides, kill_after in json.loads(sys.argv[1]):
+    if kill_after:
+        os.environ[KILL_ENV] = str(kill_after)
+    run_experiment(toml, out, overrides)
+"""
+
+
+def _job(results, exp_dir, toml, sweep, game, kill_after=0):
+    out = os.path.join(results, exp_dir, game)
+    return [toml, out, [*TINY, f"env.name={game}-MinAtar", sweep], kill_after]
+
+
+@pytest.fixture
+def jax_cache_env(request, tmp_path):
+    cache = getattr(request.config, "cache", None)
+    path = str(cache.mkdir("jax_compilation_cache")) if cache is not None else str(tmp_path / "jax_cache")
+    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
+    results = str(tmp_path / "results")
+    agents, qs = 'sweep.agent.name=["dqn", "mdqn"]', "sweep.agent.entropic_index=[1.0, 2.0]"
+    first = [_job(results, "minatar_munchausen", MUNCHAUSEN, agents, "Asterix"),
+             _job(results, "minatar_mvi_q", MVI, qs, "Asterix")]
+    second = [_job(results, "minatar_mvi_q", MVI, qs, "Breakout"),
+              _job(results, "minatar_munchausen", MUNCHAUSEN, agents, "Breakout", kill_after=2)]
+    env = {**os.environ, **jax_cache_env}
+    env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
+    procs = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(jobs)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for jobs in (first, second)]
+    outs = [p.communicate(timeout=900) for p in procs]
+    assert procs[0].returncode == 0, outs[0][1][-3000:]
+    assert procs[1].returncode == -signal.SIGKILL, outs[1][1][-3000:]
+    assert not os.path.exists(os.path.join(results, "minatar_munchausen", "Breakout", "summary.json"))
+    before = sorted(os.walk(results))
+
+    summary_path = tmp_path / "summary" / "minatar.json"
+    figures = tmp_path / "figures"
+    nb_env = {**env, "KLRL_RESULTS_DIR": results, "KLRL_FIGURES_DIR": str(figures), "KLRL_BOOTSTRAP_REPS": "200",
+              "KLRL_WRITE_SUMMARY": str(summary_path), "MPLBACKEND": "Agg"}
+    res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=nb_env, capture_output=True,
+                         text=True, timeout=600)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = res.stdout
+    assert "Breakout: in progress" in out and "Asterix: complete" in out
+    assert "not found: SpaceInvaders" in out
+    assert "SUMMARY {" in out
+    for name in ("munchausen_minatar_curves.png", "mvi_q_minatar_curves.png",
+                 "munchausen_minatar_aggregate.png", "mvi_q_minatar_aggregate.png"):
+        assert os.path.getsize(figures / name) > 5_000, name
+    assert sorted(os.walk(results)) == before          # the notebook only reads
+
+    s = json.loads(summary_path.read_text())
+    assert set(s["random_return"]) == {"Breakout", "Asterix"}
+    assert all(math.isfinite(v) for v in s["random_return"].values())
+    assert set(s["dqn_final"]) == {"Asterix"}           # Breakout's DQN run is unfinished
+    m, q = s["experiments"]["munchausen"], s["experiments"]["mvi_q"]
+    assert m["games"] == ["Asterix"] and m["in_progress"] == ["Breakout"]
+    assert m["normalization"] == {"Asterix": "dqn"}
+    assert list(m["aggregate"]) == ["dqn", "mdqn"] and set(m["raw_final"]) == {"dqn", "mdqn"}
+    assert set(m["raw_final"]["dqn"]) == {"Asterix"} and m["raw_final"]["dqn"]["Asterix"]["n"] == 2
+    dqn = m["aggregate"]["dqn"]
+    assert dqn["mean"] == pytest.approx(1.0, abs=1e-9)  # DQN-normalized mean of DQN itself: 1 by construction
+    assert dqn["runs"] == 2 and dqn["tasks"] == 1
+    for stat in ("iqm", "mean", "median"):
+        assert math.isfinite(dqn[stat]) and dqn[f"{stat}_ci_low"] <= dqn[stat] <= dqn[f"{stat}_ci_high"]
+    assert q["games"] == ["Breakout", "Asterix"] and q["in_progress"] == []
+    assert q["normalization"] == {"Breakout": "minmax_q", "Asterix": "dqn"}
+    assert list(q["aggregate"]) == ["q=1", "q=2"]
+    assert all(a["tasks"] == 2 and math.isfinite(a["iqm"]) for a in q["aggregate"].values())
+
+
+def test_notebook_is_a_jupytext_percent_script():
+    import jupytext
+
+    nb = jupytext.read(NOTEBOOK)
+    kinds = [c.cell_type for c in nb.cells]
+    assert kinds.count("markdown") >= 5 and kinds.count("code") >= 5
