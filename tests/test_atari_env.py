@@ -287,3 +287,16 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
             with pytest.raises(ConfigError, match=rf"^env\.backend: got '{backend}', which needs \w+ \(not installed\); "
                                                   rf"install with pip install -e '\.\[{extra}\]'$"):
                 fn()
+
+
+def test_seeds_are_31_bit_ints_derived_from_each_key():
+    from klrl.envs.pool import seeds_from_keys
+
+    keys = _keys(0, (4, 8))
+    seeds = seeds_from_keys(keys, bits=31)
+    assert seeds.shape == (4, 8) and all(0 <= s < 2 ** 31 for s in seeds.flat)
+    assert len(set(seeds.flat)) == 32                                   # distinct here (p(collision) ~ 2**-22)
+    assert seeds_from_keys(keys, bits=31).tolist() == seeds.tolist()   # a function of the keys
+    assert seeds_from_keys(keys[1:2, 3:4], bits=31)[0, 0] == seeds[1, 3]
+    wide = seeds_from_keys(keys)                                        # the pool's 64-bit default is unchanged
+    assert int(wide[0, 0]) == (int(keys[0, 0, 0]) << 32) | int(keys[0, 0, 1])

@@ -21,8 +21,8 @@ padding at episode starts, klrl.replay.push_frame).
 Game names (`env.name`): CamelCase ROM names as Dopamine and envpool's task ids write them,
 without any `-v5` suffix (the protocol is the preset's, not gymnasium's v5 defaults):
 `Pong`, `Breakout`, `MsPacman`, `SpaceInvaders`, ... The list is the installed ROM set of
-the backend (ale-py 0.12.1: 108 ROMs; envpool-assets: 104, no multi-player games), read from
-the package directories without importing either package.
+the backend (ale-py 0.12.1: 108 ROMs; envpool-assets 0.3.0: 104, without Combat, Joust,
+MazeCraze and Warlords), read from the package directories without importing either package.
 
 Step semantics (those of `klrl.envs.base`; both pools run in NEXT_STEP autoreset mode):
 - A step that ends the GAME (game over, or the preset's cap of `max_episode_steps` agent
