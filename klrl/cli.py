@@ -29,7 +29,9 @@ def _parser() -> argparse.ArgumentParser:
 
     tb = sub.add_parser("tabular", help="exact tabular experiments (Leverage the Average)")
     tb.add_argument("config", help="experiment TOML file, e.g. experiments/leverage_average.toml")
-    tb.add_argument("--out", default=None, help="output directory (default: from the config)")
+    tb.add_argument("--out", default=None, help="output directory (default: experiment.out_dir)")
+    tb.add_argument("--set", dest="overrides", action="append", default=[],
+                    metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
     tb.add_argument("--quick", action="store_true", help="small grid for smoke tests")
 
     b = sub.add_parser("bench", help="benchmarks writing JSON to results/bench/")
@@ -53,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "tabular":
             from klrl.tabular.experiment import run_experiment as run_tabular
 
-            run_tabular(args.config, out_dir=args.out, quick=args.quick)
+            run_tabular(args.config, out_dir=args.out, quick=args.quick, overrides=args.overrides)
         elif args.command == "bench":
             if args.which == "tabular":
                 from klrl.bench.tabular import bench_tabular as bench

@@ -4,7 +4,7 @@ A reference is a pure function `log_probs(params, obs [..., *obs]) -> ln π_ref 
 inside the compiled training program, and a host loader `load() -> params` (orbax restore of
 the reference run's checkpoint). The parameters are an ARGUMENT of the program (the trainer's
 `init` stores them in the TrainState), never constants baked into it.
-Kinds (`StaticConfig.reference`, config key `agent.reference`):
+Kinds (config key `agent.reference`, `klrl.static.AgentConfig`):
 
 - `none`: no reference (agents that need one reject this; no `kl_ref` metric);
 - `uniform`: π_ref(a|s) = 1/A;
@@ -44,9 +44,10 @@ class Reference(NamedTuple):
 
 
 class RefNetwork(NamedTuple):
-    """The reference run's network, read from its config.json (the fields agents' q_values use)."""
+    """The reference run's network, read from its config.json [agent] table: the fields of
+    `klrl.static.AgentConfig` that agents' `num_outputs` / `q_values` read."""
 
-    agent: str
+    name: str
     torso: str
     hidden: tuple[int, ...]
     obs_scale: float
@@ -95,27 +96,23 @@ def _run_info(run: str, member: int, env: str) -> _RunInfo:
         _fail("agent.reference_run", run, f"a run with a saved checkpoint under {ckpt_root!r}")
 
     a = config["agent"]
-    static = RefNetwork(agent=agent, torso=a.get("torso", "mlp"), hidden=tuple(a["hidden"]),
+    static = RefNetwork(name=agent, torso=a.get("torso", "mlp"), hidden=tuple(a["hidden"]),
                         obs_scale=float(a.get("obs_scale", 1.0)), num_atoms=int(a["num_atoms"]),
                         v_min=float(a["v_min"]), v_max=float(a["v_max"]))
     return _RunInfo(ref_env, agent, local, len(same), state_dir, static)
 
 
 def check(cfg) -> None:
-    """Validate the reference fields of a StaticConfig (ConfigError, one line); reads only
-    the reference run's config.json and directory listing."""
-    if cfg.reference not in REFERENCES:
-        _fail("agent.reference", cfg.reference, ", ".join(REFERENCES))
-    if cfg.reference in ("softmax", "epsilon_greedy"):
-        if cfg.reference == "softmax" and not (cfg.reference_temperature > 0):
-            _fail("agent.reference_temperature", cfg.reference_temperature, "a number > 0")
-        if cfg.reference == "epsilon_greedy" and not (0 < cfg.reference_epsilon <= 1):
-            _fail("agent.reference_epsilon", cfg.reference_epsilon, "a number in (0, 1]")
-        info = _run_info(cfg.reference_run, cfg.reference_member, cfg.env)
+    """Check the reference run of a StaticConfig against its env (ConfigError, one line);
+    reads only the run's config.json and directory listing. The kind, temperature and ε are
+    checked by their section (klrl.static.AgentConfig)."""
+    a = cfg.agent
+    if a.reference in ("softmax", "epsilon_greedy"):
+        info = _run_info(a.reference_run, a.reference_member, cfg.env.name)
         from klrl.agents import AGENTS
 
         if info.agent not in AGENTS:
-            _fail("agent.reference_run", cfg.reference_run, f"a run of a known agent (its agent is {info.agent!r})")
+            _fail("agent.reference_run", a.reference_run, f"a run of a known agent (its agent is {info.agent!r})")
 
 
 def _q_network(run: str, member: int, env: str, backend: str):
@@ -152,23 +149,25 @@ def _q_network(run: str, member: int, env: str, backend: str):
 
 def for_config(cfg) -> Reference | None:
     """The reference policy of a StaticConfig, or None (checks first; loads nothing yet)."""
-    if cfg.reference == "none":
+    a = cfg.agent
+    if a.reference == "none":
         return None
     check(cfg)
     from klrl.envs import env_spec
 
-    num_actions = env_spec(cfg.env, cfg.env_backend).num_actions
-    if cfg.reference == "uniform":
+    spec = env_spec(cfg.env.name, cfg.env.backend)
+    num_actions = spec.num_actions
+    if a.reference == "uniform":
         def log_uniform(params, obs):
-            lead = obs.shape[: obs.ndim - len(env_spec(cfg.env, cfg.env_backend).obs_shape)]
+            lead = obs.shape[: obs.ndim - len(spec.obs_shape)]
             return jnp.full(lead + (num_actions,), -jnp.log(num_actions), jnp.float32)
         return Reference("uniform", log_uniform, lambda: ())
-    q_ref, load = _q_network(cfg.reference_run, cfg.reference_member, cfg.env, cfg.env_backend)
+    q_ref, load = _q_network(a.reference_run, a.reference_member, cfg.env.name, cfg.env.backend)
     cached = functools.lru_cache(maxsize=1)(load)
-    if cfg.reference == "softmax":
-        temperature = float(cfg.reference_temperature)
+    if a.reference == "softmax":
+        temperature = float(a.reference_temperature)
         return Reference("softmax", lambda p, obs: jax.nn.log_softmax(q_ref(p, obs) / temperature, axis=-1), cached)
-    eps = float(cfg.reference_epsilon)
+    eps = float(a.reference_epsilon)
 
     def log_eps_greedy(params, obs):
         q = q_ref(params, obs)

@@ -1,5 +1,8 @@
 """Tidy result files and their aggregates (numpy only).
 
+`TidyWriter` writes any tidy CSV (header, then appended rows; `klrl tabular` uses it too);
+the rest of this module is about `klrl train`'s metrics.csv.
+
 metrics.csv is in tidy long form, one row per (member, step, metric):
 
     member,seed,<one column per swept hyperparameter>,agent,step,metric,value
@@ -75,14 +78,30 @@ def format_history(members, columns, history: Mapping[str, np.ndarray]) -> str:
     )
 
 
-class MetricsWriter:
-    """Append-only writer of metrics.csv: every chunk is flushed and fsynced, so the rows of
-    a killed run are on disk up to its last finished chunk."""
+def format_cell(x) -> str:
+    """One tidy cell: strings as they are, integers in decimal, floats as `format_value`."""
+    if isinstance(x, str):
+        return x
+    if isinstance(x, (int, np.integer)) and not isinstance(x, (bool, np.bool_)):
+        return str(int(x))
+    return format_value(x)
 
-    def __init__(self, path: str, columns: Sequence[str], prefix: str | None = None):
+
+def format_rows(rows: Iterable[Sequence]) -> tuple[str, int]:
+    """(CSV text, number of rows) of tidy rows (sequences of cells)."""
+    lines = [",".join(format_cell(c) for c in row) + "\n" for row in rows]
+    return "".join(lines), len(lines)
+
+
+class TidyWriter:
+    """Append-only writer of a tidy CSV file: the header (and `prefix` rows) are written
+    atomically, every append is flushed and fsynced, so the rows of a killed run are on
+    disk up to its last append. Shared by `klrl train` and `klrl tabular`."""
+
+    def __init__(self, path: str, head: Sequence[str], prefix: str | None = None):
         """Start a new file (header, then `prefix` rows, written atomically) at `path`."""
         self.path = path
-        text = ",".join(header(columns)) + "\n" + (prefix or "")
+        text = ",".join(head) + "\n" + (prefix or "")
         tmp = path + ".tmp"
         with open(tmp, "w", newline="") as fh:
             fh.write(text)
@@ -95,6 +114,19 @@ class MetricsWriter:
             fh.write(text)
             fh.flush()
             os.fsync(fh.fileno())
+
+    def append_rows(self, rows: Iterable[Sequence]) -> int:
+        """Append tidy rows (cells formatted by `format_cell`); returns how many."""
+        text, n = format_rows(rows)
+        self.append(text)
+        return n
+
+
+class MetricsWriter(TidyWriter):
+    """metrics.csv of `klrl train`: the header of a run whose swept hyperparameters are `columns`."""
+
+    def __init__(self, path: str, columns: Sequence[str], prefix: str | None = None):
+        super().__init__(path, header(columns), prefix)
 
 
 def read_metrics(path: str) -> list[dict]:
@@ -112,6 +144,24 @@ def read_metrics(path: str) -> list[dict]:
                 row[c] = float(r[c]) if r[c] != "" else None
             rows.append(row)
     return rows
+
+
+def read_columns(path: str, columns: Sequence[str], *, strings: Sequence[str] = (),
+                 ints: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """A tidy CSV with exactly the header `columns` -> dict of column arrays (str for
+    `strings`, int64 for `ints`, float64 for the others)."""
+    with open(path, newline="") as fh:
+        reader = csv.reader(fh)
+        head = next(reader)
+        if tuple(head) != tuple(columns):
+            raise ValueError(f"{path}: unexpected header {head}")
+        rows = list(reader)
+    cols = list(zip(*rows)) if rows else [()] * len(columns)
+    out = {}
+    for name, values in zip(columns, cols):
+        dtype = str if name in strings else np.int64 if name in ints else np.float64
+        out[name] = np.asarray(values, dtype=dtype)
+    return out
 
 
 def swept_columns(path: str) -> list[str]:

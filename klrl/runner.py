@@ -24,7 +24,6 @@ committed result (e.g. results/quickstart) is never overwritten.
 
 from __future__ import annotations
 
-import datetime
 import json
 import math
 import os
@@ -37,6 +36,7 @@ import numpy as np
 
 from klrl.config import Experiment, load_experiment
 from klrl.errors import ConfigError
+from klrl.output import choose_out_dir
 from klrl.population import Population, build_populations
 from klrl.results import MetricsWriter, format_chunk, format_history, read_metrics, summarize
 
@@ -63,8 +63,8 @@ def _nanmedian(x) -> float:
 
 
 def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool) -> str:
-    """The directory this run writes to; refuses to overwrite an existing run (no writes)."""
-    exists = os.path.exists(out_dir)
+    """The directory this run writes to; refuses to overwrite an existing run (no writes).
+    Without --resume: klrl.output's policy (`output.if_exists`)."""
     if resume:
         cfg_path = os.path.join(out_dir, "config.json")
         if not os.path.isfile(cfg_path):
@@ -77,20 +77,8 @@ def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool) -> str:
                               f"run's {str(old)[:12]} in {out_dir!r}; allowed the same resolved config "
                               "(same file and --set values)")
         return out_dir
-    if exists and not os.path.isdir(out_dir):
-        raise ConfigError(f"--out: got {out_dir!r} (an existing file); allowed a directory path")
-    if exists and os.listdir(out_dir):
-        if exp.values["output.if_exists"] == "new_subdir":
-            stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-            sub = os.path.join(out_dir, "runs", stamp)
-            k = 1
-            while os.path.exists(sub):
-                sub = os.path.join(out_dir, "runs", f"{stamp}-{k}")
-                k += 1
-            return sub
-        raise ConfigError(f"--out: got {out_dir!r} (already holds files); allowed a new or empty directory, "
-                          "or --resume to continue the run in it")
-    return out_dir
+    return choose_out_dir(out_dir, exp.values["output.if_exists"], flag="--out",
+                          refuse_hint=", or --resume to continue the run in it")
 
 
 def _member_table(pops: Sequence[Population]) -> list[dict]:
@@ -178,7 +166,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         jitted = jax.jit(trainer.run_chunk, donate_argnums=0)
     step_fn = jitted.lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
-    _log(f"[{pop.agent}] {M} members, {trainer.num_chunks} chunks of {static.chunk_steps} steps; "
+    _log(f"[{pop.agent}] {M} members, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
          f"init+compile {compile_s:.1f}s")
 
     diverged = np.asarray(history["diverged"][-1]) > 0 if "diverged" in history else np.zeros(M, bool)
@@ -190,7 +178,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
         dt = time.perf_counter() - t
         run_s += dt
-        steps_done += static.chunk_steps
+        steps_done += static.train.chunk_steps
         history = {k: np.concatenate([history[k], v[None]]) if k in history else v[None] for k, v in metrics.items()}
         writer.append(format_chunk(pop.members, pop.columns, metrics))
 
@@ -203,7 +191,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         rate = M * steps_done / max(run_s, 1e-9)
         eta = (trainer.num_chunks - c - 1) * run_s / (c + 1 - start)
         _log(f"[{pop.agent}] chunk {c + 1}/{trainer.num_chunks} step {int(metrics['step'].max())}/"
-             f"{static.total_steps} | {rate:,.0f} agent-steps/s | eval {_nanmedian(metrics['eval_return']):.1f} "
+             f"{static.train.total_steps} | {rate:,.0f} agent-steps/s | eval {_nanmedian(metrics['eval_return']):.1f} "
              f"train {_nanmedian(metrics['train_return']):.1f} (medians over {M}) | "
              f"loss {_nanmedian(metrics['loss']):.4g} | ETA {_fmt_eta(eta)}")
 

@@ -2,6 +2,8 @@
 
 `make_train(StaticConfig)` returns a `Trainer`; `train(keys, hparams)` is `init` followed by
 `lax.scan(run_chunk)` over chunks; each chunk scans vector steps and ends with evaluation.
+The static config and the traced hyperparameters are declared in klrl.static (sections
+[env], [agent], [train]: `cfg.env.name`, `cfg.agent.loss`, `cfg.train.batch_size`, ...).
 The pieces, each testable alone:
 - the learner update (`make_update`): agent loss -> gradients -> an optax chain built from
   traced hyperparameters (optional global-norm clip, Adam with eps, learning rate), with a
@@ -34,7 +36,6 @@ flagged `diverged` and frozen from then on, the others are unaffected.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -44,91 +45,13 @@ import optax
 from klrl import actors as act_lib
 from klrl import reference as refs
 from klrl import replay as rb
-from klrl.agents import AGENTS, LOSSES, Context, Nets
-from klrl.envs import BACKENDS, TRAITS, check_env, env_spec, make_env, stacked_shape
+from klrl.agents import AGENTS, Context, Nets
+from klrl.envs import TRAITS, env_spec, make_env, stacked_shape
 from klrl.errors import ConfigError
-from klrl.networks import TORSOS, make_network
-
-TARGET_UPDATES = ("hard", "polyak")
-EVAL_MODES = ("episodes", "concurrent")
-
-
-@dataclass(frozen=True)
-class StaticConfig:
-    """Everything that changes shapes or the compiled program (hashable)."""
-
-    env: str = "CartPole-v1"
-    env_backend: str = "jax"             # jax (gymnax/tabular, in-graph) | pool (host numpy pool)
-    agent: str = "mdqn"
-    num_envs: int = 10
-    total_steps: int = 500_000
-    chunk_steps: int = 50_000
-    buffer_size: int = 10_000
-    batch_size: int = 128
-    learning_starts: int = 10_000
-    update_every: int = 10               # env steps per member between gradient updates
-    target_update_every: int = 500
-    max_grad_norm: float = 0.0           # global-norm gradient clip; 0 = none
-    torso: str = "mlp"                   # mlp | minatar_cnn | nature_cnn
-    obs_scale: float = 1.0               # observations are multiplied by this inside the network
-    hidden: tuple[int, ...] = (120, 84)
-    loss: str = "huber"
-    target_update: str = "hard"
-    acting: str = "epsilon_greedy"
-    replay_mode: str = "per-member"
-    replay_store: str = "frames"         # frames (each observation stored once) | transitions (obs + next_obs)
-    num_atoms: int = 51
-    v_min: float = -10.0
-    v_max: float = 10.0
-    eval_mode: str = "episodes"          # episodes (fresh in-graph envs per chunk) | concurrent (test envs in the pool)
-    eval_episodes: int = 10              # episodes mode: episodes per member per chunk
-    eval_envs: int = 2                   # concurrent mode: test envs per member
-    eval_epsilon: float = 0.0            # ε of evaluation (0 = greedy)
-    consistent_weight: bool = False
-    # The fixed reference policy π_ref (klrl.reference), needed by qsharp/qsharp_cd/kl_prior;
-    # with one set, every agent also reports `kl_ref`.
-    reference: str = "none"              # none | uniform | softmax | epsilon_greedy
-    reference_run: str = ""              # `klrl train` run directory holding Q_ref's checkpoint
-    reference_member: int = 0            # member of that run (config.json `members`)
-    reference_temperature: float = 1.0   # softmax: π_ref = softmax(Q_ref/T)
-    reference_epsilon: float = 0.1       # epsilon_greedy: π_ref = (1−ε)·greedy + ε/A
-    qsharp_mode: str = "td"              # td | rollout
-    qsharp_switch_horizon: int = 0       # rollout: h ~ U{0..H−1}; 0 = the env's time limit
-
-
-# Traced hyperparameters (float32 [M] each) and their defaults.
-COMMON_HPARAMS: dict[str, float] = {
-    "learning_rate": 2.5e-4,
-    "gamma": 0.99,
-    "adam_eps": 1e-8,
-    "epsilon_start": 1.0,
-    "epsilon_end": 0.05,
-    "epsilon_fraction": 0.5,    # of total_steps, linear decay from step 0
-    "polyak": 0.005,            # target += polyak·(online − target) per update (target_update=polyak)
-    "softmax_temperature": 0.1,  # acting="softmax": a ~ softmax(q / temperature)
-}
-AGENT_HPARAMS: dict[str, float] = {
-    "alpha": 0.9,          # Munchausen / AL coefficient (M-DQN paper)
-    "tau": 0.03,           # entropy temperature (M-DQN paper)
-    "clip_min": -1.0,      # l0, the lower clip of the Munchausen bonus
-    "entropic_index": 2.0,  # Tsallis q of MVI(q); 2 = sparsemax
-    "lam": 0.27,           # KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)
-    "eta": 1.0,            # KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)
-}
-HPARAMS: dict[str, float] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
-
-
-def hparams_used(cfg: StaticConfig) -> tuple[str, ...]:
-    """The traced hyperparameters that influence a run with this static config."""
-    names = ["learning_rate", "gamma", "adam_eps"]
-    agent = AGENTS[cfg.agent]
-    if agent.actor is None:          # the configured rule; an agent's own actor uses its own hparams
-        names += ["epsilon_start", "epsilon_end", "epsilon_fraction"] if cfg.acting == "epsilon_greedy" \
-            else ["softmax_temperature"]
-    if cfg.target_update == "polyak":
-        names += ["polyak"]
-    return tuple(names) + agent.hparams
-
+from klrl.networks import make_network
+# The engine's configuration (re-exported: klrl.train is where the engine's users look).
+from klrl.static import (COMMON_HPARAMS, HPARAM_TABLE, HPARAMS, StaticConfig, check_members, hparams_used,
+                         validate)
 
 # ---- state ------------------------------------------------------------------------------------
 
@@ -190,63 +113,6 @@ class Trainer(NamedTuple):
 _INIT, _ACT, _SAMPLE, _EVAL, _RESET, _SHARED, _CARRY = range(7)
 
 
-def _check(cond: bool, field: str, value: Any, allowed: str) -> None:
-    if not cond:
-        raise ConfigError(f"{field}: got {value!r}; allowed {allowed}")
-
-
-def validate(cfg: StaticConfig) -> None:
-    """Structural checks of a static config (ConfigError, one line)."""
-    _check(cfg.env_backend in BACKENDS, "env.backend", cfg.env_backend, ", ".join(BACKENDS))
-    check_env(cfg.env, cfg.env_backend)
-    obs_ndim = len(env_spec(cfg.env, cfg.env_backend).obs_shape)
-    _check((cfg.torso == "mlp") == (obs_ndim == 1), "torso", cfg.torso,
-           f"{'mlp' if obs_ndim == 1 else 'minatar_cnn or nature_cnn'} for {cfg.env}'s {obs_ndim}-D observations")
-    _check(cfg.agent in AGENTS, "agent", cfg.agent, ", ".join(AGENTS))
-    _check(cfg.loss in LOSSES, "loss", cfg.loss, ", ".join(LOSSES))
-    _check(cfg.torso in TORSOS, "torso", cfg.torso, ", ".join(TORSOS))
-    _check(cfg.target_update in TARGET_UPDATES, "target_update", cfg.target_update, ", ".join(TARGET_UPDATES))
-    _check(cfg.acting in act_lib.ACTING, "acting", cfg.acting, ", ".join(act_lib.ACTING))
-    _check(cfg.replay_mode in rb.MODES, "replay_mode", cfg.replay_mode, ", ".join(rb.MODES))
-    _check(cfg.replay_store in rb.STORES, "replay_store", cfg.replay_store, ", ".join(rb.STORES))
-    _check(cfg.eval_mode in EVAL_MODES, "eval_mode", cfg.eval_mode, ", ".join(EVAL_MODES))
-    for name in ("num_envs", "total_steps", "chunk_steps", "buffer_size", "batch_size", "update_every",
-                 "target_update_every", "eval_episodes", "eval_envs"):
-        v = getattr(cfg, name)
-        _check(isinstance(v, int) and v >= 1, name, v, "an integer >= 1")
-    _check(isinstance(cfg.learning_starts, int) and cfg.learning_starts >= 0, "learning_starts",
-           cfg.learning_starts, "an integer >= 0")
-    _check(cfg.total_steps % cfg.chunk_steps == 0, "chunk_steps", cfg.chunk_steps,
-           f"a divisor of total_steps={cfg.total_steps}")
-    _check(cfg.chunk_steps % cfg.num_envs == 0, "chunk_steps", cfg.chunk_steps,
-           f"a multiple of num_envs={cfg.num_envs}")
-    _check(len(cfg.hidden) >= 1 and all(isinstance(h, int) and h >= 1 for h in cfg.hidden), "hidden",
-           cfg.hidden, "a non-empty tuple of integers >= 1")
-    _check(cfg.max_grad_norm >= 0, "max_grad_norm", cfg.max_grad_norm, ">= 0 (0: no clipping)")
-    _check(cfg.obs_scale > 0, "obs_scale", cfg.obs_scale, "> 0")
-    _check(0 <= cfg.eval_epsilon <= 1, "eval_epsilon", cfg.eval_epsilon, "a number in [0, 1]")
-    if cfg.env_backend == "pool":
-        _check(cfg.eval_mode == "concurrent", "eval_mode", cfg.eval_mode,
-               "concurrent with backend pool (a host pool cannot start fresh episodes in-graph)")
-    if AGENTS[cfg.agent].num_outputs(cfg) > 1:  # categorical critics (c51, qsharp, qsharp_cd)
-        _check(isinstance(cfg.num_atoms, int) and cfg.num_atoms >= 2, "num_atoms", cfg.num_atoms, "an integer >= 2")
-        _check(cfg.v_min < cfg.v_max, "v_min", cfg.v_min, f"< v_max={cfg.v_max}")
-    refs.check(cfg)
-    if AGENTS[cfg.agent].needs_reference and cfg.reference == "none":
-        raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {cfg.agent}")
-    AGENTS[cfg.agent].check(cfg)
-    check_members(cfg, 1)
-
-
-def check_members(cfg: StaticConfig, members: int) -> None:
-    """The replay fits a population of `members` (shared mode splits buffer_size over M·E columns)."""
-    k = env_spec(cfg.env, cfg.env_backend).frame_stack
-    columns = cfg.num_envs * (members if cfg.replay_mode == "shared" else 1)
-    _check(cfg.buffer_size // columns >= k + 2, "buffer_size", cfg.buffer_size,
-           f">= {(k + 2) * columns} (at least {k + 2} time slots per env column: "
-           f"{columns} columns in {cfg.replay_mode} mode with {members} members)")
-
-
 def prepare_hparams(hparams: dict, members: int) -> dict:
     """Fill defaults, check names and shapes; returns name -> float32 [M] for every HPARAMS name."""
     unknown = sorted(set(hparams) - set(HPARAMS))
@@ -295,10 +161,10 @@ def make_update(cfg: StaticConfig, net, agent) -> Callable:
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
-        updates, opt_state = make_optimizer(hp, cfg.max_grad_norm).update(grads, learner.opt_state, params)
+        updates, opt_state = make_optimizer(hp, cfg.train.max_grad_norm).update(grads, learner.opt_state, params)
         step = (ok & ~learner.diverged).astype(jnp.float32)
         params = jax.tree.map(lambda p, u: p + step * u, params, updates)
-        if cfg.target_update == "polyak":
+        if cfg.train.target_update == "polyak":
             target = jax.tree.map(lambda t, p: t + hp["polyak"] * (p - t), target, params)
         new = learner._replace(params=params, target_params=target, opt_state=opt_state,
                                diverged=learner.diverged | ~ok)
@@ -310,34 +176,35 @@ def make_update(cfg: StaticConfig, net, agent) -> Callable:
 def make_train(cfg: StaticConfig) -> Trainer:
     """Build the pure training program for `cfg` (see module docstring); nothing is compiled."""
     validate(cfg)
-    agent = AGENTS[cfg.agent]
-    E = cfg.num_envs
-    E_test = cfg.eval_envs if cfg.eval_mode == "concurrent" else 0
-    steps_per_chunk = cfg.chunk_steps // E
-    num_chunks = cfg.total_steps // cfg.chunk_steps
-    shared = cfg.replay_mode == "shared"
+    agent = AGENTS[cfg.agent.name]
+    E = cfg.env.num_envs
+    E_test = cfg.train.eval_envs if cfg.train.eval_mode == "concurrent" else 0
+    steps_per_chunk = cfg.train.chunk_steps // E
+    num_chunks = cfg.train.total_steps // cfg.train.chunk_steps
+    shared = cfg.train.replay_mode == "shared"
     reference = refs.for_config(cfg)
     ref_fn = reference.log_probs if reference is not None else None
 
     @functools.lru_cache(maxsize=None)
     def env_for(members: int):
         """The backend for [members, E + test envs] (one pool per population size)."""
-        return make_env(cfg.env, members, E + E_test, cfg.env_backend)
+        return make_env(cfg.env.name, members, E + E_test, cfg.env.backend)
 
-    spec = env_spec(cfg.env, cfg.env_backend)
-    traits = TRAITS[cfg.env_backend]
+    spec = env_spec(cfg.env.name, cfg.env.backend)
+    traits = TRAITS[cfg.env.backend]
     k = spec.frame_stack
     obs_shape = stacked_shape(spec)
     num_actions = spec.num_actions
-    net = make_network(cfg.torso, cfg.hidden, num_actions, agent.num_outputs(cfg), cfg.obs_scale)
+    acfg = cfg.agent
+    net = make_network(acfg.torso, acfg.hidden, num_actions, agent.num_outputs(acfg), acfg.obs_scale)
 
     def q_values(out):
-        return agent.q_values(out, cfg)
+        return agent.q_values(out, cfg.agent)
 
     actor = (agent.actor(cfg, spec, q_values) if agent.actor is not None
-             else act_lib.configured(cfg.acting, q_values, cfg.total_steps))
+             else act_lib.configured(cfg.agent.acting, q_values, cfg.train.total_steps))
     eval_actor = (agent.eval_actor(cfg, spec, q_values) if agent.eval_actor is not None
-                  else act_lib.evaluation(q_values, cfg.eval_epsilon))
+                  else act_lib.evaluation(q_values, cfg.train.eval_epsilon))
     own_data = agent.data(cfg, spec) if agent.data is not None else None
     update = make_update(cfg, net, agent)
     keeps_prev = "prev_target" in agent.extra_nets
@@ -348,9 +215,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
     @functools.lru_cache(maxsize=None)
     def store_for(members: int):
         """The replay store for a population of `members` (shared mode sizes its columns by M)."""
-        return rb.make_replay(cfg.replay_store, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
-                              frame_stack=k, members=members, envs=E, capacity=cfg.buffer_size,
-                              mode=cfg.replay_mode)
+        return rb.make_replay(cfg.train.replay_store, obs_shape=spec.obs_shape, obs_dtype=spec.obs_dtype,
+                              frame_stack=k, members=members, envs=E, capacity=cfg.train.buffer_size,
+                              mode=cfg.train.replay_mode)
 
     def reset_keys(keys: jax.Array, salt: int) -> jax.Array:
         """[M, E', 2] env keys from the member keys; each `salt` gives a new set (a pool's re-reset)."""
@@ -377,21 +244,21 @@ def make_train(cfg: StaticConfig) -> Trainer:
         if own_data is not None:
             split = jax.vmap(jax.random.split)(keys.sample)
             keys = keys._replace(sample=split[:, 0])
-            batch = jax.vmap(own_data, in_axes=(0, 0, None))(state.actor.carry, split[:, 1], cfg.batch_size)
+            batch = jax.vmap(own_data, in_axes=(0, 0, None))(state.actor.carry, split[:, 1], cfg.train.batch_size)
         elif shared:
             new_shared, sub = jax.random.split(keys.shared)
             keys = keys._replace(shared=new_shared)
-            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, sub, cfg.batch_size)
+            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, sub, cfg.train.batch_size)
         else:
             split = jax.vmap(jax.random.split)(keys.sample)
             keys = keys._replace(sample=split[:, 0])
-            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, split[:, 1], cfg.batch_size)
+            batch, _ = store_for(state.learner.diverged.shape[0]).sample(state.replay, split[:, 1], cfg.train.batch_size)
         learner, loss, aux = member_update(state.learner, batch, hp, ctx)
         return state._replace(learner=learner, keys=keys), loss, aux
 
     def update_target(learner: Learner) -> Learner:
         """Every target_update_every env steps: π₋ ← target, and (hard mode) target ← online."""
-        target = learner.params if cfg.target_update == "hard" else learner.target_params
+        target = learner.params if cfg.train.target_update == "hard" else learner.target_params
         prev = learner.target_params if keeps_prev else learner.prev_target_params
         return learner._replace(prev_target_params=prev, target_params=target)
 
@@ -427,8 +294,8 @@ def make_train(cfg: StaticConfig) -> Trainer:
 
         # Gradient updates due in this vector step: one per `update_every` env steps per member.
         M = actions.shape[0]
-        due = (vstep * E) // cfg.update_every - ((vstep - 1) * E) // cfg.update_every
-        n_updates = jnp.where(vstep * E >= cfg.learning_starts, due, 0)
+        due = (vstep * E) // cfg.train.update_every - ((vstep - 1) * E) // cfg.train.update_every
+        n_updates = jnp.where(vstep * E >= cfg.train.learning_starts, due, 0)
 
         def one_update(_, c):
             s, loss_sum, aux_sum = c
@@ -437,7 +304,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
 
         zeros = jnp.zeros((M,), jnp.float32)
         state, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, (state, zeros, aux_zero))
-        crossed = (vstep * E) // cfg.target_update_every != ((vstep - 1) * E) // cfg.target_update_every
+        crossed = (vstep * E) // cfg.train.target_update_every != ((vstep - 1) * E) // cfg.train.target_update_every
         state = state._replace(learner=jax.lax.cond(crossed, update_target, lambda lr: lr, state.learner))
 
         done = st_train.done
@@ -463,9 +330,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
     def evaluate_episodes(params, eval_key, hp, ctx):
         """Mean return of `eval_episodes` fresh episodes per member (in-graph envs, played to their
         first end or the time limit) and the per-step KL(π‖π_ref) along them."""
-        n = cfg.eval_episodes
+        n = cfg.train.eval_episodes
         M = eval_key.shape[0]
-        env = make_env(cfg.env, M, n, cfg.env_backend)
+        env = make_env(cfg.env.name, M, n, cfg.env.backend)
         split = jax.vmap(lambda kk: jax.random.split(kk, n + 1))(eval_key)              # [M, n+1, 2]
         env_state, obs = env.reset(split[:, 1:])
         obs = push(jnp.zeros((M, n) + obs_shape, spec.obs_dtype), obs, jnp.ones((M, n), bool))
@@ -502,7 +369,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         stream = lambda i: jax.vmap(lambda kk: jax.random.fold_in(kk, i))(keys)  # noqa: E731
         dummy = jnp.zeros(obs_shape, spec.obs_dtype)
         params = jax.vmap(lambda kk: net.init(kk, dummy))(stream(_INIT))
-        opt_state = jax.vmap(make_optimizer(COMMON_HPARAMS, cfg.max_grad_norm).init)(params)
+        opt_state = jax.vmap(make_optimizer(HPARAMS, cfg.train.max_grad_norm).init)(params)
         if env_start_state is None:
             if not traits.in_graph_reset:
                 raise ValueError("init: this env resets on the host; pass env_start_state=trainer.env_start(keys)")
@@ -582,6 +449,6 @@ def make_train(cfg: StaticConfig) -> Trainer:
                    reference=reference, env_start=env_start)
 
 
-__all__ = ["AGENT_HPARAMS", "COMMON_HPARAMS", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
+__all__ = ["COMMON_HPARAMS", "HPARAM_TABLE", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
            "StaticConfig", "TrainState", "Trainer", "hparams_used", "make_optimizer", "make_train", "make_update",
            "check_members", "prepare_hparams", "validate"]

@@ -1,7 +1,6 @@
 """klrl.agents: each loss is finite on a tiny batch, its target is the operator's, and the
 batch's `weight` masks rows exactly (weight-0 rows change neither the loss nor its gradient)."""
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +39,10 @@ def _nets(net, p_online, p_target, p_prev):
 
 
 def _setup(agent_name, loss="huber"):
-    cfg = StaticConfig(agent=agent_name, hidden=(8,), num_atoms=11, v_min=-3.0, v_max=3.0, loss=loss)
+    cfg = StaticConfig(agent={"name": agent_name, "hidden": (8,), "num_atoms": 11, "v_min": -3.0, "v_max": 3.0,
+                              "loss": loss})
     agent = AGENTS[agent_name]
-    net = make_network("mlp", cfg.hidden, A, agent.num_outputs(cfg))
+    net = make_network("mlp", cfg.agent.hidden, A, agent.num_outputs(cfg.agent))
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     dummy = jnp.zeros((OBS,))
     p_online, p_target, p_prev = (net.init(k[i], dummy) for i in range(3))
@@ -64,7 +64,7 @@ def _expected_value_target(name, nets, b, hp, cfg):
                                               tau=hp["tau"], clip_min=hp["clip_min"]),
         "mvi": lambda: ops.tsallis_munchausen_target(
             qt_s, qt_n, b.action, b.reward, d, entropic_index=hp["entropic_index"], alpha=hp["alpha"],
-            tau=hp["tau"], clip_min=hp["clip_min"], consistent_weight=cfg.consistent_weight),
+            tau=hp["tau"], clip_min=hp["clip_min"], consistent_weight=cfg.agent.consistent_weight),
         "mdkl": lambda: ops.mirror_descent_target(
             qt_n, ops.mirror_descent_log_policy(nets.prev_target(b.next_obs),
                                                 jnp.full((n, A), -jnp.log(2.0)), lam=hp["lam"], tau=hp["tau"]),
@@ -128,7 +128,7 @@ def test_mvi_with_index_one_matches_mdqn_loss():
 def test_consistent_weight_flag_reaches_the_operator():
     cfg, agent, nets, b, *_ = _setup("mvi", "l2")
     lit, _ = agent.loss(nets, b, HP, cfg, CTX)
-    con, _ = agent.loss(nets, b, HP, dataclasses.replace(cfg, consistent_weight=True), CTX)
+    con, _ = agent.loss(nets, b, HP, cfg.replace(agent={"consistent_weight": True}), CTX)
     assert not np.isclose(float(lit), float(con))
 
 
@@ -136,9 +136,9 @@ def test_c51_loss_is_cross_entropy_to_projected_greedy_target():
     cfg, agent, nets, b, *_ = _setup("c51")
     value, aux = agent.loss(nets, b, HP, cfg, CTX)
     assert np.isfinite(float(value))
-    z = atoms(cfg)
+    z = atoms(cfg.agent)
     logits_next = nets.target(b.next_obs)
-    assert logits_next.shape == (B, A, cfg.num_atoms)
+    assert logits_next.shape == (B, A, cfg.agent.num_atoms)
     a_star = jnp.argmax(ops.categorical_mean(logits_next, z), -1)
     y = ops.categorical_td_target(z, jax.nn.softmax(logits_next, -1), jax.nn.one_hot(a_star, A), b.reward,
                                   HP["gamma"] * (1 - b.terminated))
@@ -147,7 +147,7 @@ def test_c51_loss_is_cross_entropy_to_projected_greedy_target():
     np.testing.assert_allclose(value, jnp.mean(-jnp.sum(y * logp, -1)), rtol=1e-6)
     np.testing.assert_allclose(aux["target_mean"], jnp.mean(y @ z), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux["q_mean"], jnp.mean(jnp.exp(logp) @ z), rtol=1e-5, atol=1e-6)
-    q = agent.q_values(nets.online(b.obs), cfg)
+    q = agent.q_values(nets.online(b.obs), cfg.agent)
     assert q.shape == (B, A)
 
 

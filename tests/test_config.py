@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import glob
+import json
 import os
 
 import pytest
 
 from klrl import train
 from klrl.config import (
-    PLUMBING_KEYS, build_experiment, engine_schema, load_experiment, parse_override,
+    PLUMBING_KEYS, OutputConfig, build_experiment, engine_schema, load_experiment, parse_override,
 )
 from klrl.errors import ConfigError
 
@@ -23,13 +24,24 @@ def schema():
 
 
 def test_every_static_field_and_hparam_has_one_key(schema):
-    names = [f.name for f in dataclasses.fields(train.StaticConfig)] + list(train.HPARAMS)
-    keys = [schema.key_of(n) for n in names]
-    assert len(set(keys)) == len(keys)
+    """The keys are walked from the declarations: each StaticConfig section's fields under
+    its TOML table, each traced hyperparameter under its declared section, [output], seeds."""
+    sections = train.StaticConfig.section_classes()
+    assert list(sections) == ["env", "agent", "train"]
+    static_keys = [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
+    hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
+    output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
+    keys = static_keys + hparam_keys + output_keys
+    assert len(set(keys)) == len(keys) == 35 + 14 + 2
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
-    for n in names:
+    for n in train.HPARAMS:
         assert schema.name_of(schema.key_of(n)) == n
+    assert schema.name_of("train.batch_size") is None and schema.name_of("train.tau") is None
+    # today's TOML mapping of the fields
+    assert {k for k in static_keys if k.startswith("env.")} == {"env.name", "env.backend", "env.num_envs"}
+    assert {"agent.hidden", "agent.reference_run", "agent.qsharp_switch_horizon", "agent.softmax_temperature",
+            "train.eval_mode", "train.replay_store", "train.learning_rate", "train.polyak"} <= set(defaults)
     # the keys the issue names explicitly
     for key in ("env.name", "agent.name", "agent.alpha", "agent.tau", "agent.entropic_index",
                 "train.total_steps", "train.learning_rate", "train.seeds"):
@@ -41,6 +53,7 @@ def test_defaults_round_trip_to_static_config(schema):
     cfg = exp.static_config(exp.agents[0])
     assert cfg == train.StaticConfig()
     assert exp.hparam_base() == {k: float(v) for k, v in train.HPARAMS.items()}
+    assert exp.values["output.if_exists"] == "refuse" and exp.checkpoint_every == 1
     assert exp.seeds == (0, 1, 2)
 
 
@@ -53,7 +66,8 @@ def test_sections_overrides_and_sweep(schema):
     }
     exp = build_experiment(raw, ["agent.tau=0.1", "sweep.agent.entropic_index=[1.0, 2.0]"], schema=schema)
     cfg = exp.static_config("mvi")
-    assert (cfg.env, cfg.num_envs, cfg.hidden, cfg.total_steps) == ("Acrobot-v1", 4, (32, 32), 1000)
+    assert (cfg.env.name, cfg.env.num_envs, cfg.agent.hidden, cfg.train.total_steps) == \
+        ("Acrobot-v1", 4, (32, 32), 1000)
     assert exp.seeds == (3, 7)
     assert exp.values["agent.tau"] == 0.1 and exp.values["train.learning_rate"] == 1e-3
     assert exp.sweep == {"agent.alpha": [0.5, 0.9], "train.gamma": [0.9, 0.99], "agent.entropic_index": [1.0, 2.0]}
@@ -66,7 +80,8 @@ def test_agent_sweep_is_one_population_per_agent(schema):
     exp = build_experiment({"sweep": {"agent.name": ["dqn", "mdqn", "mvi"]}}, schema=schema)
     assert exp.agents == ("dqn", "mdqn", "mvi")
     assert exp.resolved()["sweep"]["agent.name"] == ["dqn", "mdqn", "mvi"]
-    assert exp.static_config("mvi").agent == "mvi"
+    assert exp.static_config("mvi").agent.name == "mvi"
+    assert exp.static_config("dqn").agent == dataclasses.replace(exp.static_config("mvi").agent, name="dqn")
 
 
 def test_set_agent_name_replaces_the_agent_sweep(schema):
@@ -105,11 +120,26 @@ def test_parse_override():
     ({"train": {"seeds": 0}}, [], "train.seeds: got 0"),
     ({"train": {"seeds": [1, 1]}}, [], "train.seeds: got [1, 1]"),
     ({"train": {"total_steps": 1000, "chunk_steps": 300}}, [], "train.chunk_steps: got 300; allowed a divisor"),
+    ({"train": {"total_steps": 1000, "chunk_steps": 100}, "env": {"num_envs": 3}}, [],
+     "train.chunk_steps: got 100; allowed a multiple of env.num_envs (3)"),
+    ({"agent": {"v_min": 5, "v_max": 1.0}}, [], "agent.v_min: got 5.0; allowed a value < agent.v_max (1.0)"),
+    ({"agent": {"num_atoms": 1}}, [], "agent.num_atoms: got 1; allowed an integer >= 2"),
+    ({"agent": {"obs_scale": True}}, [], "agent.obs_scale: got True; allowed a number"),
+    ({"env": {"num_envs": 0}}, [], "env.num_envs: got 0; allowed an integer >= 1"),
+    ({"env": {"backend": "nosuch"}}, [], "env.backend: got 'nosuch'; allowed one of jax, pool"),
+    ({"train": {"eval_mode": "never"}}, [], "train.eval_mode: got 'never'; allowed one of episodes, concurrent"),
+    ({"agent": {"torso": "minatar_cnn"}}, [], "agent.torso: got 'minatar_cnn'; allowed mlp for CartPole-v1"),
+    ({"agent": {"name": "qsharp"}}, [], "agent.reference: got 'none'"),
+    ({"output": {"checkpoint_every": 0}}, [], "output.checkpoint_every: got 0; allowed an integer >= 1"),
+    ({"agent": {"tau": float("inf")}}, [], "agent.tau: got inf; allowed a finite number"),
     ({"train": {"buffer_size": 10, "batch_size": 32}}, [], "train.batch_size: got 32"),
     ({"agent": {"loss": "mse"}}, [], "agent.loss: got 'mse'; allowed one of huber, l2"),
     ({"train": {"replay_mode": "global"}}, [], "train.replay_mode: got 'global'"),
     ({"agent": {"hidden": [0]}}, [], "agent.hidden: got [0]"),
-    ({"output": {"if_exists": "overwrite"}}, [], "output.if_exists: got 'overwrite'"),
+    ({"output": {"if_exists": "overwrite"}}, [],
+     "output.if_exists: got 'overwrite'; allowed one of refuse, new_subdir"),
+    ({"output": {"bogus": 1}}, [],
+     "output.bogus: got an unknown key; allowed output.checkpoint_every, output.if_exists"),
     ({"sweep": {"train.seeds": [0, 1]}}, [], "sweep.train.seeds: got [0, 1]; allowed train.seeds = N"),
 ])
 def test_bad_input_names_field_value_and_allowed(schema, raw, overrides, needle):
@@ -145,3 +175,30 @@ def test_shipped_experiment_files_are_valid(schema):
     assert any("quickstart" in f for f in mine) and any("qsharp_frontier" in f for f in mine)
     for path in mine:
         load_experiment(path, schema=schema)
+
+
+# config_hash() of every shipped experiment, computed with the flat-StaticConfig code before
+# the sectioned config (a run's hash is compared on --resume; quickstart's, mvi_index_sweep's
+# and minatar_breakout's are the ones stored in results/*/config.json).
+SHIPPED_HASHES = {
+    "minatar_breakout": "710b66f6d904e9674b958d65bb44601579b280afd67997f84486d43361033d27",
+    "mvi_index_sweep": "94f598f772db6782b8476e88f10c8575896d9a87b86ba20611e6b13969d7a8d7",
+    "qsharp_frontier": "69b1170674f9b22d29971d3bf8f353a1181d569aa3fb3027b200dc7261d8074c",
+    "qsharp_frontier_c51": "a76f5f9e8478f923bdda16ad5d4dc3efe71480f41d50eee1f8d5e4e66e3f03e1",
+    "qsharp_frontier_rollout": "e1f638a6c019630cb1a87185948c9a4f93732f0ce20a5432177eb09b56639f6e",
+    "qsharp_reference": "f342d1e33a7b58219cd5c3619e3ea32df8dc9089e1179c157cb49bbbedbe46e5",
+    "quickstart": "d8c12cc752f1dcfe00fe78f0009dbe16bb6c6e7e3ab052650fb2d927d9dc0e8f",
+}
+
+
+@pytest.mark.parametrize("name", sorted(SHIPPED_HASHES))
+def test_config_hash_of_shipped_experiments_is_unchanged(schema, name):
+    exp = load_experiment(os.path.join(ROOT, "experiments", f"{name}.toml"), schema=schema)
+    assert exp.config_hash() == SHIPPED_HASHES[name]
+    record = os.path.join(ROOT, "results", name, "config.json")
+    if os.path.isfile(record):
+        with open(record) as fh:
+            stored = json.load(fh)
+        assert stored["config_hash"] == exp.config_hash()
+        # config.json's resolved config is the same, key order included
+        assert json.dumps(stored["config"]) == json.dumps(exp.resolved())

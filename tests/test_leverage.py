@@ -22,10 +22,19 @@ def _write(tmp_path, text, name="bad.toml"):
 
 
 def test_shipped_config_is_valid_and_matches_the_defaults():
-    # The TOML lists every key with its default value (the bench times `DEFAULTS`).
-    assert leverage.load_config(CONFIG) == leverage.DEFAULTS
+    # The TOML lists every key with its default value (the bench times `LeverageConfig()`),
+    # except the output policy: re-running it never overwrites the committed results.
+    cfg = leverage.load_config(CONFIG)
+    assert cfg.replace(output={"if_exists": "refuse"}) == leverage.LeverageConfig()
+    assert cfg.output.if_exists == "new_subdir" and leverage.LeverageConfig().output.if_exists == "refuse"
     quick = leverage.load_config(CONFIG, quick=True)
-    assert quick["garnet"]["num_states"] < leverage.DEFAULTS["garnet"]["num_states"]
+    assert quick.garnet.num_states < leverage.LeverageConfig().garnet.num_states
+    assert quick == leverage.quick_config(cfg)
+    # --set overrides, over --quick too; the sections are the same machinery as `klrl train`'s
+    q = leverage.load_config(CONFIG, quick=True, overrides=["noise.std=0.5", "garnet.num_states=9"])
+    assert (q.noise.std, q.garnet.num_states, q.garnet.num_actions) == (0.5, 9, 3)
+    with pytest.raises(ConfigError, match=r"^garnet.num_sates: got an unknown key; allowed garnet.branching, "):
+        leverage.load_config(CONFIG, overrides=["garnet.num_sates=3"])
 
 
 @pytest.mark.parametrize("text, field", [
@@ -45,6 +54,8 @@ def test_shipped_config_is_valid_and_matches_the_defaults():
     ("[experiment]\nseed = -3\n", "experiment.seed"),
     ("garnet = 3\n", "garnet"),
     ("[garnet\n", "config"),
+    ("[output]\nif_exists = \"overwrite\"\n", "output.if_exists"),
+    ("[sweep]\n\"noise.std\" = [1.0]\n", "sweep"),
 ])
 def test_bad_config_raises_one_line_config_error_and_writes_nothing(tmp_path, text, field):
     path = _write(tmp_path, text)
@@ -65,13 +76,30 @@ def test_cli_exits_2_on_bad_config(tmp_path, capsys):
     assert not out.exists()
     assert cli_main(["tabular", str(tmp_path / "missing.toml")]) == 2
     assert "config:" in capsys.readouterr().err
+    assert cli_main(["tabular", CONFIG, "--out", str(out), "--quick", "--set", "noise.std=-1"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "klrl: error: noise.std: got -1.0; allowed (0, inf)"
+    assert not out.exists()
 
 
 def test_out_dir_that_is_a_file_is_rejected_before_computing(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    with pytest.raises(ConfigError, match="^out_dir:"):
+    with pytest.raises(ConfigError, match="^--out: got .*an existing file"):
         run_experiment(CONFIG, out_dir=str(blocker), quick=True)
+    cfg = _write(tmp_path, f"[experiment]\nout_dir = \"{blocker}\"\n", "to_file.toml")
+    with pytest.raises(ConfigError, match="^experiment.out_dir: got .*an existing file"):
+        run_experiment(cfg, quick=True)
+
+
+def test_existing_results_are_refused_or_kept_in_a_new_subdir(tmp_path):
+    """The output policy of `klrl train` (klrl.output), before anything is computed."""
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "metrics.csv").write_text("committed\n")
+    with pytest.raises(ConfigError, match=r"^--out: got .*already holds files.*output.if_exists = \"new_subdir\""):
+        run_experiment(CONFIG, out_dir=str(out), quick=True, overrides=["output.if_exists=refuse"])
+    assert os.listdir(out) == ["metrics.csv"]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +116,8 @@ def test_quick_run_writes_tidy_metrics_config_and_figures(quick_run):
         assert (out / name).stat().st_size > 0, name
     resolved = json.loads((out / "config.json").read_text())
     assert resolved["quick"] is True
-    assert resolved["config"]["garnet"] == {**leverage.DEFAULTS["garnet"], **leverage.QUICK["garnet"]}
+    assert resolved["config"]["garnet"] == {**leverage.LeverageConfig().garnet.to_dict(), **leverage.QUICK["garnet"]}
+    assert resolved["config"]["horizon"]["gammas"] == leverage.QUICK["horizon"]["gammas"]
     for key in ("commit", "versions", "device"):
         assert key in resolved["provenance"]
     m = leverage.read_metrics(str(out / "metrics.csv"))
@@ -128,9 +157,13 @@ def test_quick_run_shows_the_paper_effects(quick_run):
 
 def test_same_seed_same_numbers_other_seed_other_numbers(quick_run, tmp_path):
     out, _ = quick_run
-    again = tmp_path / "again"
-    run_experiment(CONFIG, out_dir=str(again), quick=True)
-    assert (again / "metrics.csv").read_bytes() == (out / "metrics.csv").read_bytes()
+    # The shipped file says output.if_exists = "new_subdir": a second run into the same
+    # directory goes to <out>/runs/<UTC timestamp>/ and leaves the first one as it was.
+    first = (out / "metrics.csv").read_bytes()
+    run_experiment(CONFIG, out_dir=str(out), quick=True)
+    (again,) = (out / "runs").iterdir()
+    assert (out / "metrics.csv").read_bytes() == first
+    assert (again / "metrics.csv").read_bytes() == first
     other_cfg = _write(tmp_path, "[experiment]\nseed = 1\n", "seed1.toml")
     other = tmp_path / "other"
     run_experiment(other_cfg, out_dir=str(other), quick=True)

@@ -118,12 +118,13 @@ def test_engine_fields_reach_the_static_config(schema):
                      "chunk_steps": 20, "learning_starts": 8, "buffer_size": 40, "batch_size": 4}}
     exp = build_experiment(raw, schema=schema)
     cfg = exp.static_config("dqn")
-    assert (cfg.env_backend, cfg.num_envs, cfg.update_every, cfg.max_grad_norm) == ("pool", 4, 8, 10.0)
-    assert (cfg.replay_store, cfg.eval_mode, cfg.eval_envs, cfg.eval_epsilon) == ("transitions", "concurrent", 3, 0.05)
-    assert (cfg.torso, cfg.obs_scale) == ("mlp", 2.0)
+    t = cfg.train
+    assert (cfg.env.backend, cfg.env.num_envs, t.update_every, t.max_grad_norm) == ("pool", 4, 8, 10.0)
+    assert (t.replay_store, t.eval_mode, t.eval_envs, t.eval_epsilon) == ("transitions", "concurrent", 3, 0.05)
+    assert (cfg.agent.torso, cfg.agent.obs_scale) == ("mlp", 2.0)
     with pytest.raises(ConfigError, match="train.train_every: got an unknown key"):
         build_experiment({"train": {"train_every": 1}}, schema=schema)
-    with pytest.raises(ConfigError, match="eval_mode: got 'episodes'"):
+    with pytest.raises(ConfigError, match="^train.eval_mode: got 'episodes'"):
         build_experiment({"env": {"backend": "pool"}}, schema=schema)
 
 

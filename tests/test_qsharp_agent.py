@@ -26,7 +26,6 @@ h, label (s_h, a_h) with the return to the episode's end) is checked step by ste
 a trajectory of the real env, autoreset steps included.
 """
 
-import dataclasses
 import functools
 
 import jax
@@ -49,10 +48,11 @@ from klrl.train import StaticConfig, make_train, validate
 
 ETA = 0.1
 TV_TOLERANCE = 0.05
-CFG = StaticConfig(env="QSharpTree-v0", agent="qsharp", num_envs=8, total_steps=8000, chunk_steps=4000,
-                   buffer_size=2000, batch_size=64, learning_starts=400, update_every=8, target_update_every=200,
-                   hidden=(64,), num_atoms=51, v_min=0.0, v_max=1.0, eval_episodes=32, reference="uniform",
-                   loss="l2")
+CFG = StaticConfig(env={"name": "QSharpTree-v0", "num_envs": 8},
+                   agent={"name": "qsharp", "hidden": (64,), "num_atoms": 51, "v_min": 0.0, "v_max": 1.0,
+                          "reference": "uniform", "loss": "l2"},
+                   train={"total_steps": 8000, "chunk_steps": 4000, "buffer_size": 2000, "batch_size": 64,
+                          "learning_starts": 400, "update_every": 8, "target_update_every": 200, "eval_episodes": 32})
 S, A = 14, 3
 LOG_U = jnp.full((A,), -jnp.log(3.0))
 
@@ -67,7 +67,7 @@ def _exact_optimum():
 
 @pytest.mark.parametrize("mode", ["td", "rollout"])
 def test_guided_policy_reaches_the_exact_optimum_at_the_root(mode):
-    cfg = dataclasses.replace(CFG, qsharp_mode=mode)
+    cfg = CFG.replace(agent={"qsharp_mode": mode})
     trainer = make_train(cfg)
     assert trainer.reference.kind == "uniform"
     ref_params = trainer.reference.load()
@@ -83,9 +83,9 @@ def test_guided_policy_reaches_the_exact_optimum_at_the_root(mode):
     pi_ref = np.full(3, 1 / 3)
     assert 0.5 * np.abs(pi_star[0] - pi_ref).sum() > 0.2     # the target is far from π_ref
     agent = AGENTS["qsharp"]
-    net = make_network(cfg.torso, cfg.hidden, A, agent.num_outputs(cfg))
+    net = make_network(cfg.agent.torso, cfg.agent.hidden, A, agent.num_outputs(cfg.agent))
     ctx = Context(log_ref=lambda o: trainer.reference.log_probs(ref_params, o))
-    evaluator = agent.eval_actor(cfg, trainer.spec, lambda out: agent.q_values(out, cfg))
+    evaluator = agent.eval_actor(cfg, trainer.spec, lambda out: agent.q_values(out, cfg.agent))
     root = jax.nn.one_hot(0, S)[None]
     tvs = []
     for m in range(M):
@@ -93,7 +93,7 @@ def test_guided_policy_reaches_the_exact_optimum_at_the_root(mode):
         out = net.apply(params, root)
         _, log_pi = evaluator.act(out, root, (), jax.random.PRNGKey(0), {"eta": jnp.float32(ETA)}, 0, ctx)
         # the evaluation policy is the Q♯ guided policy softmax(ln π_ref + Q_η/η)
-        guided = ops.guided_logits(LOG_U[None], ops.entropic_q(out, atoms(cfg), jnp.float32(ETA)), jnp.float32(ETA))
+        guided = ops.guided_logits(LOG_U[None], ops.entropic_q(out, atoms(cfg.agent), jnp.float32(ETA)), jnp.float32(ETA))
         np.testing.assert_allclose(log_pi, jax.nn.log_softmax(guided, -1), rtol=1e-5, atol=1e-5)
         pi = np.asarray(jnp.exp(log_pi))[0]
         tvs.append(0.5 * np.abs(pi - pi_star[0]).sum())
@@ -121,7 +121,7 @@ REF_PROBS = np.array([0.05, 0.15, 0.8])
 def _drive_rollout_actor(E=16, T=40, K=4, seed=0):
     """Run the rollout actor on E tree envs for T vector steps (one member), recording what
     it saw: (final carry, per-step inputs and outputs)."""
-    cfg = dataclasses.replace(CFG, qsharp_mode="rollout", num_envs=E, buffer_size=K * E)
+    cfg = CFG.replace(env={"num_envs": E}, agent={"qsharp_mode": "rollout"}, train={"buffer_size": K * E})
     env = make_env("QSharpTree-v0", 1, E)
     roll_in = lambda out, obs, hp, ctx: jnp.where(jnp.arange(A) == 0, 0.0, -1e9) + 0.0 * obs[:, :A]  # noqa: E731
     ctx = Context(log_ref=lambda obs: jnp.broadcast_to(jnp.log(jnp.asarray(REF_PROBS, jnp.float32)),
@@ -207,7 +207,7 @@ def test_sample_labels_draws_stored_labels_and_masks_an_empty_store():
     np.testing.assert_array_equal(batch.weight, 1.0)
     drawn = {(int(np.argmax(o)), int(a), round(float(r), 5)) for o, a, r in zip(batch.obs, batch.action, batch.ret)}
     assert drawn <= stored and len(drawn) > 1
-    cfg = dataclasses.replace(CFG, qsharp_mode="rollout", num_envs=4, buffer_size=16)
+    cfg = CFG.replace(env={"num_envs": 4}, agent={"qsharp_mode": "rollout"}, train={"buffer_size": 16, "batch_size": 8})
     empty = rollout_actor(None, cfg, make_env("QSharpTree-v0", 1, 4).spec).init(jax.random.PRNGKey(0), 4)
     assert int(jnp.sum(empty.store_size)) == 0
     batch = sample(empty, jax.random.PRNGKey(1), 8)
@@ -228,8 +228,8 @@ def _uniform_ctx():
 
 
 def test_rollout_critic_loss_is_cross_entropy_to_the_projected_label():
-    cfg = dataclasses.replace(CFG, qsharp_mode="rollout", num_atoms=11)
-    net, p, _, nets = _tiny_nets(cfg.num_atoms)
+    cfg = CFG.replace(agent={"qsharp_mode": "rollout", "num_atoms": 11})
+    net, p, _, nets = _tiny_nets(cfg.agent.num_atoms)
     obs = jax.nn.one_hot(jnp.array([0, 2, 5, 7]), S)
     # G = 0.3 is atom 3; 0.35 is half atom 3, half atom 4; the last row is masked
     b = LabelBatch(obs=obs, action=jnp.array([0, 2, 1, 0]), ret=jnp.array([0.3, 0.35, 1.0, 123.0]),
@@ -244,8 +244,8 @@ def test_rollout_critic_loss_is_cross_entropy_to_the_projected_label():
 
 
 def test_td_critic_loss_is_expected_sarsa_under_the_reference():
-    cfg = dataclasses.replace(CFG, qsharp_mode="td", num_atoms=11)
-    net, p, pt, nets = _tiny_nets(cfg.num_atoms)
+    cfg = CFG.replace(agent={"qsharp_mode": "td", "num_atoms": 11})
+    net, p, pt, nets = _tiny_nets(cfg.agent.num_atoms)
     obs = jax.nn.one_hot(jnp.array([0, 1, 5, 7]), S)
     log_ref = jax.nn.log_softmax(jnp.array([1.0, 0.0, -1.0]))
     ctx = Context(log_ref=lambda o: jnp.broadcast_to(log_ref, o.shape[:-1] + (A,)))
@@ -253,7 +253,7 @@ def test_td_critic_loss_is_expected_sarsa_under_the_reference():
               terminated=jnp.array([0.0, 0.0, 1.0, 1.0]), next_obs=obs[::-1], weight=jnp.ones(4))
     hp = {"eta": jnp.float32(0.2), "gamma": jnp.float32(1.0)}
     loss, _ = AGENTS["qsharp"].loss(nets, b, hp, cfg, ctx)
-    z = atoms(cfg)
+    z = atoms(cfg.agent)
     y = ops.categorical_td_target(z, jax.nn.softmax(net.apply(pt, b.next_obs), -1),
                                   jnp.broadcast_to(jnp.exp(log_ref), (4, A)), b.reward, 1.0 - b.terminated)
     logp = jax.nn.log_softmax(net.apply(p, obs)[jnp.arange(4), b.action], -1)
@@ -261,7 +261,7 @@ def test_td_critic_loss_is_expected_sarsa_under_the_reference():
 
 
 def test_kl_prior_loss_regresses_onto_the_operator_target():
-    cfg = dataclasses.replace(CFG, agent="kl_prior")
+    cfg = CFG.replace(agent={"name": "kl_prior"})
     net, p, pt, nets = _tiny_nets(1)
     obs = jax.nn.one_hot(jnp.array([0, 1, 5, 7]), S)
     b = Batch(obs=obs, action=jnp.array([0, 2, 1, 0]), reward=jnp.array([0.0, 0.0, 0.3, 0.9]),
@@ -282,21 +282,22 @@ def test_kl_prior_loss_regresses_onto_the_operator_target():
 
 def test_validation_is_one_line_config_errors():
     cases = [
-        (dict(reference="none"), r"^agent.reference: got 'none'"),
-        (dict(qsharp_mode="mc"), r"^agent.qsharp_mode: got 'mc'"),
-        (dict(agent="kl_prior", qsharp_mode="rollout"),
+        (dict(agent={"reference": "none"}), r"^agent.reference: got 'none'"),
+        (dict(agent={"name": "kl_prior", "qsharp_mode": "rollout"}),
          r"^agent.qsharp_mode: got 'rollout'; allowed td for agent kl_prior"),
-        (dict(qsharp_mode="rollout", replay_mode="shared"), r"^train.replay_mode"),
-        (dict(reference="boltzmann"), r"^agent.reference: got 'boltzmann'"),
-        (dict(qsharp_switch_horizon=-1), r"^agent.qsharp_switch_horizon: got -1"),
+        (dict(agent={"qsharp_mode": "rollout"}, train={"replay_mode": "shared"}), r"^train.replay_mode"),
+        # the section's own rules: checked when it is built
+        (dict(agent={"qsharp_mode": "mc"}), r"^agent.qsharp_mode: got 'mc'; allowed one of td, rollout$"),
+        (dict(agent={"reference": "boltzmann"}), r"^agent.reference: got 'boltzmann'"),
+        (dict(agent={"qsharp_switch_horizon": -1}), r"^agent.qsharp_switch_horizon: got -1; allowed an integer >= 0"),
     ]
     for overrides, pattern in cases:
         # make_train checks everything before building anything (the runner calls it before
         # writing any output)
         with pytest.raises(ConfigError, match=pattern) as err:
-            make_train(dataclasses.replace(CFG, **overrides))
+            make_train(CFG.replace(**overrides))
         assert "\n" not in str(err.value)
-    # validate alone covers the reference rules
-    for overrides, pattern in cases[:1] + cases[4:5]:
+    # validate alone covers the rules between sections
+    for overrides, pattern in cases[:3]:
         with pytest.raises(ConfigError, match=pattern):
-            validate(dataclasses.replace(CFG, **overrides))
+            validate(CFG.replace(**overrides))

@@ -1,7 +1,6 @@
 """klrl.reference: π_ref from a `klrl train` checkpoint (`for_config(cfg)` -> pure
 `log_probs(params, obs)` + host `load()`), klrl.actors.kl, and Q♯ runs through the CLI runner."""
 
-import dataclasses
 import json
 import os
 import shutil
@@ -48,8 +47,9 @@ def _obs(n=16):
     return jax.random.normal(jax.random.PRNGKey(0), (n, 4)) * 0.3
 
 
-def _cfg(run, **kw):
-    return StaticConfig(**{"env": "CartPole-v1", "agent": "qsharp", "reference": "softmax", "reference_run": run, **kw})
+def _cfg(run, **agent):
+    return StaticConfig(env={"name": "CartPole-v1"},
+                        agent={"name": "qsharp", "reference": "softmax", "reference_run": run, **agent})
 
 
 def _log_probs(cfg, obs):
@@ -105,21 +105,22 @@ def test_epsilon_greedy_reference(ref_run):
 def test_the_pool_backend_gets_the_same_reference(ref_run):
     cfg = _cfg(ref_run)
     obs = _obs()
-    np.testing.assert_allclose(_log_probs(dataclasses.replace(cfg, env_backend="pool"), obs),
+    np.testing.assert_allclose(_log_probs(cfg.replace(env={"backend": "pool"}), obs),
                                _log_probs(cfg, obs), rtol=1e-6)
 
 
 def test_uniform_and_no_reference():
-    cfg = StaticConfig(env="CartPole-v1", reference="uniform")
+    cfg = StaticConfig(env={"name": "CartPole-v1"}, agent={"reference": "uniform"})
     ref = reference.for_config(cfg)
     assert ref.kind == "uniform" and ref.load() == ()
     lp = ref.log_probs((), _obs(3))
     np.testing.assert_allclose(lp, np.full((3, 2), -np.log(2.0)), rtol=1e-6)
     assert ref.log_probs((), jnp.zeros((2, 5, 4))).shape == (2, 5, 2)
     assert ref.log_probs((), jnp.zeros(4)).shape == (2,)
-    tree = reference.for_config(StaticConfig(env="QSharpTree-v0", agent="qsharp", reference="uniform"))
+    tree = reference.for_config(StaticConfig(env={"name": "QSharpTree-v0"},
+                                             agent={"name": "qsharp", "reference": "uniform"}))
     np.testing.assert_allclose(tree.log_probs((), jnp.zeros((7, 14))), np.full((7, 3), -np.log(3.0)), rtol=1e-6)
-    assert reference.for_config(StaticConfig(env="CartPole-v1", reference="none")) is None
+    assert reference.for_config(StaticConfig(env={"name": "CartPole-v1"}, agent={"reference": "none"})) is None
 
 
 def test_kl_matches_its_definition():
@@ -153,28 +154,37 @@ def test_kl_matches_its_definition():
 
 
 def test_bad_references_are_one_line_config_errors(ref_run, tmp_path):
-    cases = [
-        (_cfg(str(tmp_path / "nope")), r"^agent.reference_run: got .*nope"),
-        (_cfg(""), r"^agent.reference_run: got ''"),
-        (dataclasses.replace(_cfg(ref_run), env="Acrobot-v1"), r"^agent.reference_run: .*a run on env 'Acrobot-v1'"),
-        (_cfg(ref_run, reference_member=2), r"^agent.reference_member: got 2; allowed a member index in \[0, 2\)"),
-        (_cfg(ref_run, reference_member=-1), r"^agent.reference_member: got -1"),
-        (_cfg(ref_run, reference_temperature=0.0), r"^agent.reference_temperature: got 0.0"),
-        (_cfg(ref_run, reference="epsilon_greedy", reference_epsilon=0.0), r"^agent.reference_epsilon: got 0.0"),
-        (_cfg(ref_run, reference="epsilon_greedy", reference_epsilon=1.5), r"^agent.reference_epsilon: got 1.5"),
-        (_cfg(ref_run, reference="boltzmann"), r"^agent.reference: got 'boltzmann'"),
-    ]
     no_ckpt = tmp_path / "no_ckpt"
     shutil.copytree(ref_run, no_ckpt, ignore=shutil.ignore_patterns("checkpoints"))
-    cases.append((_cfg(str(no_ckpt)), r"^agent.reference_run: .*saved checkpoint"))
     bad_json = tmp_path / "bad_json"
     shutil.copytree(ref_run, bad_json, ignore=shutil.ignore_patterns("checkpoints"))
     (bad_json / "config.json").write_text("{not json")
-    cases.append((_cfg(str(bad_json)), r"^agent.reference_run: .*config.json was written by `klrl train`"))
-    for cfg, pattern in cases:
-        for fn in (reference.check, reference.for_config):   # for_config checks first
+    # The reference run, read by reference.check (for_config checks first):
+    cases = [
+        (lambda: _cfg(str(tmp_path / "nope")), r"^agent.reference_run: got .*nope"),
+        (lambda: _cfg(""), r"^agent.reference_run: got ''"),
+        (lambda: _cfg(ref_run).replace(env={"name": "Acrobot-v1"}),
+         r"^agent.reference_run: .*a run on env 'Acrobot-v1'"),
+        (lambda: _cfg(ref_run, reference_member=2),
+         r"^agent.reference_member: got 2; allowed a member index in \[0, 2\)"),
+        (lambda: _cfg(str(no_ckpt)), r"^agent.reference_run: .*saved checkpoint"),
+        (lambda: _cfg(str(bad_json)), r"^agent.reference_run: .*config.json was written by `klrl train`"),
+    ]
+    # ... and the [agent] section's own rules, checked when the config is built:
+    cases += [
+        (lambda: _cfg(ref_run, reference_member=-1), r"^agent.reference_member: got -1; allowed an integer >= 0$"),
+        (lambda: _cfg(ref_run, reference_temperature=0.0),
+         r"^agent.reference_temperature: got 0.0; allowed \(0, inf\)$"),
+        (lambda: _cfg(ref_run, reference="epsilon_greedy", reference_epsilon=0.0),
+         r"^agent.reference_epsilon: got 0.0; allowed \(0, 1\]$"),
+        (lambda: _cfg(ref_run, reference="epsilon_greedy", reference_epsilon=1.5),
+         r"^agent.reference_epsilon: got 1.5"),
+        (lambda: _cfg(ref_run, reference="boltzmann"), r"^agent.reference: got 'boltzmann'; allowed one of none, "),
+    ]
+    for make, pattern in cases:
+        for fn in (reference.check, reference.for_config):
             with pytest.raises(ConfigError, match=pattern) as err:
-                fn(cfg)
+                fn(make())
             assert "\n" not in str(err.value)
 
 

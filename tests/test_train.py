@@ -28,9 +28,9 @@ from klrl.train import (HPARAMS, ActorState, Counters, Keys, Learner, StaticConf
                         hparams_used, make_optimizer, make_train, make_update, prepare_hparams)
 
 # update_every=2 with 2 envs: one gradient update per vector step (the old train_every=1).
-TINY = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=2, total_steps=160, chunk_steps=80,
-                    buffer_size=64, batch_size=8, learning_starts=20, update_every=2, target_update_every=20,
-                    hidden=(8,), eval_episodes=2, loss="l2")
+TINY = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "mdqn", "hidden": (8,), "loss": "l2"},
+                    train={"total_steps": 160, "chunk_steps": 80, "buffer_size": 64, "batch_size": 8,
+                           "learning_starts": 20, "update_every": 2, "target_update_every": 20, "eval_episodes": 2})
 BASE_METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
 METRICS = BASE_METRICS | {"q_mean", "target_mean"}      # + mdqn's loss aux
 NO_BACKEND_OPT = {"xla_backend_optimization_level": 0}
@@ -56,8 +56,8 @@ def _adam_count(learner) -> np.ndarray:
 def _expected_updates(cfg, vsteps: int) -> int:
     """Updates after `vsteps` vector steps: one per `update_every` env steps, once
     vstep·E >= learning_starts (the trainer's rule, written out)."""
-    E, U = cfg.num_envs, cfg.update_every
-    return sum(v * E // U - (v - 1) * E // U for v in range(1, vsteps + 1) if v * E >= cfg.learning_starts)
+    E, U = cfg.env.num_envs, cfg.train.update_every
+    return sum(v * E // U - (v - 1) * E // U for v in range(1, vsteps + 1) if v * E >= cfg.train.learning_starts)
 
 
 def _probe_agent():
@@ -77,9 +77,10 @@ def _probe_agent():
 
 
 def _make_train_with_probe(cfg):
+    """make_train(cfg) with the probe agent in place of cfg's (registered only meanwhile)."""
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(AGENTS, "probe", _probe_agent())
-        return make_train(cfg)
+        return make_train(cfg.replace(agent={"name": "probe"}))
 
 
 def _host_loop(tr, state, hp, run_chunk=None):
@@ -200,7 +201,7 @@ def test_host_loop_of_chunks_equals_train(per_member_run):
 # ---- shared replay ---------------------------------------------------------------------------------
 
 def test_shared_replay_one_buffer_same_batches():
-    cfg = dataclasses.replace(TINY, agent="probe", replay_mode="shared", total_steps=80, buffer_size=84)
+    cfg = TINY.replace(train={"replay_mode": "shared", "total_steps": 80, "buffer_size": 84})
     tr = _make_train_with_probe(cfg)
     keys = _keys(3, 4, 5)
     state, metrics = _compiled(tr.train, keys, {})(keys, {})
@@ -231,9 +232,10 @@ def test_shared_replay_one_buffer_same_batches():
 
 # 4 envs, one update per 3 env steps: 4/3 updates per vector step (1, 1, 2, 1, 1, 2, ...).
 # Learning starts at env step 60 (vector step 15, inside chunk 2 of 12 vector steps).
-CADENCE = dataclasses.replace(TINY, agent="probe", num_envs=4, update_every=3, learning_starts=60,
-                              total_steps=144, chunk_steps=48, buffer_size=96, batch_size=8,
-                              target_update_every=24, eval_episodes=1)
+# (The probe agent replaces CADENCE's agent in _make_train_with_probe.)
+CADENCE = TINY.replace(env={"num_envs": 4}, train={"update_every": 3, "learning_starts": 60, "total_steps": 144,
+                                                   "chunk_steps": 48, "buffer_size": 96, "batch_size": 8,
+                                                   "target_update_every": 24, "eval_episodes": 1})
 
 
 @pytest.fixture(scope="module")
@@ -242,7 +244,7 @@ def store_runs():
     keys = _keys(0, 1)
     out = {}
     for store in ("frames", "transitions"):
-        tr = _make_train_with_probe(dataclasses.replace(CADENCE, replay_store=store))
+        tr = _make_train_with_probe(CADENCE.replace(train={"replay_store": store}))
         s0 = tr.init(keys, {})
         run_chunk = _compiled(tr.run_chunk, s0, {"learning_rate": jnp.zeros(2, jnp.float32)})
         for name, lr in (("frozen", 0.0), ("learning", 1e-3)):
@@ -253,13 +255,13 @@ def store_runs():
 
 def test_update_every_counts_env_steps_per_member(store_runs):
     states, metrics = store_runs["frames", "learning"]
-    E, U = CADENCE.num_envs, CADENCE.update_every
-    per_chunk = CADENCE.chunk_steps // E
+    E, U = CADENCE.env.num_envs, CADENCE.train.update_every
+    per_chunk = CADENCE.train.chunk_steps // E
     counts = [_adam_count(s.learner) for s in states]
     # chunk 1: no update yet; chunk 2: vector steps 15..24 (the first with vstep·E >= 60)
     # cross the multiples of 3 in (56, 96]: 14 updates; then chunk_steps / update_every = 16.
     want = [_expected_updates(CADENCE, per_chunk * (c + 1)) for c in range(3)]
-    assert want == [0, 14, 30] and CADENCE.chunk_steps // U == 16
+    assert want == [0, 14, 30] and CADENCE.train.chunk_steps // U == 16
     for c, w in enumerate(want):
         np.testing.assert_array_equal(counts[c], [w, w])
     # loss and aux are averages over the chunk's updates: NaN where there were none, the
@@ -291,7 +293,7 @@ def test_frames_and_transitions_stores_hold_the_same_transitions(store_runs):
     np.testing.assert_array_equal(fd["frame"], td["obs"])
     # next_obs of slot t is the frame of slot t + 1; of the newest slot, the current acting obs
     pos, T = int(f.replay.pos), fd["frame"].shape[1]
-    assert int(f.replay.size) == T == CADENCE.buffer_size // CADENCE.num_envs
+    assert int(f.replay.size) == T == CADENCE.train.buffer_size // CADENCE.env.num_envs
     newest = (pos - 1) % T
     nxt = np.roll(np.asarray(fd["frame"]), -1, axis=1)
     nxt[:, newest] = np.asarray(f.actor.obs)
@@ -310,7 +312,7 @@ def test_frames_and_transitions_stores_hold_the_same_transitions(store_runs):
     key = jax.random.split(jax.random.PRNGKey(9), 2)
     for store, state in (("frames", f), ("transitions", t)):
         replay = rb.make_replay(store, obs_shape=(4,), obs_dtype=jnp.float32, frame_stack=1, members=2,
-                                envs=CADENCE.num_envs, capacity=CADENCE.buffer_size, mode="per-member")
+                                envs=CADENCE.env.num_envs, capacity=CADENCE.train.buffer_size, mode="per-member")
         batch, _ = replay.sample(state.replay, key, 64)
         real = np.asarray(batch.weight).reshape(-1) == 1
         assert real.mean() > 0.9
@@ -324,14 +326,14 @@ def test_frames_and_transitions_stores_hold_the_same_transitions(store_runs):
 
 # ---- gradient clipping and the divergence guard (one update, by hand) ---------------------------
 
-_UPDATE_CFG = dataclasses.replace(TINY, agent="dqn")
-_UPDATE_NET = make_network(_UPDATE_CFG.torso, _UPDATE_CFG.hidden, 2)
+_UPDATE_CFG = TINY.replace(agent={"name": "dqn"})
+_UPDATE_NET = make_network(_UPDATE_CFG.agent.torso, _UPDATE_CFG.agent.hidden, 2)
 
 
 @functools.lru_cache(maxsize=None)
 def _jitted_update(max_norm):
     """One member's update (klrl.train.make_update) with max_grad_norm = max_norm, jitted once."""
-    return jax.jit(make_update(dataclasses.replace(_UPDATE_CFG, max_grad_norm=max_norm), _UPDATE_NET, AGENTS["dqn"]))
+    return jax.jit(make_update(_UPDATE_CFG.replace(train={"max_grad_norm": max_norm}), _UPDATE_NET, AGENTS["dqn"]))
 
 
 @jax.jit
@@ -410,14 +412,14 @@ def test_evaluation_episodes_and_concurrent():
     episodes to their end after every chunk; `concurrent` steps test envs with the training
     envs, so a chunk in which no test episode ended reports NaN and every episode it reports
     started in an earlier chunk. The test envs never change what the training envs do."""
-    cfg = dataclasses.replace(TINY, agent="dqn", total_steps=100, chunk_steps=10, eval_episodes=3)
+    cfg = TINY.replace(agent={"name": "dqn"}, train={"total_steps": 100, "chunk_steps": 10, "eval_episodes": 3})
     keys = _keys(0, 1, 2)
     runs = {}
     for mode in ("episodes", "concurrent"):
-        tr = make_train(dataclasses.replace(cfg, eval_mode=mode, eval_envs=2))
+        tr = make_train(cfg.replace(train={"eval_mode": mode, "eval_envs": 2}))
         runs[mode] = _compiled(tr.train, keys, {})(keys, {})
     (se, me), (sc, mc) = runs["episodes"], runs["concurrent"]
-    chunk_vsteps = cfg.chunk_steps // cfg.num_envs
+    chunk_vsteps = cfg.train.chunk_steps // cfg.env.num_envs
     assert chunk_vsteps < CARTPOLE_MIN_EPISODE
     ev = np.asarray(me["eval_return"])
     assert np.all(np.isfinite(ev)) and np.all((ev >= CARTPOLE_MIN_EPISODE) & (ev <= 500))
@@ -428,7 +430,7 @@ def test_evaluation_episodes_and_concurrent():
     assert np.all((ec[done] >= CARTPOLE_MIN_EPISODE) & (ec[done] <= 500))  # > 5: crossed chunk boundaries
     # training never pauses and is the same computation in both modes
     np.testing.assert_array_equal(me["step"], mc["step"])
-    np.testing.assert_array_equal(np.asarray(mc["step"])[:, 0], np.arange(1, 11) * cfg.chunk_steps)
+    np.testing.assert_array_equal(np.asarray(mc["step"])[:, 0], np.arange(1, 11) * cfg.train.chunk_steps)
     np.testing.assert_array_equal(me["train_return"], mc["train_return"])
     np.testing.assert_array_equal(me["loss"], mc["loss"])
     for a, b in zip(jax.tree.leaves((se.learner, se.replay)), jax.tree.leaves((sc.learner, sc.replay))):
@@ -444,12 +446,14 @@ def test_evaluation_orders_untrained_below_trained():
     far better in every member (random play: ~22; an initial greedy network: ~10, or ~100
     for a lucky initialisation like seed 0's). Before the first update (chunk 1, as
     learning_starts > chunk_steps) the two runs are identical."""
-    cfg = StaticConfig(env="CartPole-v1", agent="dqn", num_envs=10, total_steps=50_000, chunk_steps=10_000,
-                       buffer_size=10_000, batch_size=64, learning_starts=10_010, update_every=10,
-                       target_update_every=500, hidden=(64, 64), loss="l2", eval_episodes=10, eval_envs=2)
+    cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 10},
+                       agent={"name": "dqn", "hidden": (64, 64), "loss": "l2"},
+                       train={"total_steps": 50_000, "chunk_steps": 10_000, "buffer_size": 10_000, "batch_size": 64,
+                              "learning_starts": 10_010, "update_every": 10, "target_update_every": 500,
+                              "eval_episodes": 10, "eval_envs": 2})
     keys = _keys(0, 1, 2)
     for mode in ("episodes", "concurrent"):
-        train = jax.jit(make_train(dataclasses.replace(cfg, eval_mode=mode)).train)
+        train = jax.jit(make_train(cfg.replace(train={"eval_mode": mode})).train)
         untrained, trained = (np.asarray(train(keys, {"learning_rate": lr, "epsilon_fraction": 0.2})[1]["eval_return"])
                               for lr in (0.0, 1e-3))
         assert np.all(np.isfinite(untrained)) and np.all(np.isfinite(trained))
@@ -466,45 +470,50 @@ def test_epsilon_schedule_linear_then_flat():
 
 def test_hparams_used_and_validation():
     for name, agent in AGENTS.items():
-        used = hparams_used(dataclasses.replace(TINY, agent=name))
+        used = hparams_used(TINY.replace(agent={"name": name}))
         assert set(agent.hparams) <= set(used) <= set(HPARAMS)
         assert {"learning_rate", "gamma", "adam_eps"} <= set(used)
         assert "polyak" not in used  # TINY uses hard target updates
         # agents with their own actor (Q♯ guided policies) do not use the ε schedule
         assert ("epsilon_start" in used) == (agent.actor is None)
     # ε-schedule values only matter for ε-greedy acting
-    assert "epsilon_start" not in hparams_used(dataclasses.replace(TINY, acting="softmax"))
-    assert "softmax_temperature" in hparams_used(dataclasses.replace(TINY, acting="softmax"))
+    assert "epsilon_start" not in hparams_used(TINY.replace(agent={"acting": "softmax"}))
+    assert "softmax_temperature" in hparams_used(TINY.replace(agent={"acting": "softmax"}))
     assert "softmax_temperature" not in hparams_used(TINY)
-    assert "entropic_index" in hparams_used(dataclasses.replace(TINY, agent="mvi"))
-    assert "polyak" in hparams_used(dataclasses.replace(TINY, target_update="polyak"))
+    assert "entropic_index" in hparams_used(TINY.replace(agent={"name": "mvi"}))
+    assert "polyak" in hparams_used(TINY.replace(train={"target_update": "polyak"}))
+    # Each section checks itself when it is built (TINY.replace raises); the rules between
+    # sections are checked by make_train (klrl.static.validate).
     bad = [
-        ({"agent": "ppo"}, "agent: got 'ppo'"),
-        ({"chunk_steps": 70}, "chunk_steps"),
-        ({"chunk_steps": 81, "total_steps": 162}, "chunk_steps: got 81; allowed a multiple of num_envs"),
-        ({"update_every": 0}, "update_every: got 0"),
-        ({"max_grad_norm": -1.0}, "max_grad_norm"),
-        ({"replay_store": "pairs"}, "replay_store: got 'pairs'"),
-        ({"eval_mode": "never"}, "eval_mode: got 'never'"),
-        ({"eval_envs": 0}, "eval_envs: got 0"),
-        ({"eval_epsilon": 1.5}, "eval_epsilon"),
-        ({"torso": "resnet"}, "torso: got 'resnet'"),
-        ({"obs_scale": 0.0}, "obs_scale"),
-        ({"env_backend": "envpool"}, "backend: got 'envpool'"),
-        ({"env_backend": "pool", "env": "Breakout-MinAtar", "eval_mode": "concurrent"},
+        ({"agent": {"name": "ppo"}}, "agent.name: got 'ppo'; allowed one of dqn"),
+        ({"train": {"chunk_steps": 70}}, "train.chunk_steps: got 70; allowed a divisor of train.total_steps (160)"),
+        ({"train": {"chunk_steps": 81, "total_steps": 162}},
+         "train.chunk_steps: got 81; allowed a multiple of env.num_envs (2)"),
+        ({"train": {"update_every": 0}}, "train.update_every: got 0; allowed an integer >= 1"),
+        ({"train": {"max_grad_norm": -1.0}}, "train.max_grad_norm: got -1.0; allowed [0, inf)"),
+        ({"train": {"replay_store": "pairs"}}, "train.replay_store: got 'pairs'; allowed one of frames, transitions"),
+        ({"train": {"eval_mode": "never"}}, "train.eval_mode: got 'never'"),
+        ({"train": {"eval_envs": 0}}, "train.eval_envs: got 0"),
+        ({"train": {"eval_epsilon": 1.5}}, "train.eval_epsilon: got 1.5; allowed [0, 1]"),
+        ({"agent": {"torso": "resnet"}}, "agent.torso: got 'resnet'; allowed one of mlp, minatar_cnn, nature_cnn"),
+        ({"agent": {"torso": "nature_cnn"}}, "agent.torso: got 'nature_cnn'; allowed mlp for CartPole-v1's 1-D"),
+        ({"agent": {"obs_scale": 0.0}}, "agent.obs_scale: got 0.0; allowed (0, inf)"),
+        ({"env": {"backend": "nosuch"}}, "env.backend: got 'nosuch'; allowed one of jax, pool"),
+        ({"env": {"backend": "pool", "name": "Breakout-MinAtar"}, "train": {"eval_mode": "concurrent"}},
          "env.name: got 'Breakout-MinAtar'"),
-        ({"env_backend": "pool"}, "eval_mode: got 'episodes'"),     # a pool cannot play fresh episodes
-        ({"agent": "qsharp"}, "agent.reference: got 'none'"),
-        ({"hidden": ()}, "hidden: got ()"),
-        ({"buffer_size": 5}, "buffer_size: got 5"),     # < 3 time slots per env column
+        ({"env": {"backend": "pool"}}, "train.eval_mode: got 'episodes'; allowed concurrent with backend pool"),
+        ({"agent": {"name": "qsharp"}}, "agent.reference: got 'none'"),
+        ({"agent": {"hidden": ()}}, "agent.hidden: got ()"),
+        ({"train": {"buffer_size": 5, "batch_size": 4}}, "train.buffer_size: got 5"),   # < 3 time slots per env column
     ]
     for overrides, needle in bad:
-        with pytest.raises(ConfigError, match=re.escape(needle)):
-            make_train(dataclasses.replace(TINY, **overrides))
+        with pytest.raises(ConfigError, match=re.escape(needle)) as err:
+            make_train(TINY.replace(**overrides))
+        assert "\n" not in str(err.value)
     # shared replay splits the buffer over M·E columns: the population size matters
-    shared = dataclasses.replace(TINY, replay_mode="shared", buffer_size=12)
+    shared = TINY.replace(train={"replay_mode": "shared", "buffer_size": 12})
     check_members(shared, 2)
-    with pytest.raises(ConfigError, match="buffer_size: got 12"):
+    with pytest.raises(ConfigError, match="train.buffer_size: got 12"):
         check_members(shared, 3)
     with pytest.raises(ConfigError, match="hparams: got 'lr'"):
         make_train(TINY).init(_keys(0), {"lr": jnp.ones(1)})
@@ -520,7 +529,7 @@ ENGINE_AGENTS = [name for name, agent in AGENTS.items() if not agent.needs_refer
 @pytest.mark.parametrize("name", ENGINE_AGENTS)
 def test_every_agent_runs_end_to_end(name):
     assert len(ENGINE_AGENTS) == 9
-    tr = make_train(dataclasses.replace(TINY, agent=name, num_atoms=11))
+    tr = make_train(TINY.replace(agent={"name": name, "num_atoms": 11}))
     keys = _keys(0, 1)
     _, metrics = _compiled(tr.train, keys, {})(keys, {})
     assert set(metrics) == METRICS
@@ -528,13 +537,14 @@ def test_every_agent_runs_end_to_end(name):
 
 
 @pytest.mark.parametrize("overrides", [
-    {"env": "Breakout-MinAtar", "torso": "minatar_cnn", "obs_scale": 0.5},
-    {"target_update": "polyak", "acting": "softmax", "loss": "huber"},
-    {"agent": "mvi", "replay_mode": "shared", "buffer_size": 60},
-    {"agent": "mdkl", "target_update": "polyak", "max_grad_norm": 1.0, "replay_store": "transitions"},
+    {"env": {"name": "Breakout-MinAtar"}, "agent": {"torso": "minatar_cnn", "obs_scale": 0.5}},
+    {"train": {"target_update": "polyak"}, "agent": {"acting": "softmax", "loss": "huber"}},
+    {"agent": {"name": "mvi"}, "train": {"replay_mode": "shared", "buffer_size": 60}},
+    {"agent": {"name": "mdkl"},
+     "train": {"target_update": "polyak", "max_grad_norm": 1.0, "replay_store": "transitions"}},
 ])
 def test_variants_run_end_to_end(overrides):
-    tr = make_train(dataclasses.replace(TINY, **overrides))
+    tr = make_train(TINY.replace(**overrides))
     keys, hp = _keys(0, 1), {"entropic_index": jnp.array([1.5, 2.0])}
     _, metrics = _compiled(tr.train, keys, hp)(keys, hp)
     assert np.all(np.isfinite(metrics["loss"])) and not np.any(metrics["diverged"])
@@ -547,8 +557,9 @@ def test_learns_cartpole(name):
     """The learning check: median greedy eval return >= 475 over 3 seeds after 500k env steps
     (reference configuration with the L2 loss, one update per vector step of 10 envs; see
     klrl.bench.train.REFERENCE)."""
-    cfg = StaticConfig(env="CartPole-v1", agent=name, total_steps=500_000, chunk_steps=50_000, loss="l2")
-    assert cfg.num_envs == 10 and cfg.update_every == 10
+    cfg = StaticConfig(env={"name": "CartPole-v1"}, agent={"name": name, "loss": "l2"},
+                       train={"total_steps": 500_000, "chunk_steps": 50_000})
+    assert cfg.env.num_envs == 10 and cfg.train.update_every == 10
     _, metrics = jax.jit(make_train(cfg).train)(_keys(0, 1, 2), {})
     assert float(np.median(metrics["eval_return"][-1])) >= 475.0
 

@@ -8,7 +8,6 @@ trainer.env_start(keys, 0))`, then `run_chunk` in a host loop (`train` needs an 
 reset). Smoke tests compile without XLA backend optimisation (about half the compile time).
 """
 
-import dataclasses
 
 import jax
 import jax.numpy as jnp
@@ -47,18 +46,19 @@ def _chunks(tr, state, hp, run_chunk, n=None):
 # QSharpTree-v0 (depth 3, rewards in [0, 1] at the leaves): every episode is 3 steps plus one
 # autoreset step, so each chunk of 12 vector steps ends train and test episodes and every
 # metric is finite by construction.
-TREE = StaticConfig(env="QSharpTree-v0", env_backend="pool", eval_mode="concurrent", eval_envs=1, num_envs=2,
-                    total_steps=48, chunk_steps=24, buffer_size=32, batch_size=4, learning_starts=8,
-                    update_every=2, target_update_every=8, hidden=(4,), loss="l2", num_atoms=5,
-                    v_min=0.0, v_max=1.0)
+TREE = StaticConfig(env={"name": "QSharpTree-v0", "backend": "pool", "num_envs": 2},
+                    agent={"hidden": (4,), "loss": "l2", "num_atoms": 5, "v_min": 0.0, "v_max": 1.0},
+                    train={"eval_mode": "concurrent", "eval_envs": 1, "total_steps": 48, "chunk_steps": 24,
+                           "buffer_size": 32, "batch_size": 4, "learning_starts": 8, "update_every": 2,
+                           "target_update_every": 8})
 POOL_AGENTS = [(name, "td") for name in AGENTS] + [("qsharp", "rollout")]
 
 
 @pytest.mark.parametrize("name,mode", POOL_AGENTS, ids=[f"{n}-{m}" for n, m in POOL_AGENTS])
 def test_every_agent_runs_through_the_pool(name, mode):
     agent = AGENTS[name]
-    cfg = dataclasses.replace(TREE, agent=name, qsharp_mode=mode,
-                              reference="uniform" if agent.needs_reference else "none")
+    cfg = TREE.replace(agent={"name": name, "qsharp_mode": mode,
+                              "reference": "uniform" if agent.needs_reference else "none"})
     tr = make_train(cfg)
     assert not tr.traits.in_graph_reset and not tr.traits.checkpointable
     keys = _keys(0, 1)
@@ -82,9 +82,11 @@ def test_every_agent_runs_through_the_pool(name, mode):
 
 # ---- CartPole through the pool: determinism, members, resume --------------------------------------
 
-CARTPOLE = StaticConfig(env="CartPole-v1", env_backend="pool", eval_mode="concurrent", eval_envs=2,
-                        agent="mdqn", num_envs=2, total_steps=160, chunk_steps=80, buffer_size=64, batch_size=8,
-                        learning_starts=20, update_every=2, target_update_every=20, hidden=(8,), loss="l2")
+CARTPOLE = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 2},
+                        agent={"name": "mdqn", "hidden": (8,), "loss": "l2"},
+                        train={"eval_mode": "concurrent", "eval_envs": 2, "total_steps": 160, "chunk_steps": 80,
+                               "buffer_size": 64, "batch_size": 8, "learning_starts": 20, "update_every": 2,
+                               "target_update_every": 20})
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +172,11 @@ def test_pool_learns_cartpole(name):
     """The gymnax learning bar through the pool: median final (concurrent, greedy) eval return
     >= 475 over 3 seeds, with experiments/quickstart.toml's settings (L2 loss, one update per
     vector step of 10 envs, 300k env steps)."""
-    cfg = StaticConfig(env="CartPole-v1", env_backend="pool", eval_mode="concurrent", eval_envs=2, agent=name,
-                       num_envs=10, total_steps=300_000, chunk_steps=25_000, buffer_size=10_000, batch_size=128,
-                       learning_starts=10_000, update_every=10, target_update_every=500, hidden=(120, 84), loss="l2")
+    cfg = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 10},
+                       agent={"name": name, "hidden": (120, 84), "loss": "l2"},
+                       train={"eval_mode": "concurrent", "eval_envs": 2, "total_steps": 300_000,
+                              "chunk_steps": 25_000, "buffer_size": 10_000, "batch_size": 128,
+                              "learning_starts": 10_000, "update_every": 10, "target_update_every": 500})
     tr = make_train(cfg)
     keys = _keys(0, 1, 2)
     state = jax.jit(tr.init)(keys, {}, (), tr.env_start(keys, 0))
@@ -186,10 +190,11 @@ def test_pool_learns_cartpole(name):
 def test_reenter_restarts_the_rollout_actors_episodes_and_keeps_its_labels():
     """After a pool re-reset (resume) the Q♯ rollout actor must not pair the lost episode's
     switch point with the new episode's return: per-episode bookkeeping restarts, labels stay."""
-    cfg = StaticConfig(env="CartPole-v1", env_backend="pool", eval_mode="concurrent", agent="qsharp",
-                       qsharp_mode="rollout", qsharp_switch_horizon=2, reference="uniform", num_envs=2,
-                       total_steps=40, chunk_steps=20, buffer_size=32, batch_size=4, learning_starts=8,
-                       update_every=2, target_update_every=8, hidden=(4,), num_atoms=5)
+    cfg = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 2},
+                       agent={"name": "qsharp", "qsharp_mode": "rollout", "qsharp_switch_horizon": 2,
+                              "reference": "uniform", "hidden": (4,), "num_atoms": 5},
+                       train={"eval_mode": "concurrent", "total_steps": 40, "chunk_steps": 20, "buffer_size": 32,
+                              "batch_size": 4, "learning_starts": 8, "update_every": 2, "target_update_every": 8})
     tr = make_train(cfg)
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     s = tr.init(keys, {}, (), tr.env_start(keys, 0))

@@ -1,12 +1,12 @@
 """Deep agents: network head + loss built from `klrl.operators`; no loop code here.
 
 `AGENTS` maps the public agent names to `klrl.agents.base.AgentSpec`s; `AgentSpec.hparams`
-lists the traced hyperparameters each agent uses (the trainer's common ones are in
-`klrl.train.COMMON_HPARAMS`).
+lists the traced hyperparameters each agent uses, declared in `AGENT_HPARAMS` (the trainer's
+common ones are in `klrl.static.COMMON_HPARAMS`).
 """
 
 from klrl.agents.al import AL, PAL
-from klrl.agents.base import LOSSES, AgentSpec, Context, Nets
+from klrl.agents.base import AGENT_HPARAMS, LOSSES, AgentSpec, Context, Nets
 from klrl.agents.c51 import C51
 from klrl.agents.dqn import DOUBLE_DQN, DQN
 from klrl.agents.mdkl import MDKL
@@ -18,4 +18,4 @@ from klrl.agents.soft_dqn import SOFT_DQN
 AGENTS: dict[str, AgentSpec] = {
     a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51, QSHARP, QSHARP_CD, KL_PRIOR)}
 
-__all__ = ["AGENTS", "LOSSES", "AgentSpec", "Context", "Nets"]
+__all__ = ["AGENTS", "AGENT_HPARAMS", "LOSSES", "AgentSpec", "Context", "Nets"]

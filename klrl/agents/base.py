@@ -3,10 +3,13 @@ and, where it is not the trainer's configured rule, how it acts and where its da
 
 Agents hold no loop code: the trainer (klrl.train) owns stepping, replay, target updates and
 optimisation, and reads only the fields below (no attribute probing):
-- `hparams`: the traced hyperparameters its loss or actor uses (the common ones — learning
-  rate, γ, Adam eps, gradient clip, ε schedule, Polyak rate, softmax temperature — belong to
-  the trainer);
-- `num_outputs(cfg)`: outputs per action (1, or the number of atoms); `q_values(out, cfg)`;
+- `hparams`: the traced hyperparameters its loss or actor uses, declared (section, default,
+  range) in `AGENT_HPARAMS` below (the common ones — learning rate, γ, Adam eps, ε schedule,
+  Polyak rate, softmax temperature — belong to the trainer, `klrl.static.COMMON_HPARAMS`);
+- `num_outputs(agent_cfg)`: outputs per action (1, or the number of atoms); `q_values(out,
+  agent_cfg)`; both read only the [agent] section (`klrl.static.AgentConfig`), so a reference
+  run's network can be rebuilt from its config.json;
+- `cfg` everywhere else is the whole `klrl.static.StaticConfig` (`cfg.agent.loss`, ...);
 - `loss(nets, batch, hp, cfg, ctx) -> (loss, aux)`: aux metrics (q_mean, target_mean, …)
   are averaged over a chunk's updates and written to metrics.csv as `loss/<name>`;
 - `actor(cfg, spec, q_values)` / `eval_actor(...)`: an `klrl.actors.Actor` for training /
@@ -15,7 +18,7 @@ optimisation, and reads only the fields below (no attribute probing):
   learns from something its actor records (Q♯ rollout labels), None for the run's replay;
 - `extra_nets`: ("prev_target",) when the loss needs the previous target network (mdkl);
 - `needs_reference`: the agent needs a fixed reference policy π_ref (`ctx.log_ref`);
-- `check(cfg)`: its own config rules, run by `klrl.train.validate` (one-line ConfigError).
+- `check(cfg)`: its own config rules, run by `klrl.static.validate` (one-line ConfigError).
 """
 
 from __future__ import annotations
@@ -28,8 +31,20 @@ import jax.numpy as jnp
 import optax
 
 from klrl.operators import select_action
+from klrl.sections import Hparam
 
 LOSSES = ("huber", "l2")
+
+# The agents' traced hyperparameters (float32 [M] per member, sweepable in one population).
+AGENT_HPARAMS: dict[str, Hparam] = {
+    "alpha": Hparam("agent", 0.9, lo=0.0, hi=1.0, doc="Munchausen / AL coefficient (M-DQN paper)"),
+    "tau": Hparam("agent", 0.03, lo=0.0, lo_open=True, doc="entropy temperature (M-DQN paper)"),
+    "clip_min": Hparam("agent", -1.0, hi=0.0, doc="l0, the lower clip of the Munchausen bonus"),
+    "entropic_index": Hparam("agent", 2.0, lo=1.0, doc="Tsallis q of MVI(q); 2 = sparsemax"),
+    "lam": Hparam("agent", 0.27, lo=0.0, doc="KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)"),
+    "eta": Hparam("agent", 1.0, lo=0.0, lo_open=True,
+                  doc="KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)"),
+}
 
 
 class Nets(NamedTuple):
@@ -56,8 +71,8 @@ class AgentSpec:
     name: str
     hparams: tuple[str, ...]
     loss: Callable[..., tuple[jax.Array, dict]]
-    num_outputs: Callable[[Any], int] = lambda cfg: 1
-    q_values: Callable[[jax.Array, Any], jax.Array] = lambda out, cfg: out
+    num_outputs: Callable[[Any], int] = lambda agent_cfg: 1
+    q_values: Callable[[jax.Array, Any], jax.Array] = lambda out, agent_cfg: out
     actor: Callable[..., Any] | None = None
     eval_actor: Callable[..., Any] | None = None
     data: Callable[..., Any] | None = None
@@ -111,7 +126,7 @@ def value_agent(name: str, hparams: tuple[str, ...], target_fn: Callable[..., ja
         y = jax.lax.stop_gradient(target_fn(nets, batch, per_example(hp, hparams, batch), cfg, ctx))
         q_sa = select_action(nets.online(batch.obs), batch.action)
         w = batch.weight
-        return regression_loss(q_sa, y, cfg.loss, w), {"q_mean": weighted_mean(q_sa, w),
-                                                       "target_mean": weighted_mean(y, w)}
+        return regression_loss(q_sa, y, cfg.agent.loss, w), {"q_mean": weighted_mean(q_sa, w),
+                                                             "target_mean": weighted_mean(y, w)}
 
     return AgentSpec(name=name, hparams=hparams, loss=loss, **fields)

@@ -12,13 +12,14 @@ from klrl import operators as ops
 from klrl.agents.base import AgentSpec, discount, weighted_mean
 
 
-def atoms(cfg) -> jax.Array:
-    return jnp.linspace(cfg.v_min, cfg.v_max, cfg.num_atoms, dtype=jnp.float32)
+def atoms(agent_cfg) -> jax.Array:
+    """The fixed support linspace(v_min, v_max, num_atoms) of the [agent] section."""
+    return jnp.linspace(agent_cfg.v_min, agent_cfg.v_max, agent_cfg.num_atoms, dtype=jnp.float32)
 
 
 def target_distribution(nets, batch, hp, cfg) -> jax.Array:
     """Projected target distribution [B, N] (stop-gradient)."""
-    z = atoms(cfg)
+    z = atoms(cfg.agent)
     logits_next = nets.target(batch.next_obs)                       # [B, A, N]
     greedy = jnp.argmax(ops.categorical_mean(logits_next, z), axis=-1)
     weights = jax.nn.one_hot(greedy, logits_next.shape[-2], dtype=logits_next.dtype)
@@ -31,11 +32,12 @@ def _loss(nets, batch, hp, cfg, ctx):
     logits = nets.online(batch.obs)                                  # [B, A, N]
     logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
     ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
-    q_sa = jnp.sum(jax.nn.softmax(logits_sa, axis=-1) * atoms(cfg), axis=-1)
+    q_sa = jnp.sum(jax.nn.softmax(logits_sa, axis=-1) * atoms(cfg.agent), axis=-1)
     w = batch.weight
-    return weighted_mean(ce, w), {"q_mean": weighted_mean(q_sa, w), "target_mean": weighted_mean(y @ atoms(cfg), w)}
+    return weighted_mean(ce, w), {"q_mean": weighted_mean(q_sa, w),
+                                  "target_mean": weighted_mean(y @ atoms(cfg.agent), w)}
 
 
 C51 = AgentSpec(name="c51", hparams=(), loss=_loss,
-            num_outputs=lambda cfg: cfg.num_atoms,
-            q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)))
+            num_outputs=lambda agent_cfg: agent_cfg.num_atoms,
+            q_values=lambda out, agent_cfg: ops.categorical_mean(out, atoms(agent_cfg)))

@@ -17,7 +17,7 @@ learns π_ref's return DISTRIBUTION on fixed atoms and acts with the guided poli
                (`kl_prior_target`), acting with π ∝ π_ref·exp(Q/η);
 - plain `c51` (klrl.agents.c51) is the unregularized baseline.
 
-Two ways to train the categorical critic (`StaticConfig.qsharp_mode`):
+Two ways to train the categorical critic (`agent.qsharp_mode`):
 - `td`: distributional expected SARSA under π_ref from the replay buffer, C51 projection:
   target Π(r + d·Z̄'), Z̄' ~ Σ_a' π_ref(a'|s')·p̄(s', a') (`categorical_td_target` with
   weights π_ref(·|s'), target network). Off-policy and cheap; bootstraps (through time
@@ -92,18 +92,15 @@ class RolloutCarry(NamedTuple):
 
 
 def check(cfg, name: str, distributional: bool) -> None:
-    """The agent-specific config rules (ConfigError, one line)."""
-    if cfg.reference == "none":
-        raise ConfigError(f"agent.reference: got 'none'; allowed uniform, softmax, epsilon_greedy for agent {name}")
-    if cfg.qsharp_mode not in MODES:
-        raise ConfigError(f"agent.qsharp_mode: got {cfg.qsharp_mode!r}; allowed {', '.join(MODES)}")
-    if not distributional and cfg.qsharp_mode != "td":
-        raise ConfigError(f"agent.qsharp_mode: got {cfg.qsharp_mode!r}; allowed td for agent {name}")
-    if cfg.qsharp_mode == "rollout" and cfg.replay_mode != "per-member":
-        raise ConfigError(f"train.replay_mode: got {cfg.replay_mode!r}; allowed per-member with qsharp_mode rollout")
-    if not (isinstance(cfg.qsharp_switch_horizon, int) and cfg.qsharp_switch_horizon >= 0):
-        raise ConfigError(f"agent.qsharp_switch_horizon: got {cfg.qsharp_switch_horizon!r}; "
-                          "allowed an integer >= 0 (0: the env's time limit)")
+    """The agent-specific config rules (ConfigError, one line). The mode's choices, the
+    horizon's range (klrl.static.AgentConfig) and the need for a reference
+    (`AgentSpec.needs_reference`, klrl.static.validate) are checked elsewhere."""
+    mode = cfg.agent.qsharp_mode
+    if not distributional and mode != "td":
+        raise ConfigError(f"agent.qsharp_mode: got {mode!r}; allowed td for agent {name}")
+    if mode == "rollout" and cfg.train.replay_mode != "per-member":
+        raise ConfigError(f"train.replay_mode: got {cfg.train.replay_mode!r}; "
+                          "allowed per-member with qsharp_mode rollout")
 
 
 # ---- the categorical critic of π_ref --------------------------------------------------------
@@ -111,8 +108,8 @@ def check(cfg, name: str, distributional: bool) -> None:
 def _critic_loss(nets, batch, hp, cfg, ctx):
     """Cross-entropy of p(s, a) against the projected target: TD (expected SARSA under π_ref)
     or, in rollout mode, the labels Π(G) (maximum likelihood); weighted by `batch.weight`."""
-    z = atoms(cfg)
-    if cfg.qsharp_mode == "rollout":
+    z = atoms(cfg.agent)
+    if cfg.agent.qsharp_mode == "rollout":
         uniform = jnp.full(batch.ret.shape + z.shape, 1.0 / z.shape[0], z.dtype)
         # Π(G): a zero discount moves every atom onto G, whatever the probabilities.
         y = ops.categorical_projection(z, uniform, batch.ret, jnp.zeros_like(batch.ret))
@@ -132,7 +129,7 @@ def _critic_loss(nets, batch, hp, cfg, ctx):
 def _entropic_logits(cfg):
     """Q♯ guidance: ln π_ref + Q_η/η, Q_η = η ln E[exp(Z/η)]."""
     def logits(out, obs, hp, ctx):
-        q_eta = ops.entropic_q(out, atoms(cfg), hp["eta"])
+        q_eta = ops.entropic_q(out, atoms(cfg.agent), hp["eta"])
         return ops.guided_logits(ctx.log_ref(obs), q_eta, hp["eta"])
     return logits
 
@@ -140,7 +137,7 @@ def _entropic_logits(cfg):
 def _mean_logits(cfg):
     """"CD" guidance: ln π_ref + E[Z]/η."""
     def logits(out, obs, hp, ctx):
-        return ops.guided_logits(ctx.log_ref(obs), ops.categorical_mean(out, atoms(cfg)), hp["eta"])
+        return ops.guided_logits(ctx.log_ref(obs), ops.categorical_mean(out, atoms(cfg.agent)), hp["eta"])
     return logits
 
 
@@ -148,13 +145,13 @@ def _mean_logits(cfg):
 
 def rollout_actor(policy_logits, cfg, spec) -> actors.Actor:
     """Guided roll-in, switch to π_ref at h ~ U{0..H−1}, label (s_h, a_h) with the return."""
-    horizon = cfg.qsharp_switch_horizon or spec.max_episode_steps
+    horizon = cfg.agent.qsharp_switch_horizon or spec.max_episode_steps
 
     def draw_h(key, n):
         return jnp.minimum((jax.random.uniform(key, (n,)) * horizon).astype(jnp.int32), horizon - 1)
 
     def init(key, num_envs):
-        K = max(1, cfg.buffer_size // num_envs)
+        K = max(1, cfg.train.buffer_size // num_envs)
         E = num_envs
         obs_shape = spec.obs_shape[:-1] + (spec.obs_shape[-1] * spec.frame_stack,)
         obs = jnp.zeros((E,) + obs_shape, spec.obs_dtype)
@@ -219,16 +216,16 @@ def sample_labels(carry: RolloutCarry, key, batch_size):
 
 def _critic_agent(name: str, logits_of) -> AgentSpec:
     def actor(cfg, spec, q_values):
-        if cfg.qsharp_mode == "rollout":
+        if cfg.agent.qsharp_mode == "rollout":
             return rollout_actor(logits_of(cfg), cfg, spec)
         return actors.from_logits(logits_of(cfg))
 
     return AgentSpec(
         name=name, hparams=("eta",), loss=_critic_loss,
-        num_outputs=lambda cfg: cfg.num_atoms,
-        q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg)),
+        num_outputs=lambda agent_cfg: agent_cfg.num_atoms,
+        q_values=lambda out, agent_cfg: ops.categorical_mean(out, atoms(agent_cfg)),
         actor=actor, eval_actor=lambda cfg, spec, q_values: actors.from_logits(logits_of(cfg)),
-        data=lambda cfg, spec: sample_labels if cfg.qsharp_mode == "rollout" else None,
+        data=lambda cfg, spec: sample_labels if cfg.agent.qsharp_mode == "rollout" else None,
         needs_reference=True, check=lambda cfg: check(cfg, name, distributional=True))
 
 
@@ -244,7 +241,8 @@ def _kl_prior_loss(nets, batch, hp, cfg, ctx):
     y = jax.lax.stop_gradient(y)
     q_sa = ops.select_action(nets.online(batch.obs), batch.action)
     w = batch.weight
-    return regression_loss(q_sa, y, cfg.loss, w), {"q_mean": weighted_mean(q_sa, w), "target_mean": weighted_mean(y, w)}
+    return regression_loss(q_sa, y, cfg.agent.loss, w), {"q_mean": weighted_mean(q_sa, w),
+                                                         "target_mean": weighted_mean(y, w)}
 
 
 def _kl_prior_logits(out, obs, hp, ctx):

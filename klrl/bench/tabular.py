@@ -2,7 +2,7 @@
 JAX against a straightforward numpy loop of the same computation.
 
 The timed computation is part (b) of `klrl.tabular.leverage` with its default sizes
-(`leverage.DEFAULTS`, mirrored by experiments/leverage_average.toml): for every Garnet, noise
+(`leverage.LeverageConfig()`, mirrored by experiments/leverage_average.toml): for every Garnet, noise
 seed and (λ, τ) of the grid, K noisy MD-VI iterations in float64 and the exact error of the
 final policy, plus q* of every Garnet (policy iteration). Noise is drawn once per
 (Garnet, seed) and shared by the grid in both implementations.
@@ -109,12 +109,11 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
         from klrl.errors import ConfigError
 
         raise ConfigError(f"out: got {out_path!r}; allowed a JSON file path (it is a directory)")
-    cfg = leverage.validate({})
+    cfg = leverage.LeverageConfig()
     if quick:
-        for section, table in leverage.QUICK.items():
-            cfg[section].update(table)
-    g, h, sigma = cfg["garnet"], cfg["heatmap"], cfg["noise"]["std"]
-    G, R, K = g["num_garnets"], cfg["noise"]["num_seeds"], h["num_iterations"]
+        cfg = leverage.quick_config(cfg)
+    g, h, sigma = cfg.garnet, cfg.heatmap, cfg.noise.std
+    G, R, K = g.num_garnets, cfg.noise.num_seeds, h.num_iterations
     lams, taus = leverage.heatmap_grid(cfg)
     L, T = (a.ravel() for a in np.meshgrid(lams, taus, indexing="ij"))
     num_runs = G * R * len(L)
@@ -123,7 +122,7 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
         with jax.enable_x64(x64):
             md_sweep, _, optimal_qs, _ = leverage._sweep_fns()
             mdps, keys = leverage.make_instances(cfg)
-            gamma = jnp.asarray(h["gamma"])
+            gamma = jnp.asarray(h.gamma)
             args = (jnp.array([sigma]), jnp.asarray(L, mdps.r.dtype), jnp.asarray(T, mdps.r.dtype))
             static = dict(num_iterations=K, eval_every=K)
             t0 = time.perf_counter()
@@ -149,10 +148,10 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
     # numpy: q* per Garnet, noise per (Garnet, seed), then the loop over runs × iterations.
     measure_all = quick or numpy_runs >= num_runs
     chosen = range(num_runs) if measure_all else np.linspace(0, num_runs - 1, numpy_runs).round().astype(int)
-    rng = np.random.default_rng(cfg["experiment"]["seed"])
+    rng = np.random.default_rng(cfg.experiment.seed)
     t0 = time.perf_counter()
-    q_np = [numpy_optimal_q(P_np[i], r_np[i], h["gamma"]) for i in range(G)]
-    noise = [[sigma * rng.standard_normal((K, g["num_states"], g["num_actions"])) for _ in range(R)]
+    q_np = [numpy_optimal_q(P_np[i], r_np[i], h.gamma) for i in range(G)]
+    noise = [[sigma * rng.standard_normal((K, g.num_states, g.num_actions)) for _ in range(R)]
              for _ in range(G)]
     setup_seconds = time.perf_counter() - t0
     loop_times = []
@@ -161,7 +160,7 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
         for run in chosen:
             i, rest = divmod(int(run), R * len(L))
             j, c = divmod(rest, len(L))
-            numpy_md_vi(P_np[i], r_np[i], h["gamma"], L[c], T[c], K, noise=noise[i][j], q_star=q_np[i])
+            numpy_md_vi(P_np[i], r_np[i], h.gamma, L[c], T[c], K, noise=noise[i][j], q_star=q_np[i])
         loop_times.append(time.perf_counter() - t0)
     loop_seconds = min(loop_times)
     numpy_seconds = setup_seconds + loop_seconds * num_runs / len(chosen)
@@ -181,8 +180,8 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
         "numpy_setup_seconds": setup_seconds,
         "speedup_vs_numpy": numpy_seconds / seconds,
         "grid": {"num_garnets": G, "num_seeds": R, "num_lam": len(lams), "num_tau": len(taus),
-                 "num_runs": num_runs, "num_iterations": K, "num_states": g["num_states"],
-                 "num_actions": g["num_actions"], "branching": g["branching"], "gamma": h["gamma"],
+                 "num_runs": num_runs, "num_iterations": K, "num_states": g.num_states,
+                 "num_actions": g.num_actions, "branching": g.branching, "gamma": h.gamma,
                  "noise_std": sigma, "dtype": "float64",
                  "iterations_total": num_runs * K},
         "iterations_per_second": num_runs * K / seconds,

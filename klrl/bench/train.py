@@ -16,7 +16,6 @@ member of the population costs less than a run on its own.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import time
@@ -30,12 +29,14 @@ from klrl.train import StaticConfig, make_train
 DEFAULT_OUT = os.path.join("results", "bench", "train.json")
 QUICK_OUT = os.path.join("results", "bench", "train_quick.json")   # --quick never overwrites the real result
 
-REFERENCE = StaticConfig(env="CartPole-v1", agent="mdqn", num_envs=10, total_steps=50_000, chunk_steps=50_000,
-                         buffer_size=10_000, batch_size=128, learning_starts=10_000, update_every=10,
-                         target_update_every=500, hidden=(120, 84), loss="l2", target_update="hard",
-                         acting="epsilon_greedy", replay_mode="per-member", eval_episodes=10)
-QUICK = dataclasses.replace(REFERENCE, total_steps=2_000, chunk_steps=2_000, buffer_size=1_000,
-                            learning_starts=500, eval_episodes=2)
+REFERENCE = StaticConfig(
+    env={"name": "CartPole-v1", "num_envs": 10},
+    agent={"name": "mdqn", "hidden": (120, 84), "loss": "l2", "acting": "epsilon_greedy"},
+    train={"total_steps": 50_000, "chunk_steps": 50_000, "buffer_size": 10_000, "batch_size": 128,
+           "learning_starts": 10_000, "update_every": 10, "target_update_every": 500, "target_update": "hard",
+           "replay_mode": "per-member", "eval_episodes": 10})
+QUICK = REFERENCE.replace(train={"total_steps": 2_000, "chunk_steps": 2_000, "buffer_size": 1_000,
+                                 "learning_starts": 500, "eval_episodes": 2})
 
 
 def update_flops(cfg: StaticConfig, members: int) -> float:
@@ -48,16 +49,17 @@ def update_flops(cfg: StaticConfig, members: int) -> float:
     from klrl.envs import env_spec, stacked_shape
     from klrl.networks import make_network
     from klrl.replay import Batch
-    from klrl.train import COMMON_HPARAMS, HPARAMS, Learner, make_optimizer, make_update
+    from klrl.train import HPARAMS, Learner, make_optimizer, make_update
 
-    spec = env_spec(cfg.env, cfg.env_backend)
-    agent = AGENTS[cfg.agent]
-    net = make_network(cfg.torso, cfg.hidden, spec.num_actions, agent.num_outputs(cfg), cfg.obs_scale)
-    obs = jnp.zeros((members, cfg.batch_size) + stacked_shape(spec), spec.obs_dtype)
+    spec = env_spec(cfg.env.name, cfg.env.backend)
+    agent = AGENTS[cfg.agent.name]
+    a = cfg.agent
+    net = make_network(a.torso, a.hidden, spec.num_actions, agent.num_outputs(a), a.obs_scale)
+    obs = jnp.zeros((members, cfg.train.batch_size) + stacked_shape(spec), spec.obs_dtype)
     params = jax.vmap(lambda k: net.init(k, obs[0, 0]))(jax.random.split(jax.random.PRNGKey(0), members))
-    learner = Learner(params, params, params, jax.vmap(make_optimizer(COMMON_HPARAMS, cfg.max_grad_norm).init)(params),
+    learner = Learner(params, params, params, jax.vmap(make_optimizer(HPARAMS, cfg.train.max_grad_norm).init)(params),
                       jnp.zeros((members,), bool))
-    vec = jnp.zeros((members, cfg.batch_size), jnp.float32)
+    vec = jnp.zeros((members, cfg.train.batch_size), jnp.float32)
     batch = Batch(obs, vec.astype(jnp.int32), vec, vec, obs, vec + 1.0)
     hp = {k: jnp.full((members,), v, jnp.float32) for k, v in HPARAMS.items()}
     update = jax.vmap(make_update(cfg, net, agent), in_axes=(0, 0, 0, None))
@@ -84,7 +86,8 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
         cpu.append(time.process_time() - c0)
     best = min(range(repeats), key=runs.__getitem__)
     seconds = runs[best]
-    updates = max(0, cfg.total_steps - cfg.learning_starts) // cfg.update_every
+    t = cfg.train
+    updates = max(0, t.total_steps - t.learning_starts) // t.update_every
     flops = update_flops(cfg, members)
     return {
         "members": members,
@@ -93,8 +96,8 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
         "update_gflops": flops / 1e9,
         "achieved_update_gflop_per_second": flops * updates / seconds / 1e9,
         "compile_seconds": compile_seconds,
-        "agent_steps_per_second": members * cfg.total_steps / seconds,
-        "agent_steps_per_second_per_member": cfg.total_steps / seconds,
+        "agent_steps_per_second": members * t.total_steps / seconds,
+        "agent_steps_per_second_per_member": t.total_steps / seconds,
         "all_run_seconds": runs,
         # CPU time of this process during the best run (all threads): less sensitive than wall
         # time to other processes sharing the cores; the 1-min load average says how shared.
@@ -129,8 +132,8 @@ def bench_train(out_path: str | None = None, quick: bool = False,
         cpus = single["all_cpu_seconds"] + again["all_cpu_seconds"]
         best = min(range(len(runs)), key=runs.__getitem__)
         single.update(seconds=runs[best], cpu_seconds=cpus[best], all_run_seconds=runs, all_cpu_seconds=cpus,
-                      agent_steps_per_second=cfg.total_steps / runs[best],
-                      agent_steps_per_second_per_member=cfg.total_steps / runs[best])
+                      agent_steps_per_second=cfg.train.total_steps / runs[best],
+                      agent_steps_per_second_per_member=cfg.train.total_steps / runs[best])
     base = next((row["seconds"] for row in rows if row["members"] == 1), None)
     base_cpu = next((row["cpu_seconds"] for row in rows if row["members"] == 1), None)
     for row in rows:
@@ -143,7 +146,7 @@ def bench_train(out_path: str | None = None, quick: bool = False,
         "versions": prov["versions"],
         "provenance": prov,
         "quick": quick,
-        "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in dataclasses.asdict(cfg).items()},
+        "config": cfg.to_dict(),
         "notes": ("seconds exclude compilation; per_member_cost_ratio = seconds / (members x seconds of 1 member); "
                   "per_member_cpu_cost_ratio is the same with process CPU time (robust to a shared machine)"),
         "rows": rows,

@@ -9,35 +9,32 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any
+from typing import Any, Sequence
 
-from klrl.errors import ConfigError
+from klrl.output import choose_out_dir
+from klrl.results import TidyWriter
 from klrl.tabular import plots
-from klrl.tabular.leverage import compute, load_config, metric_rows, summarize, write_metrics
+from klrl.tabular.leverage import COLUMNS, compute, load_config, metric_rows, summarize
 
 # ----------------------------------------------------------------------------------------
 # Entry point.
 
 
-def _check_out_dir(out_dir: str) -> None:
-    if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-        raise ConfigError(f"out_dir: got {out_dir!r}; allowed a directory path (it is a file)")
-    parent = os.path.dirname(os.path.abspath(out_dir))
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.access(parent, os.W_OK):
-        raise ConfigError(f"out_dir: got {out_dir!r}; allowed a writable location")
-
-
-def run_experiment(config_path: str, out_dir: str | None = None, quick: bool = False) -> dict[str, Any]:
-    """Validates the TOML, runs parts (a)-(d), writes metrics/summary/config/figures.
+def run_experiment(config_path: str, out_dir: str | None = None, quick: bool = False,
+                   overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """Validates the TOML (and `--set` overrides), runs parts (a)-(d), writes metrics/summary/
+    config/figures.
 
     Everything is validated (config and output location) before any compilation and before
-    anything is written; a failed computation writes nothing. Returns the summary dict.
+    anything is written; a failed computation writes nothing. The output directory is `out_dir`
+    (`--out`) or `experiment.out_dir`, under the same policy as `klrl train` (klrl.output:
+    an existing non-empty directory is refused, or with `output.if_exists = "new_subdir"` the
+    run goes to `<dir>/runs/<UTC timestamp>/`). Returns the summary dict.
     """
-    cfg = load_config(config_path, quick=quick)
-    out_dir = out_dir or cfg["experiment"]["out_dir"]
-    _check_out_dir(out_dir)
+    cfg = load_config(config_path, quick=quick, overrides=overrides)
+    out_dir = choose_out_dir(out_dir or cfg.experiment.out_dir, cfg.output.if_exists,
+                             flag="--out" if out_dir else "experiment.out_dir",
+                             refuse_hint=', or output.if_exists = "new_subdir"')
 
     t0 = time.perf_counter()
     out = compute(cfg)
@@ -48,11 +45,12 @@ def run_experiment(config_path: str, out_dir: str | None = None, quick: bool = F
 
     prov = provenance()  # before writing: our own outputs must not mark the tree dirty
     os.makedirs(out_dir, exist_ok=True)
-    n_rows = write_metrics(os.path.join(out_dir, "metrics.csv"), metric_rows(cfg, out))
+    n_rows = TidyWriter(os.path.join(out_dir, "metrics.csv"), COLUMNS).append_rows(metric_rows(cfg, out))
     with open(os.path.join(out_dir, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
-    resolved = {"config": cfg, "config_path": os.path.abspath(config_path), "quick": quick,
-                "metrics_rows": n_rows, "compute_wall_seconds": wall, "provenance": prov}
+    resolved = {"config": cfg.to_dict(), "config_path": os.path.abspath(config_path), "quick": quick,
+                "overrides": list(overrides), "metrics_rows": n_rows, "compute_wall_seconds": wall,
+                "provenance": prov}
     with open(os.path.join(out_dir, "config.json"), "w") as f:
         json.dump(resolved, f, indent=2)
     plots.draw_all(out_dir, out_dir)

@@ -1,8 +1,10 @@
 """The "Leverage the Average" tabular experiments (Vieillard et al. 2020; ALGORITHMS.md §5).
 
-`klrl tabular experiments/leverage_average.toml [--quick] [--out DIR]` runs, over several
-Garnets × noise seeds, exact MD-VI / VI with i.i.d. Gaussian noise on every (s, a) and
-iteration, and writes to the output directory:
+`klrl tabular experiments/leverage_average.toml [--quick] [--out DIR] [--set SECTION.KEY=VALUE]`
+runs, over several Garnets × noise seeds, exact MD-VI / VI with i.i.d. Gaussian noise on every
+(s, a) and iteration, and writes to the output directory (`--out`, else `experiment.out_dir`;
+an existing non-empty one is refused or, with `output.if_exists = "new_subdir"`, the run goes
+to `<dir>/runs/<UTC timestamp>/`, as for `klrl train`):
 
   metrics.csv   tidy long form, one row per (part, scheme, garnet, seed, γ, λ, τ, σ,
                 iteration, metric): the measurements behind every figure
@@ -36,36 +38,144 @@ more slowly. The numbers are reported as measured (summary.json), not adjusted.
 
 from __future__ import annotations
 
-import copy
-import csv
 import functools
 import math
 import time
-import tomllib
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar, Sequence
 
 import numpy as np
 
-from klrl.errors import ConfigError
+from klrl.output import OutputSection
+from klrl.sections import Section, Sections, ranged, section_field, setting
 
 # ----------------------------------------------------------------------------------------
-# Config: schema, defaults, quick mode, validation (pure Python: nothing is compiled here).
+# Config: one self-checking section per TOML table (klrl.sections), read by klrl.config's
+# walker (pure Python: nothing is compiled here).
 
 DEFAULT_OUT_DIR = "results/leverage_average"
 
-DEFAULTS: dict[str, dict[str, Any]] = {
-    "experiment": {"out_dir": DEFAULT_OUT_DIR, "seed": 0},
-    "garnet": {"num_garnets": 5, "num_states": 50, "num_actions": 4, "branching": 5},
-    "noise": {"std": 1.0, "num_seeds": 3},
-    "schemes": {"entropy_tau": 0.01, "kl_lam": 1.0, "kl_entropy_lam": 1.0, "kl_entropy_tau": 0.01},
-    "curves": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 20},
-    "heatmap": {"gamma": 0.9, "num_iterations": 1000,
-                "lam_min": 1e-2, "lam_max": 1e2, "num_lam": 9,
-                "tau_min": 1e-4, "tau_max": 1.0, "num_tau": 9},
-    "horizon": {"gammas": [0.8, 0.9, 0.95, 0.975, 0.9875], "num_iterations": 1000, "eval_every": 20},
-    "bound": {"gamma": 0.9, "num_iterations": 1000, "eval_every": 20,
-              "lams": [0.1, 1.0, 10.0], "noise_stds": [0.3, 1.0]},
-}
+
+@dataclass(frozen=True)
+class ExperimentSection(Section):
+    SECTION: ClassVar[str] = "experiment"
+    out_dir: str = setting(DEFAULT_OUT_DIR, doc="output directory unless --out is given")
+    seed: int = ranged(0, lo=0, doc="root of the Garnets' and the noise's keys")
+
+    def check(self) -> None:
+        if not self.out_dir:
+            self.fail("out_dir", self.out_dir, "a non-empty path")
+
+
+@dataclass(frozen=True)
+class GarnetSection(Section):
+    """Garnet(N_S, N_A, N_B): branching = 10% of the states, rewards U[0, 1]."""
+
+    SECTION: ClassVar[str] = "garnet"
+    num_garnets: int = ranged(5, lo=1)
+    num_states: int = ranged(50, lo=1)
+    num_actions: int = ranged(4, lo=1)
+    branching: int = ranged(5, lo=1)
+
+    def check(self) -> None:
+        if self.branching > self.num_states:
+            self.fail("branching", self.branching, f"1..garnet.num_states={self.num_states}")
+
+
+@dataclass(frozen=True)
+class NoiseSection(Section):
+    SECTION: ClassVar[str] = "noise"
+    std: float = ranged(1.0, lo=0.0, lo_open=True, doc="per entry and iteration")
+    num_seeds: int = ranged(3, lo=1, doc="noise seeds per Garnet")
+
+
+def _positive(default: float):
+    return ranged(default, lo=0.0, lo_open=True)
+
+
+def _discount(default):
+    return ranged(default, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
+
+
+@dataclass(frozen=True)
+class SchemesSection(Section):
+    """(λ, τ) of the MD-VI schemes of parts (a) and (c)."""
+
+    SECTION: ClassVar[str] = "schemes"
+    entropy_tau: float = _positive(0.01)
+    kl_lam: float = _positive(1.0)
+    kl_entropy_lam: float = _positive(1.0)
+    kl_entropy_tau: float = _positive(0.01)
+
+
+class _Iterations(Section):
+    """num_iterations and an evaluation period that divides it (fields of the subclasses)."""
+
+    def check(self) -> None:
+        if self.num_iterations % self.eval_every:
+            self.fail("eval_every", self.eval_every,
+                      f"a divisor of {self.SECTION}.num_iterations={self.num_iterations}")
+
+
+@dataclass(frozen=True)
+class CurvesSection(_Iterations):
+    SECTION: ClassVar[str] = "curves"
+    gamma: float = _discount(0.9)
+    num_iterations: int = ranged(1000, lo=1)
+    eval_every: int = ranged(20, lo=1)
+
+
+@dataclass(frozen=True)
+class HeatmapSection(Section):
+    SECTION: ClassVar[str] = "heatmap"
+    gamma: float = _discount(0.9)
+    num_iterations: int = ranged(1000, lo=1)
+    lam_min: float = _positive(1e-2)
+    lam_max: float = _positive(1e2)
+    num_lam: int = ranged(9, lo=1)
+    tau_min: float = _positive(1e-4)
+    tau_max: float = _positive(1.0)
+    num_tau: int = ranged(9, lo=1)
+
+    def check(self) -> None:
+        for name in ("lam", "tau"):
+            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
+            if lo > hi:
+                self.fail(f"{name}_min", lo, f"<= heatmap.{name}_max={hi}")
+
+
+@dataclass(frozen=True)
+class HorizonSection(_Iterations):
+    SECTION: ClassVar[str] = "horizon"
+    gammas: tuple[float, ...] = _discount((0.8, 0.9, 0.95, 0.975, 0.9875))
+    num_iterations: int = ranged(1000, lo=1)
+    eval_every: int = ranged(20, lo=1)
+
+
+@dataclass(frozen=True)
+class BoundSection(_Iterations):
+    SECTION: ClassVar[str] = "bound"
+    gamma: float = _discount(0.9)
+    num_iterations: int = ranged(1000, lo=1)
+    eval_every: int = ranged(20, lo=1)
+    lams: tuple[float, ...] = _positive((0.1, 1.0, 10.0))
+    noise_stds: tuple[float, ...] = _positive((0.3, 1.0))
+
+
+@dataclass(frozen=True)
+class LeverageConfig(Sections):
+    """The whole experiment file (experiments/leverage_average.toml lists every key)."""
+
+    experiment: ExperimentSection = section_field(ExperimentSection)
+    garnet: GarnetSection = section_field(GarnetSection)
+    noise: NoiseSection = section_field(NoiseSection)
+    schemes: SchemesSection = section_field(SchemesSection)
+    curves: CurvesSection = section_field(CurvesSection)
+    heatmap: HeatmapSection = section_field(HeatmapSection)
+    horizon: HorizonSection = section_field(HorizonSection)
+    bound: BoundSection = section_field(BoundSection)
+    output: OutputSection = section_field(OutputSection)
+
 
 # --quick: tiny sizes for smoke tests (same code path, a few seconds of compute). Parts (a),
 # (c) and (d) then have identical shapes (2 noise levels × 3 coefficient pairs, same K and
@@ -80,138 +190,45 @@ QUICK: dict[str, dict[str, Any]] = {
 }
 
 
-def _is_int(v) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
+def _with_quick(raw: dict[str, Any]) -> dict[str, Any]:
+    out = {s: dict(t) if isinstance(t, dict) else t for s, t in raw.items()}
+    for section, table in QUICK.items():
+        out[section] = {**out.get(section, {}), **table}
+    return out
 
 
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+def load_config(config_path: str, quick: bool = False, overrides: Sequence[str] = ()) -> LeverageConfig:
+    """Reads and checks a TOML experiment file plus `--set` overrides (klrl.config's walker);
+    `quick` then shrinks it (`QUICK`, under the overrides). Nothing is written."""
+    from klrl import config
 
-
-def _positive_int(v):
-    return _is_int(v) and v >= 1, "an integer >= 1"
-
-
-def _nonneg_int(v):
-    return _is_int(v) and v >= 0, "an integer >= 0"
-
-
-def _positive(v):
-    return _is_num(v) and v > 0, "a finite number > 0"
-
-
-def _nonneg(v):
-    return _is_num(v) and v >= 0, "a finite number >= 0"
-
-
-def _discount(v):
-    return _is_num(v) and 0 < v < 1, "a number in (0, 1)"
-
-
-def _list_of(check):
-    def inner(v):
-        ok = isinstance(v, list) and len(v) >= 1 and all(check(x)[0] for x in v)
-        return ok, f"a non-empty list of {check(None)[1].removeprefix('a ')}s"
-    return inner
-
-
-def _string(v):
-    return isinstance(v, str) and len(v) > 0, "a non-empty string"
-
-
-SCHEMA = {
-    "experiment": {"out_dir": _string, "seed": _nonneg_int},
-    "garnet": {"num_garnets": _positive_int, "num_states": _positive_int,
-               "num_actions": _positive_int, "branching": _positive_int},
-    "noise": {"std": _positive, "num_seeds": _positive_int},
-    "schemes": {"entropy_tau": _positive, "kl_lam": _positive, "kl_entropy_lam": _positive,
-                "kl_entropy_tau": _positive},
-    "curves": {"gamma": _discount, "num_iterations": _positive_int, "eval_every": _positive_int},
-    "heatmap": {"gamma": _discount, "num_iterations": _positive_int,
-                "lam_min": _positive, "lam_max": _positive, "num_lam": _positive_int,
-                "tau_min": _positive, "tau_max": _positive, "num_tau": _positive_int},
-    "horizon": {"gammas": _list_of(_discount), "num_iterations": _positive_int,
-                "eval_every": _positive_int},
-    "bound": {"gamma": _discount, "num_iterations": _positive_int, "eval_every": _positive_int,
-              "lams": _list_of(_positive), "noise_stds": _list_of(_positive)},
-}
-
-
-def _fail(field: str, value, allowed: str):
-    raise ConfigError(f"{field}: got {value!r}; allowed {allowed}")
-
-
-def validate(raw: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Checks a parsed TOML against `SCHEMA` and fills missing keys from `DEFAULTS`.
-
-    Unknown sections/keys, wrong types and out-of-range values raise `ConfigError` naming
-    the field, the value and what is allowed. Cross-field rules: branching ≤ num_states,
-    eval_every divides num_iterations, min ≤ max of the log grids.
-    """
-    if not isinstance(raw, dict):
-        _fail("config", raw, "a TOML table")
-    for section in raw:
-        if section not in SCHEMA:
-            _fail(section, "(section)", "sections " + ", ".join(SCHEMA))
-        if not isinstance(raw[section], dict):
-            _fail(section, raw[section], "a table")
-        for key in raw[section]:
-            if key not in SCHEMA[section]:
-                _fail(f"{section}.{key}", raw[section][key],
-                      f"keys of [{section}]: " + ", ".join(SCHEMA[section]))
-    cfg = copy.deepcopy(DEFAULTS)
-    for section, table in raw.items():
-        for key, value in table.items():
-            ok, allowed = SCHEMA[section][key](value)
-            if not ok:
-                _fail(f"{section}.{key}", value, allowed)
-            cfg[section][key] = value
-    g = cfg["garnet"]
-    if g["branching"] > g["num_states"]:
-        _fail("garnet.branching", g["branching"], f"1..garnet.num_states={g['num_states']}")
-    for part in ("curves", "horizon", "bound"):
-        k, every = cfg[part]["num_iterations"], cfg[part]["eval_every"]
-        if k % every:
-            _fail(f"{part}.eval_every", every, f"a divisor of {part}.num_iterations={k}")
-    h = cfg["heatmap"]
-    for name in ("lam", "tau"):
-        if h[f"{name}_min"] > h[f"{name}_max"]:
-            _fail(f"heatmap.{name}_min", h[f"{name}_min"], f"<= heatmap.{name}_max={h[f'{name}_max']}")
-    return cfg
-
-
-def load_config(config_path: str, quick: bool = False) -> dict[str, dict[str, Any]]:
-    """Reads and validates a TOML experiment file; `quick` then shrinks it (`QUICK`)."""
-    try:
-        with open(config_path, "rb") as f:
-            raw = tomllib.load(f)
-    except FileNotFoundError:
-        raise ConfigError(f"config: got {config_path!r}; allowed an existing TOML file") from None
-    except tomllib.TOMLDecodeError as err:
-        raise ConfigError(f"config: got invalid TOML in {config_path!r} ({err}); allowed valid TOML") from None
-    cfg = validate(raw)
+    raw = config.read_toml(config_path)
+    cfg = config.build_config(LeverageConfig, raw, overrides)
     if quick:
-        for section, table in QUICK.items():
-            cfg[section].update(table)
-        cfg = validate(cfg)
+        cfg = config.build_config(LeverageConfig, _with_quick(raw), overrides)
     return cfg
+
+
+def quick_config(cfg: LeverageConfig) -> LeverageConfig:
+    """`cfg` with the `QUICK` sizes."""
+    return cfg.replace(**QUICK)
 
 
 def heatmap_grid(cfg) -> tuple[np.ndarray, np.ndarray]:
     """The (λ, τ) log grids of part (b)."""
-    h = cfg["heatmap"]
-    lams = np.geomspace(h["lam_min"], h["lam_max"], h["num_lam"])
-    taus = np.geomspace(h["tau_min"], h["tau_max"], h["num_tau"])
+    h = cfg.heatmap
+    lams = np.geomspace(h.lam_min, h.lam_max, h.num_lam)
+    taus = np.geomspace(h.tau_min, h.tau_max, h.num_tau)
     return lams, taus
 
 
 def scheme_coefficients(cfg) -> dict[str, tuple[float, float]]:
     """(λ, τ) of the MD-VI schemes of parts (a) and (c); VI is separate."""
-    s = cfg["schemes"]
+    s = cfg.schemes
     return {
-        "entropy": (0.0, s["entropy_tau"]),
-        "kl": (s["kl_lam"], 0.0),
-        "kl_entropy": (s["kl_entropy_lam"], s["kl_entropy_tau"]),
+        "entropy": (0.0, s.entropy_tau),
+        "kl": (s.kl_lam, 0.0),
+        "kl_entropy": (s.kl_entropy_lam, s.kl_entropy_tau),
     }
 
 
@@ -275,12 +292,12 @@ def make_instances(cfg):
 
     from klrl.tabular.mdp import garnet
 
-    g, n = cfg["garnet"], cfg["noise"]
-    root = jax.random.key(cfg["experiment"]["seed"])
-    mdp_keys = jax.random.split(jax.random.fold_in(root, 0), g["num_garnets"])
-    mdps = jax.vmap(lambda k: garnet(k, g["num_states"], g["num_actions"], g["branching"]))(mdp_keys)
-    noise_keys = jax.random.split(jax.random.fold_in(root, 1), g["num_garnets"] * n["num_seeds"])
-    noise_keys = noise_keys.reshape(g["num_garnets"], n["num_seeds"])
+    g, n = cfg.garnet, cfg.noise
+    root = jax.random.key(cfg.experiment.seed)
+    mdp_keys = jax.random.split(jax.random.fold_in(root, 0), g.num_garnets)
+    mdps = jax.vmap(lambda k: garnet(k, g.num_states, g.num_actions, g.branching))(mdp_keys)
+    noise_keys = jax.random.split(jax.random.fold_in(root, 1), g.num_garnets * n.num_seeds)
+    noise_keys = noise_keys.reshape(g.num_garnets, n.num_seeds)
     return mdps, noise_keys
 
 
@@ -299,35 +316,35 @@ def compute(cfg) -> dict[str, Any]:
         md_sweep, vi_sweep, _, bound_jit = _sweep_fns()
         mdps, keys = make_instances(cfg)
         r_max = np.asarray(jnp.max(jnp.abs(mdps.r), axis=(1, 2)))  # [G]
-        A = cfg["garnet"]["num_actions"]
+        A = cfg.garnet.num_actions
         coefs = scheme_coefficients(cfg)
         md_names = list(coefs)
         lams_c = jnp.array([coefs[n][0] for n in md_names])
         taus_c = jnp.array([coefs[n][1] for n in md_names])
-        sigma = cfg["noise"]["std"]
+        sigma = cfg.noise.std
 
         # (a) curves: with and without noise.
         t0 = time.perf_counter()
-        c = cfg["curves"]
-        kw = dict(num_iterations=c["num_iterations"], eval_every=c["eval_every"])
-        q_stars = _optimal_qs(mdps, jnp.asarray(c["gamma"]))
+        c = cfg.curves
+        kw = dict(num_iterations=c.num_iterations, eval_every=c.eval_every)
+        q_stars = _optimal_qs(mdps, jnp.asarray(c.gamma))
         stds = jnp.array([0.0, sigma])
-        md_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, lams_c, taus_c, **kw)
-        vi_err, _ = vi_sweep(mdps, q_stars, keys, jnp.asarray(c["gamma"]), stds, **kw)
+        md_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(c.gamma), stds, lams_c, taus_c, **kw)
+        vi_err, _ = vi_sweep(mdps, q_stars, keys, jnp.asarray(c.gamma), stds, **kw)
         errs = np.concatenate([np.asarray(vi_err)[:, :, :, None], np.asarray(md_err)], axis=3)
         out["curves"] = {"errors": errs, "schemes": ["vi", *md_names], "noise_stds": np.asarray(stds),
-                         "iterations": np.arange(1, c["num_iterations"] // c["eval_every"] + 1) * c["eval_every"]}
+                         "iterations": np.arange(1, c.num_iterations // c.eval_every + 1) * c.eval_every}
         out["seconds"]["curves"] = time.perf_counter() - t0
 
         # (b) heatmap: final error over the (λ, τ) log grid, noisy.
         t0 = time.perf_counter()
-        h = cfg["heatmap"]
+        h = cfg.heatmap
         lams, taus = heatmap_grid(cfg)
         L, T = np.meshgrid(lams, taus, indexing="ij")
-        q_stars = _optimal_qs(mdps, jnp.asarray(h["gamma"])) if h["gamma"] != c["gamma"] else q_stars
-        hm_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(h["gamma"]), jnp.array([sigma]),
+        q_stars = _optimal_qs(mdps, jnp.asarray(h.gamma)) if h.gamma != c.gamma else q_stars
+        hm_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(h.gamma), jnp.array([sigma]),
                              jnp.asarray(L.ravel()), jnp.asarray(T.ravel()),
-                             num_iterations=h["num_iterations"], eval_every=h["num_iterations"])
+                             num_iterations=h.num_iterations, eval_every=h.num_iterations)
         final = np.asarray(hm_err)[:, :, 0, :, -1].reshape(*hm_err.shape[:2], len(lams), len(taus))
         out["heatmap"] = {"final_error": final, "lams": lams, "taus": taus}
         out["seconds"]["heatmap"] = time.perf_counter() - t0
@@ -335,11 +352,11 @@ def compute(cfg) -> dict[str, Any]:
         # (c) horizon: final error vs 1/(1−γ), without and with noise; γ is traced, so every
         # γ reuses one compiled program (the same as (a) when the shapes agree).
         t0 = time.perf_counter()
-        hz = cfg["horizon"]
-        kw = dict(num_iterations=hz["num_iterations"], eval_every=hz["eval_every"])
+        hz = cfg.horizon
+        kw = dict(num_iterations=hz.num_iterations, eval_every=hz.eval_every)
         kl = md_names.index("kl")
         finals, bound_ratio_h = [], []
-        for gamma in hz["gammas"]:
+        for gamma in hz.gammas:
             g = jnp.asarray(gamma)
             qs = _optimal_qs(mdps, g)
             md_e, md_noise = md_sweep(mdps, qs, keys, g, stds, lams_c, taus_c, **kw)
@@ -348,32 +365,32 @@ def compute(cfg) -> dict[str, Any]:
                                           np.asarray(md_e)[..., -1]], axis=3))  # [G, R, N, scheme]
             # The KL-only runs also enter the bound check (final iteration, both indexings).
             for offset in (0, 1):
-                b = bound_jit(md_noise[:, :, :, kl], jnp.array([hz["num_iterations"]]), g,
+                b = bound_jit(md_noise[:, :, :, kl], jnp.array([hz.num_iterations]), g,
                               coefs["kl"][0], jnp.asarray(r_max)[:, None, None, None], A,
                               policy_offset=offset)
                 bound_ratio_h.append((offset, np.asarray(md_e[:, :, :, kl, -1] / b[..., -1])))
         out["horizon"] = {"final_error": np.stack(finals, axis=2),  # [G, R, Γ, N, scheme]
-                          "gammas": np.asarray(hz["gammas"]), "noise_stds": np.asarray(stds),
+                          "gammas": np.asarray(hz.gammas), "noise_stds": np.asarray(stds),
                           "schemes": ["vi", *md_names]}
         out["bound_horizon_ratios"] = bound_ratio_h
         out["seconds"]["horizon"] = time.perf_counter() - t0
 
         # (d) bound: τ = 0 runs over λ × σ against the bound, at every evaluated iteration.
         t0 = time.perf_counter()
-        bd = cfg["bound"]
-        q_stars_b = _optimal_qs(mdps, jnp.asarray(bd["gamma"]))
-        lam_b = jnp.asarray(bd["lams"], dtype=jnp.float64)
-        b_err, b_noise = md_sweep(mdps, q_stars_b, keys, jnp.asarray(bd["gamma"]), jnp.asarray(bd["noise_stds"]),
-                                  lam_b, jnp.zeros_like(lam_b), num_iterations=bd["num_iterations"],
-                                  eval_every=bd["eval_every"])
-        iters = np.arange(1, bd["num_iterations"] // bd["eval_every"] + 1) * bd["eval_every"]
+        bd = cfg.bound
+        q_stars_b = _optimal_qs(mdps, jnp.asarray(bd.gamma))
+        lam_b = jnp.asarray(bd.lams, dtype=jnp.float64)
+        b_err, b_noise = md_sweep(mdps, q_stars_b, keys, jnp.asarray(bd.gamma), jnp.asarray(bd.noise_stds),
+                                  lam_b, jnp.zeros_like(lam_b), num_iterations=bd.num_iterations,
+                                  eval_every=bd.eval_every)
+        iters = np.arange(1, bd.num_iterations // bd.eval_every + 1) * bd.eval_every
         bounds = {}
         for offset, name in ((1, "bound"), (0, "bound_literal")):
             bounds[name] = np.asarray(bound_jit(
-                b_noise, jnp.asarray(iters), jnp.asarray(bd["gamma"]), lam_b[None, None, None, :, None],
+                b_noise, jnp.asarray(iters), jnp.asarray(bd.gamma), lam_b[None, None, None, :, None],
                 jnp.asarray(r_max)[:, None, None, None, None], A, policy_offset=offset))
         out["bound"] = {"errors": np.asarray(b_err), "iterations": iters, **bounds,
-                        "lams": np.asarray(bd["lams"]), "noise_stds": np.asarray(bd["noise_stds"])}
+                        "lams": np.asarray(bd.lams), "noise_stds": np.asarray(bd.noise_stds)}
         out["seconds"]["bound"] = time.perf_counter() - t0
     return out
 
@@ -433,14 +450,10 @@ def _heatmap_best(hm) -> dict[str, float]:
 
 
 # ----------------------------------------------------------------------------------------
-# Tidy metrics: write and read.
+# Tidy metrics (written by klrl.results.TidyWriter, the writer of `klrl train`'s metrics.csv).
 
 COLUMNS = ("part", "scheme", "garnet", "seed", "gamma", "lam", "tau", "noise_std",
            "iteration", "metric", "value")
-
-
-def _fmt(x) -> str:
-    return f"{float(x):.7g}"
 
 
 def metric_rows(cfg, out):
@@ -450,7 +463,7 @@ def metric_rows(cfg, out):
 
     cv = out["curves"]
     G, R = cv["errors"].shape[:2]
-    gamma = cfg["curves"]["gamma"]
+    gamma = cfg.curves.gamma
     for g in range(G):
         for r in range(R):
             for n, sd in enumerate(cv["noise_stds"]):
@@ -460,7 +473,7 @@ def metric_rows(cfg, out):
                         yield ("curves", s, g, r, gamma, lam, tau, sd, it, "error", cv["errors"][g, r, n, i, e])
 
     hm = out["heatmap"]
-    gamma, K, sd = cfg["heatmap"]["gamma"], cfg["heatmap"]["num_iterations"], cfg["noise"]["std"]
+    gamma, K, sd = cfg.heatmap.gamma, cfg.heatmap.num_iterations, cfg.noise.std
     for g in range(G):
         for r in range(R):
             for i, lam in enumerate(hm["lams"]):
@@ -468,7 +481,7 @@ def metric_rows(cfg, out):
                     yield ("heatmap", "md_vi", g, r, gamma, lam, tau, sd, K, "error", hm["final_error"][g, r, i, j])
 
     hz = out["horizon"]
-    K = cfg["horizon"]["num_iterations"]
+    K = cfg.horizon.num_iterations
     for g in range(G):
         for r in range(R):
             for k, gamma in enumerate(hz["gammas"]):
@@ -478,7 +491,7 @@ def metric_rows(cfg, out):
                         yield ("horizon", s, g, r, gamma, lam, tau, sd, K, "error", hz["final_error"][g, r, k, n, i])
 
     bd = out["bound"]
-    gamma = cfg["bound"]["gamma"]
+    gamma = cfg.bound.gamma
     for g in range(G):
         for r in range(R):
             for n, sd in enumerate(bd["noise_stds"]):
@@ -489,34 +502,8 @@ def metric_rows(cfg, out):
                             yield ("bound", "kl", g, r, gamma, lam, 0.0, sd, it, metric, arr[g, r, n, c, e])
 
 
-def write_metrics(path: str, rows) -> int:
-    n = 0
-    with open(path, "w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(COLUMNS)
-        for row in rows:
-            part, scheme, g, r, gamma, lam, tau, sd, it, metric, value = row
-            w.writerow([part, scheme, int(g), int(r), _fmt(gamma), _fmt(lam), _fmt(tau), _fmt(sd),
-                        int(it), metric, _fmt(value)])
-            n += 1
-    return n
-
-
 def read_metrics(path: str) -> dict[str, np.ndarray]:
     """metrics.csv -> dict of column arrays (strings for part/scheme/metric, numbers else)."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader)
-        if tuple(header) != COLUMNS:
-            raise ValueError(f"{path}: unexpected header {header}")
-        rows = list(reader)
-    cols = list(zip(*rows)) if rows else [()] * len(COLUMNS)
-    out = {}
-    for name, values in zip(COLUMNS, cols):
-        if name in ("part", "scheme", "metric"):
-            out[name] = np.asarray(values, dtype=str)
-        elif name in ("garnet", "seed", "iteration"):
-            out[name] = np.asarray(values, dtype=np.int64)
-        else:
-            out[name] = np.asarray(values, dtype=np.float64)
-    return out
+    from klrl.results import read_columns
+
+    return read_columns(path, COLUMNS, strings=("part", "scheme", "metric"), ints=("garnet", "seed", "iteration"))
