@@ -244,6 +244,9 @@ class Experiment:
             out[sec][k] = list(val) if isinstance(val, tuple) else val
         out["train"]["seeds"] = list(self.seeds)
         out["agent"]["name"] = self.agents[0] if len(self.agents) == 1 else list(self.agents)
+        for s in self.schema.static_cls.section_classes():
+            for k in getattr(self.static, s).unused():
+                out[s].pop(k, None)
         out[SWEEP] = {k: list(v) for k, v in sorted(self.sweep.items())}
         if len(self.agents) > 1:
             out[SWEEP][AGENT_NAME] = list(self.agents)

@@ -115,7 +115,7 @@ def check(cfg) -> None:
             _fail("agent.reference_run", a.reference_run, f"a run of a known agent (its agent is {info.agent!r})")
 
 
-def _q_network(run: str, member: int, env: str, backend: str):
+def _q_network(run: str, member: int, env: str, backend: str, preset: str):
     """(pure Q_ref(params, obs), host loader of the params) of one member of a `klrl train` run."""
     from klrl.agents import AGENTS
     from klrl.envs import env_spec, stacked_shape
@@ -123,7 +123,7 @@ def _q_network(run: str, member: int, env: str, backend: str):
 
     info = _run_info(run, member, env)
     agent = AGENTS[info.agent]
-    spec = env_spec(env, backend)
+    spec = env_spec(env, backend, preset)
     net = make_network(info.static.torso, info.static.hidden, spec.num_actions, agent.num_outputs(info.static),
                        info.static.obs_scale)
 
@@ -155,14 +155,14 @@ def for_config(cfg) -> Reference | None:
     check(cfg)
     from klrl.envs import env_spec
 
-    spec = env_spec(cfg.env.name, cfg.env.backend)
+    spec = env_spec(cfg.env.name, cfg.env.backend, cfg.env.preset)
     num_actions = spec.num_actions
     if a.reference == "uniform":
         def log_uniform(params, obs):
             lead = obs.shape[: obs.ndim - len(spec.obs_shape)]
             return jnp.full(lead + (num_actions,), -jnp.log(num_actions), jnp.float32)
         return Reference("uniform", log_uniform, lambda: ())
-    q_ref, load = _q_network(a.reference_run, a.reference_member, cfg.env.name, cfg.env.backend)
+    q_ref, load = _q_network(a.reference_run, a.reference_member, cfg.env.name, cfg.env.backend, cfg.env.preset)
     cached = functools.lru_cache(maxsize=1)(load)
     if a.reference == "softmax":
         temperature = float(a.reference_temperature)

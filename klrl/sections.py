@@ -204,6 +204,11 @@ class Section:
     def check(self) -> None:
         """Rules between fields of this section (raise with `self.fail`)."""
 
+    def unused(self) -> tuple[str, ...]:
+        """Keys that do not influence this configuration (left out of config.json and its
+        hash, so adding a key that only some setups read keeps earlier runs resumable)."""
+        return ()
+
     def fail(self, name: str, value: Any, allowed: str) -> NoReturn:
         fail(f"{self.SECTION}.{name}", value, allowed)
 

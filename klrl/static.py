@@ -47,9 +47,16 @@ class EnvConfig(Section):
     backend: str = choice("jax", lambda: envs_lib.BACKENDS,
                           doc="jax (gymnax/tabular, in-graph) | pool (host numpy pool) | ...")
     num_envs: int = ranged(10, lo=1, doc="training envs per member")
+    preset: str = choice(envs_lib.DEFAULT_PRESET, envs_lib.PRESETS,
+                         doc="Atari protocol (klrl.envs.atari.PRESETS); other backends ignore it")
 
     def check(self) -> None:
-        envs_lib.check_env(self.name, self.backend)
+        envs_lib.check_env(self.name, self.backend, self.preset)
+        if self.backend not in envs_lib.ATARI_BACKENDS and self.preset != envs_lib.DEFAULT_PRESET:
+            self.fail("preset", self.preset, f"only with an Atari backend ({', '.join(envs_lib.ATARI_BACKENDS)})")
+
+    def unused(self) -> tuple[str, ...]:
+        return () if self.backend in envs_lib.ATARI_BACKENDS else ("preset",)
 
 
 @dataclass(frozen=True)
@@ -154,15 +161,15 @@ def hparams_used(cfg: StaticConfig) -> tuple[str, ...]:
 def validate(cfg: StaticConfig) -> None:
     """The rules between sections (each section checked itself when built); ConfigError, one line."""
     env, agent, train = cfg.env, cfg.agent, cfg.train
-    obs_ndim = len(envs_lib.env_spec(env.name, env.backend).obs_shape)
+    obs_ndim = len(envs_lib.env_spec(env.name, env.backend, env.preset).obs_shape)
     if (agent.torso == "mlp") != (obs_ndim == 1):
         fail("agent.torso", agent.torso,
              f"{'mlp' if obs_ndim == 1 else 'minatar_cnn or nature_cnn'} for {env.name}'s {obs_ndim}-D observations")
     if train.chunk_steps % env.num_envs:
         fail("train.chunk_steps", train.chunk_steps, f"a multiple of env.num_envs ({env.num_envs})")
-    if env.backend == "pool" and train.eval_mode != "concurrent":
+    if not envs_lib.TRAITS[env.backend].in_graph_reset and train.eval_mode != "concurrent":
         fail("train.eval_mode", train.eval_mode,
-             "concurrent with backend pool (a host pool cannot start fresh episodes in-graph)")
+             f"concurrent with backend {env.backend} (a host pool cannot start fresh episodes in-graph)")
     refs.check(cfg)
     spec = AGENTS[agent.name]
     if spec.needs_reference and agent.reference == "none":
@@ -174,7 +181,7 @@ def validate(cfg: StaticConfig) -> None:
 
 def check_members(cfg: StaticConfig, members: int) -> None:
     """The replay fits a population of `members` (shared mode splits buffer_size over M·E columns)."""
-    k = envs_lib.env_spec(cfg.env.name, cfg.env.backend).frame_stack
+    k = envs_lib.env_spec(cfg.env.name, cfg.env.backend, cfg.env.preset).frame_stack
     mode = cfg.train.replay_mode
     columns = cfg.env.num_envs * (members if mode == "shared" else 1)
     if cfg.train.buffer_size // columns < k + 2:

@@ -141,9 +141,11 @@ def make_optimizer(hp: dict, max_grad_norm: float) -> optax.GradientTransformati
 def make_update(cfg: StaticConfig, net, agent) -> Callable:
     """One member's gradient step: (learner leaves, batch, hp, ctx) -> (learner, loss, aux).
 
-    The guard: a non-finite loss or gradient norm zeroes the gradients (so the optimizer state
-    stays finite) and withholds the step; the member is flagged diverged and stays frozen.
-    Both selects fuse into elementwise kernels the update runs anyway.
+    The guard: a non-finite loss or gradient norm withholds the step and flags the member
+    diverged; it stays frozen at its last finite parameters from then on. Its cost is one
+    finiteness test of two scalars and ONE select per parameter, fused into the `p + u` kernel
+    the update runs anyway (no select over gradients or optimizer state: a frozen member's
+    optimizer state may become non-finite, and it is never used again).
     """
 
     def update(learner: Learner, batch, hp: dict, ctx: Context):
@@ -160,10 +162,9 @@ def make_update(cfg: StaticConfig, net, agent) -> Callable:
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
-        grads = jax.tree.map(lambda g: jnp.where(ok, g, 0.0), grads)
         updates, opt_state = make_optimizer(hp, cfg.train.max_grad_norm).update(grads, learner.opt_state, params)
-        step = (ok & ~learner.diverged).astype(jnp.float32)
-        params = jax.tree.map(lambda p, u: p + step * u, params, updates)
+        apply = ok & ~learner.diverged
+        params = jax.tree.map(lambda p, u: jnp.where(apply, p + u, p), params, updates)
         if cfg.train.target_update == "polyak":
             target = jax.tree.map(lambda t, p: t + hp["polyak"] * (p - t), target, params)
         new = learner._replace(params=params, target_params=target, opt_state=opt_state,
@@ -188,9 +189,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
     @functools.lru_cache(maxsize=None)
     def env_for(members: int):
         """The backend for [members, E + test envs] (one pool per population size)."""
-        return make_env(cfg.env.name, members, E + E_test, cfg.env.backend)
+        return make_env(cfg.env.name, members, E + E_test, cfg.env.backend, preset=cfg.env.preset)
 
-    spec = env_spec(cfg.env.name, cfg.env.backend)
+    spec = env_spec(cfg.env.name, cfg.env.backend, preset=cfg.env.preset)
     traits = TRAITS[cfg.env.backend]
     k = spec.frame_stack
     obs_shape = stacked_shape(spec)
@@ -303,22 +304,33 @@ def make_train(cfg: StaticConfig) -> Trainer:
             return s, loss_sum + loss, jax.tree.map(jnp.add, aux_sum, aux)
 
         zeros = jnp.zeros((M,), jnp.float32)
-        state, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, (state, zeros, aux_zero))
+        if E % cfg.train.update_every == 0:
+            # A fixed number of updates per vector step once learning has started: a cond around
+            # an unrolled loop, so no while loop carries the whole state.
+            def run_updates(c):
+                for _ in range(E // cfg.train.update_every):
+                    c = one_update(0, c)
+                return c
+
+            state, loss_sum, aux_sum = jax.lax.cond(n_updates > 0, run_updates, lambda c: c,
+                                                    (state, zeros, aux_zero))
+        else:
+            state, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, (state, zeros, aux_zero))
         crossed = (vstep * E) // cfg.train.target_update_every != ((vstep - 1) * E) // cfg.train.target_update_every
         state = state._replace(learner=jax.lax.cond(crossed, update_target, lambda lr: lr, state.learner))
 
-        done = st_train.done
+        ended = st_train.episode_end
         stats = dict(
-            ret_sum=jnp.sum(jnp.where(done, st_train.episode_return, 0.0), axis=1),
-            ret_count=jnp.sum(done, axis=1).astype(jnp.float32),
+            ret_sum=jnp.sum(jnp.where(ended, st_train.episode_return, 0.0), axis=1),
+            ret_count=jnp.sum(ended, axis=1).astype(jnp.float32),
             loss_sum=loss_sum, loss_count=jnp.full((M,), n_updates, jnp.float32),
             aux_sum=aux_sum,
         )
         if E_test:
             st_test = jax.tree.map(lambda x: x[:, E:], st)
-            test_done = st_test.done
-            stats["eval_sum"] = jnp.sum(jnp.where(test_done, st_test.episode_return, 0.0), axis=1)
-            stats["eval_count"] = jnp.sum(test_done, axis=1).astype(jnp.float32)
+            test_ended = st_test.episode_end
+            stats["eval_sum"] = jnp.sum(jnp.where(test_ended, st_test.episode_return, 0.0), axis=1)
+            stats["eval_count"] = jnp.sum(test_ended, axis=1).astype(jnp.float32)
             if ctx.log_ref is not None:   # per-step KL(π‖π_ref) of the evaluation policy along test episodes
                 kl = act_lib.kl(test_log_probs, ctx.log_ref(a.obs[:, E:]))
                 stats["kl_sum"] = jnp.sum(jnp.where(st_test.valid, kl, 0.0), axis=1)
@@ -332,7 +344,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         first end or the time limit) and the per-step KL(π‖π_ref) along them."""
         n = cfg.train.eval_episodes
         M = eval_key.shape[0]
-        env = make_env(cfg.env.name, M, n, cfg.env.backend)
+        env = make_env(cfg.env.name, M, n, cfg.env.backend, preset=cfg.env.preset)
         split = jax.vmap(lambda kk: jax.random.split(kk, n + 1))(eval_key)              # [M, n+1, 2]
         env_state, obs = env.reset(split[:, 1:])
         obs = push(jnp.zeros((M, n) + obs_shape, spec.obs_dtype), obs, jnp.ones((M, n), bool))

@@ -32,14 +32,14 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
     output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
     keys = static_keys + hparam_keys + output_keys
-    assert len(set(keys)) == len(keys) == 35 + 14 + 2
+    assert len(set(keys)) == len(keys) == 36 + 14 + 2
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
     for n in train.HPARAMS:
         assert schema.name_of(schema.key_of(n)) == n
     assert schema.name_of("train.batch_size") is None and schema.name_of("train.tau") is None
     # today's TOML mapping of the fields
-    assert {k for k in static_keys if k.startswith("env.")} == {"env.name", "env.backend", "env.num_envs"}
+    assert {k for k in static_keys if k.startswith("env.")} == {"env.name", "env.backend", "env.num_envs", "env.preset"}
     assert {"agent.hidden", "agent.reference_run", "agent.qsharp_switch_horizon", "agent.softmax_temperature",
             "train.eval_mode", "train.replay_store", "train.learning_rate", "train.polyak"} <= set(defaults)
     # the keys the issue names explicitly
@@ -202,3 +202,19 @@ def test_config_hash_of_shipped_experiments_is_unchanged(schema, name):
         assert stored["config_hash"] == exp.config_hash()
         # config.json's resolved config is the same, key order included
         assert json.dumps(stored["config"]) == json.dumps(exp.resolved())
+
+
+def test_env_preset_only_with_an_atari_backend(schema):
+    """env.preset is an Atari protocol: refused elsewhere, and left out of a non-Atari run's
+    config.json and hash (so runs made before the key existed resume)."""
+    with pytest.raises(ConfigError, match=r"^env.preset: got 'machado'; allowed only with an Atari backend"):
+        build_experiment({"env": {"name": "CartPole-v1", "preset": "machado"}}, schema=schema)
+    with pytest.raises(ConfigError, match=r"^env.preset: got 'nope'; allowed one of dopamine, machado"):
+        build_experiment({"env": {"name": "Pong", "backend": "ale", "preset": "nope"}}, schema=schema)
+    plain = build_experiment({"env": {"name": "CartPole-v1"}}, schema=schema)
+    assert "preset" not in plain.resolved()["env"]
+    atari = build_experiment({"env": {"name": "Pong", "backend": "ale", "preset": "atari100k"},
+                              "agent": {"torso": "nature_cnn"},
+                              "train": {"eval_mode": "concurrent", "buffer_size": 1000}}, schema=schema)
+    assert atari.resolved()["env"]["preset"] == "atari100k"
+    assert atari.static.env.preset == "atari100k"

@@ -83,7 +83,8 @@ def _env_step(s: dict, t: int) -> EnvStep:
                    raw_reward=jnp.asarray(s["reward"][t]),
                    terminated=jnp.asarray(s["terminated"][t]),
                    truncated=jnp.asarray(s["truncated"][t]), valid=jnp.asarray(s["valid"][t]),
-                   episode_return=jnp.asarray(z), episode_length=jnp.asarray(z, jnp.int32))
+                   episode_return=jnp.asarray(z), episode_length=jnp.asarray(z, jnp.int32),
+                   episode_end=jnp.asarray(s["terminated"][t] | s["truncated"][t]))
 
 
 def _make(store: str, k: int, mode: str, **kw) -> rb.Replay:

@@ -175,7 +175,8 @@ def test_engine_sections_declare_every_rule_once():
 
     cfg = StaticConfig()
     assert (cfg.env, cfg.agent, cfg.train) == (EnvConfig(), AgentConfig(), TrainConfig())
-    assert set(EnvConfig.specs()) == {"name", "backend", "num_envs"}
+    assert set(EnvConfig.specs()) == {"name", "backend", "num_envs", "preset"}
+    assert EnvConfig.specs()["preset"].rule.allowed_choices() == tuple(envs.PRESETS)
     assert EnvConfig.specs()["backend"].rule.allowed_choices() == tuple(envs.BACKENDS)
     assert AgentConfig.specs()["name"].rule.allowed_choices() == tuple(AGENTS)
     with pytest.raises(ConfigError, match=r"^train.batch_size: got 256; allowed at most train.buffer_size \(100\)$"):

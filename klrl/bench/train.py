@@ -51,7 +51,7 @@ def update_flops(cfg: StaticConfig, members: int) -> float:
     from klrl.replay import Batch
     from klrl.train import HPARAMS, Learner, make_optimizer, make_update
 
-    spec = env_spec(cfg.env.name, cfg.env.backend)
+    spec = env_spec(cfg.env.name, cfg.env.backend, cfg.env.preset)
     agent = AGENTS[cfg.agent.name]
     a = cfg.agent
     net = make_network(a.torso, a.hidden, spec.num_actions, agent.num_outputs(a), a.obs_scale)

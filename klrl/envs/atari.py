@@ -43,9 +43,10 @@ Step semantics (those of `klrl.envs.base`; both pools run in NEXT_STEP autoreset
   running raw score and number of valid steps of the current game at every step (0 on the
   autoreset step), so on the step that ends a game they are that game's totals. On a
   life-loss terminal step (presets `atari100k`, `fast`) they are the totals SO FAR of a game
-  that goes on. The env state's `game_end` flag [M, E] marks the steps that end a game; an
-  engine that reports per-game statistics must average `episode_return` where `game_end`,
-  not where `done` (identical for the presets whose life loss is not terminal).
+  that goes on. The step's `episode_end` (klrl.envs.base) marks the steps that end a game
+  (also kept in the env state as `game_end`, which makes the next step the autoreset one), so
+  the engine averages `episode_return` per game, not per life (the same as where `done` for
+  the presets whose life loss is not terminal).
 
 Seeds. `reset(keys)` is a host call (`in_graph_reset = False`): environment (m, e) is seeded
 with `seeds_from_keys(keys, bits=31)[m, e]` (the 64-bit seed of `klrl.envs.pool` folded to a
@@ -412,7 +413,7 @@ class AtariEnv:
         new = AtariState(handle=handle, game_end=game_over | cap, lives=lives, ret=ret, length=length)
         return new, EnvStep(obs=jnp.reshape(obs, self.lead + FRAME), reward=jnp.sign(raw), raw_reward=raw,
                             terminated=terminated, truncated=cap, valid=valid, episode_return=ret,
-                            episode_length=length)
+                            episode_length=length, episode_end=game_over | cap)
 
 
 __all__ = ["AtariEnv", "AtariPreset", "AtariState", "BACKENDS", "GameList", "PRESETS", "atari_spec",

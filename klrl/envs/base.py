@@ -13,8 +13,9 @@ agree on ONE step semantics, the one C++ emulator pools (envpool, ALE's vector e
 - `terminated` is a true end of the MDP (bootstrap with discount 0); `truncated` a time
   limit (NOT termination: the learner bootstraps through it with γ).
 - `reward` is what the agent learns from (e.g. clipped on Atari), `raw_reward` what is
-  reported; `episode_return` / `episode_length` are the raw totals of the episode that
-  ended at this step (meaningful where `done`).
+  reported; `episode_return` / `episode_length` are the raw totals of the reported episode
+  where `episode_end` (= `done`, except on Atari with a life-loss-terminal preset, where
+  learning sees a terminal at every lost life but scores are per game).
 
 Capabilities are declared, never probed:
 - `in_graph_reset`: True for gymnax/tabular (reset is a pure function of keys, inside the
@@ -56,8 +57,11 @@ class EnvStep(NamedTuple):
     terminated: jax.Array      # bool: true terminal state, discount 0
     truncated: jax.Array       # bool: time limit, bootstrap through it
     valid: jax.Array           # bool: False on an autoreset step (not a transition)
-    episode_return: jax.Array  # float32: raw return of the episode that just ended (where done)
-    episode_length: jax.Array  # int32: its length in valid steps (where done)
+    episode_return: jax.Array  # float32: raw return of the episode so far (its total where episode_end)
+    episode_length: jax.Array  # int32: its length in valid steps (likewise)
+    episode_end: jax.Array     # bool: the episode whose statistics are reported ended here. `done`
+                               # everywhere but Atari's life-loss presets, whose `terminated` marks
+                               # a lost life while the game (the reported episode) goes on
 
     @property
     def done(self) -> jax.Array:

@@ -89,7 +89,7 @@ class InGraphEnv:
         stats = EpisodeStats(ret=jnp.where(done, 0.0, ep_ret), length=jnp.where(done, 0, ep_len))
         new = InGraphState(inner, done, jnp.where(_expand(done, out.obs), self._cast(out.obs), state.first_obs), stats)
         return new, EnvStep(obs=obs, reward=reward, raw_reward=reward, terminated=terminated, truncated=truncated,
-                            valid=~pending, episode_return=ep_ret, episode_length=ep_len)
+                            valid=~pending, episode_return=ep_ret, episode_length=ep_len, episode_end=done)
 
 
 def _expand(mask: jax.Array, x: jax.Array) -> jax.Array:

@@ -218,7 +218,7 @@ class NumpyPool:
         return EnvStep(obs=self._obs(), reward=reward, raw_reward=reward.copy(),
                        terminated=terminated, truncated=truncated, valid=live.copy(),
                        episode_return=self._ret.astype(np.float32),
-                       episode_length=self._len.astype(np.int32))
+                       episode_length=self._len.astype(np.int32), episode_end=terminated | truncated)
 
 
 def seeds_from_keys(keys, *, bits: int = 64, caller: str = "PoolEnv.reset") -> np.ndarray:
@@ -330,7 +330,7 @@ class PoolEnv:
         f32 = lambda shape=lead: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
         b = jax.ShapeDtypeStruct(lead, jnp.bool_)
         result = (jax.ShapeDtypeStruct((), jnp.int32), f32(lead + self.spec.obs_shape), f32(), f32(),
-                  b, b, b, f32(), jax.ShapeDtypeStruct(lead, jnp.int32))
+                  b, b, b, f32(), jax.ShapeDtypeStruct(lead, jnp.int32), b)
         token, *fields = io_callback(self._host_step, result, jnp.asarray(state, jnp.int32),
                                      actions.astype(jnp.int32), ordered=True)
         return token, EnvStep(*fields)
