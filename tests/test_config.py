@@ -218,3 +218,31 @@ def test_env_preset_only_with_an_atari_backend(schema):
                               "train": {"eval_mode": "concurrent", "buffer_size": 1000}}, schema=schema)
     assert atari.resolved()["env"]["preset"] == "atari100k"
     assert atari.static.env.preset == "atari100k"
+
+
+def test_atari_and_minatar_experiments_say_what_their_notes_say(schema):
+    """The shipped Atari / MinAtar experiment files: backend, preset, protocol numbers."""
+    load = lambda name: load_experiment(os.path.join(ROOT, "experiments", f"{name}.toml"), schema=schema)  # noqa: E731
+    a100k = load("atari100k")
+    assert a100k.agents == ("dqn", "mdqn", "mvi") and len(a100k.seeds) == 5
+    s = a100k.static
+    assert (s.env.backend, s.env.preset, s.agent.torso, s.train.eval_mode) == ("ale", "atari100k", "nature_cnn", "concurrent")
+    assert s.train.total_steps == 100_000 and s.train.update_every == 1 and a100k.values["train.eval_epsilon"] == 0.001
+    dop = load("atari_dopamine_mdqn")
+    d = dop.static
+    assert (d.env.preset, d.train.buffer_size, d.train.update_every, d.train.target_update_every) == ("dopamine", 1_000_000, 4, 8000)
+    assert dop.values["train.learning_rate"] == 5e-5 and dop.values["train.adam_eps"] == 3.125e-4
+    # one population per game: every game of the benchmark is a valid --set env.name
+    from klrl.scores import atari_games
+    from klrl.envs import atari
+
+    roms = {scores_key: name for name, scores_key in ((n, n.lower()) for n in atari.installed_roms("ale"))}
+    for game in atari_games("atari100k"):
+        name = roms[game.replace("_", "")]
+        assert load_experiment(os.path.join(ROOT, "experiments", "atari100k.toml"), [f"env.name={name}"],
+                               schema=schema).static.env.name == name
+    mun, mvi = load("minatar_munchausen"), load("minatar_mvi_q")
+    assert mun.agents == ("dqn", "soft_dqn", "al", "mdqn") and len(mun.seeds) == 5
+    assert mvi.swept_hparams() == {"entropic_index": [1.0, 1.5, 2.0, 3.0]} and len(mvi.seeds) == 5
+    for e in (mun, mvi):
+        assert e.static.train.total_steps == 300_000 and e.static.agent.torso == "minatar_cnn"
