@@ -19,6 +19,9 @@ import numpy as np
 import optax
 import pytest
 
+from engine_helpers import CARTPOLE_MIN_EPISODE
+from engine_helpers import compiled as _compiled
+from engine_helpers import member_keys as _keys
 from klrl import replay as rb
 from klrl.actors import epsilon
 from klrl.agents import AGENTS, Context, Nets
@@ -33,18 +36,6 @@ TINY = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "
                            "learning_starts": 20, "update_every": 2, "target_update_every": 20, "eval_episodes": 2})
 BASE_METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
 METRICS = BASE_METRICS | {"q_mean", "target_mean"}      # + mdqn's loss aux
-NO_BACKEND_OPT = {"xla_backend_optimization_level": 0}
-CARTPOLE_MIN_EPISODE = 8    # from |θ| <= 0.05 rad, pushing one way, |θ| > 12° takes >= 8 Euler steps
-
-
-def _keys(*seeds):
-    return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-
-
-def _compiled(fn, *args, fast=True):
-    """jax.jit(fn) compiled for `args`; `fast` skips XLA's backend optimisation (compile time)."""
-    lowered = jax.jit(fn).lower(*args)
-    return lowered.compile(NO_BACKEND_OPT) if fast else lowered.compile()
 
 
 def _adam_count(learner) -> np.ndarray:

@@ -18,18 +18,11 @@ from klrl.agents import AGENTS
 from klrl.checkpoint import PopulationCheckpointer
 from klrl.train import StaticConfig, make_train
 
-NO_BACKEND_OPT = {"xla_backend_optimization_level": 0}
+from engine_helpers import CARTPOLE_MIN_EPISODE
+from engine_helpers import compiled as _compiled
+from engine_helpers import member_keys as _keys
+
 BASE_METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
-CARTPOLE_MIN_EPISODE = 8    # from |θ| <= 0.05 rad, pushing one way, |θ| > 12° takes >= 8 Euler steps
-
-
-def _keys(*seeds):
-    return jnp.stack([jax.random.PRNGKey(s) for s in seeds])
-
-
-def _compiled(fn, *args, fast=True):
-    lowered = jax.jit(fn).lower(*args)
-    return lowered.compile(NO_BACKEND_OPT) if fast else lowered.compile()
 
 
 def _chunks(tr, state, hp, run_chunk, n=None):
