@@ -20,14 +20,18 @@ naming the key, the value and what is allowed, before anything is compiled or wr
 `build_config` / `load_config` read any other `Sections` file (the tabular experiment's) by
 the same code path.
 
-Only traced hyperparameters may be swept inside a population. The one exception is
-`agent.name`: a sweep over it runs one compiled population per agent, one after the other.
-Any other static field changes shapes or the compiled program and is rejected.
+Only traced hyperparameters may be swept inside a population. Two static keys may be swept
+across populations: `agent.name` (one compiled population per agent, one after the other, in
+one run directory) and `env.name` (one run directory per env, `<out>/<env>/`, each holding the
+populations of every agent; klrl.runner). A game's run is exactly the run of the same file with
+`--set env.name=<env>` (same resolved config and hash). Any other static field changes shapes
+or the compiled program and is rejected.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import json
 import os
@@ -44,8 +48,9 @@ SWEEP = "sweep"
 SEEDS = "train.seeds"
 # Keys that belong to the plumbing and are no section's field (their defaults).
 PLUMBING_KEYS: dict[str, Any] = {SEEDS: 3}
-# The one static key a sweep may list: one compiled population per agent.
+# The static keys a sweep may list: one compiled population per agent, one run per env.
 AGENT_NAME = "agent.name"
+ENV_NAME = "env.name"
 
 
 @dataclass(frozen=True)
@@ -234,6 +239,7 @@ class Experiment:
     seeds: tuple[int, ...]
     schema: Schema = field(repr=False, compare=False)
     static: Any = field(default=None, repr=False, compare=False)   # StaticConfig of agents[0]
+    envs: tuple[str, ...] = ()             # a sweep over env.name: one run per env; () = none
 
     # --- views -------------------------------------------------------------------------
     def resolved(self) -> dict[str, Any]:
@@ -250,6 +256,9 @@ class Experiment:
         out[SWEEP] = {k: list(v) for k, v in sorted(self.sweep.items())}
         if len(self.agents) > 1:
             out[SWEEP][AGENT_NAME] = list(self.agents)
+        if self.envs:
+            out["env"]["name"] = list(self.envs)
+            out[SWEEP][ENV_NAME] = list(self.envs)
         return out
 
     def config_hash(self) -> str:
@@ -258,6 +267,11 @@ class Experiment:
         res.pop("output", None)
         blob = json.dumps(res, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(blob.encode()).hexdigest()
+
+    def for_env(self, name: str) -> "Experiment":
+        """One env's experiment of a sweep over env.name (what `--set env.name=<name>` gives)."""
+        values = {**self.values, ENV_NAME: name}
+        return dataclasses.replace(self, values=values, envs=(), static=self.static.replace(env={"name": name}))
 
     def static_config(self, agent: str):
         """The engine's StaticConfig for one agent's population."""
@@ -278,6 +292,10 @@ class Experiment:
         """Traced hyperparameter name -> swept values (ordered as in the config)."""
         return {self.schema.name_of(k): list(v) for k, v in self.sweep.items()}
 
+    def per_env(self) -> list["Experiment"]:
+        """The experiment of each env of a sweep over env.name (itself when there is none)."""
+        return [self.for_env(e) for e in self.envs] if self.envs else [self]
+
     @property
     def checkpoint_every(self) -> int:
         return int(self.values["output.checkpoint_every"])
@@ -293,6 +311,9 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
     for k in sweep:
         check_known(f"{SWEEP}.{k}", defaults, k)
 
+    # A sweep over env.name: the base config is its first env's (a file need not name one).
+    if isinstance(sweep.get(ENV_NAME), list) and sweep[ENV_NAME]:
+        base[ENV_NAME] = sweep[ENV_NAME][0]
     # Every section checks itself; then the traced hyperparameters and the seeds.
     hparam_keys = {schema.key_of(n): n for n in schema.hparams}
     sections = build_sections(schema.sections, {k: v for k, v in base.items()
@@ -304,8 +325,9 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
     seeds = _check_seeds(base.get(SEEDS, PLUMBING_KEYS[SEEDS]))
     values[SEEDS] = list(seeds)
 
-    # The sweep: agent.name (one population each) or traced hyperparameters only.
+    # The sweep: agent.name (one population each), env.name (one run each), traced hyperparameters.
     agents = (sections["agent"].name,)
+    envs: tuple[str, ...] = ()
     name_spec = schema.sections["agent"].specs()["name"]
     clean_sweep: dict[str, list] = {}
     for k, vals in sweep.items():
@@ -322,11 +344,16 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
             if len(set(agents)) != len(agents):
                 raise ConfigError(f"{skey}: got {vals!r}; allowed distinct agent names")
             continue
+        if k == ENV_NAME:
+            envs = tuple(schema.sections["env"].specs()["name"].check(skey, e) for e in vals)
+            if len(set(envs)) != len(envs):
+                raise ConfigError(f"{skey}: got {vals!r}; allowed distinct env names")
+            continue
         if k not in hparam_keys:
             traced = ", ".join(sorted(hparam_keys))
             raise ConfigError(
                 f"{skey}: got a sweep over a static setting (it changes shapes or the compiled program); "
-                f"allowed {AGENT_NAME} or a traced hyperparameter: {traced}"
+                f"allowed {AGENT_NAME}, {ENV_NAME} or a traced hyperparameter: {traced}"
             )
         checked = [schema.hparams[hparam_keys[k]].check(skey, v) for v in vals]
         if len(set(checked)) != len(checked):
@@ -338,9 +365,11 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
     static = schema.static_cls(**static_sections)
     if static.agent.name != agents[0]:
         static = static.replace(agent={"name": agents[0]})
-    exp = Experiment(values=values, sweep=clean_sweep, agents=agents, seeds=seeds, schema=schema, static=static)
-    for agent in agents:       # the engine's rules between sections, still before compiling
-        schema.validate_static(exp.static_config(agent))
+    exp = Experiment(values=values, sweep=clean_sweep, agents=agents, seeds=seeds, schema=schema, static=static,
+                     envs=envs)
+    for one in exp.per_env():  # the engine's rules between sections, still before compiling
+        for agent in agents:
+            schema.validate_static(one.static_config(agent))
     return exp
 
 

@@ -38,11 +38,12 @@ from klrl.config import Experiment, load_experiment
 from klrl.errors import ConfigError
 from klrl.output import choose_out_dir
 from klrl.population import Population, build_populations
-from klrl.results import MetricsWriter, format_chunk, format_history, read_metrics, summarize
+from klrl.results import MetricsWriter, TidyWriter, format_chunk, format_history, header, read_metrics, summarize
 
 # Test-only: after this many chunks (counted over the whole run, restored ones included)
 # the process SIGKILLs itself, after that chunk's rows and checkpoint are written.
 KILL_ENV = "KLRL_TEST_KILL_AFTER_CHUNKS"
+SWEEP_RECORD = "sweep.json"   # the record of a sweep over env.name (its run directories are below it)
 
 
 def _log(msg: str) -> None:
@@ -62,13 +63,14 @@ def _nanmedian(x) -> float:
     return float(np.median(x)) if x.size else math.nan
 
 
-def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool) -> str:
+def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool, record: str = "config.json") -> str:
     """The directory this run writes to; refuses to overwrite an existing run (no writes).
-    Without --resume: klrl.output's policy (`output.if_exists`)."""
+    Without --resume: klrl.output's policy (`output.if_exists`). With it, `record` (the run's
+    config.json, or a sweep's sweep.json) must hold the same config hash."""
     if resume:
-        cfg_path = os.path.join(out_dir, "config.json")
+        cfg_path = os.path.join(out_dir, record)
         if not os.path.isfile(cfg_path):
-            raise ConfigError(f"--resume: got --out {out_dir!r} which holds no run (no config.json); "
+            raise ConfigError(f"--resume: got --out {out_dir!r} which holds no run (no {record}); "
                               "allowed the directory of an earlier run")
         with open(cfg_path) as fh:
             old = json.load(fh).get("config_hash")
@@ -117,9 +119,44 @@ def _resumed(restored, trainer, keys, chunks_done: int):
     return trainer.reenter(restored, trainer.env_start(keys, chunks_done))
 
 
+class FinalEvalFile:
+    """final_eval.csv of a run with `train.final_eval_episodes > 0`: metrics.csv's header, rows
+    `final_eval_return` and `final_eval_episodes` per member at the last step, one append (fsynced)
+    per population. On resume the rows of populations written in full are kept (the file is
+    rewritten with them) and only the others are evaluated again."""
+
+    NAME = "final_eval.csv"
+
+    def __init__(self, out: str, pops: Sequence[Population], resume: bool):
+        import csv
+
+        path = os.path.join(out, self.NAME)
+        self.columns = pops[0].columns
+        self.done: set[str] = set()
+        kept = ""
+        if resume and os.path.isfile(path):
+            with open(path, newline="") as fh:
+                lines = fh.read().splitlines(keepends=True)[1:]
+            rows = {}
+            for line in lines:
+                cells = next(csv.reader([line]))
+                if len(cells) == len(header(self.columns)) and line.endswith("\n"):
+                    rows.setdefault(int(cells[0]), []).append(line)
+            for pop in pops:
+                if all(len(rows.get(m.member, ())) == 2 for m in pop.members):
+                    self.done.add(pop.agent)
+                    kept += "".join(line for m in pop.members for line in rows[m.member])
+        self.writer = TidyWriter(path, header(self.columns), kept)
+
+    def append(self, pop: Population, metrics: dict) -> None:
+        self.writer.append(format_chunk(pop.members, self.columns, metrics))
+        self.done.add(pop.agent)
+
+
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
-                   chunk_counter: list[int]) -> dict:
-    """Train one population to the end (resuming from its checkpoint if asked); returns timing."""
+                   chunk_counter: list[int], final: FinalEvalFile | None = None) -> dict:
+    """Train one population to the end (resuming from its checkpoint if asked), then run its
+    final evaluation when the config asks for one (`final`, unless already written); returns timing."""
     import jax
     import jax.numpy as jnp
 
@@ -134,7 +171,8 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         keys, hparams = shard_population((keys, hparams), M)
 
     ckpt = _checkpointer(out, pop, exp)
-    if resume and ckpt.latest_step() == trainer.num_chunks:   # finished before: nothing to compile
+    needs_final = final is not None and pop.agent not in final.done
+    if resume and ckpt.latest_step() == trainer.num_chunks and not needs_final:   # finished: nothing to compile
         chunk_counter[0] += trainer.num_chunks
         ckpt.close()
         _log(f"[{pop.agent}] already finished ({trainer.num_chunks} chunks checkpointed)")
@@ -164,7 +202,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
                          out_shardings=(state_sharding, member_sharding(M)))
     else:
         jitted = jax.jit(trainer.run_chunk, donate_argnums=0)
-    step_fn = jitted.lower(state, hparams).compile()
+    step_fn = jitted.lower(state, hparams).compile() if start < trainer.num_chunks else None
     compile_s = time.perf_counter() - t0
     _log(f"[{pop.agent}] {M} members, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
          f"init+compile {compile_s:.1f}s")
@@ -205,27 +243,51 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
             _log(f"[{pop.agent}] {KILL_ENV}: killing myself after chunk {chunk_counter[0]}")
             os.kill(os.getpid(), signal.SIGKILL)
     ckpt.close()
-    return {
+    timing = {
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),
         "run_seconds": round(run_s, 3), "env_steps_per_member": steps_done,
         "agent_steps_per_second": round(M * steps_done / max(run_s, 1e-9), 1),
         "resumed_at_chunk": start,
     }
+    if needs_final:
+        from klrl.train import FINAL_EVAL_SALT
+
+        t = time.perf_counter()
+        # A fresh reset of every env (a host call for pools), then one jitted loop of episodes.
+        result = jax.jit(trainer.final_eval)(state, hparams, trainer.env_start(keys, FINAL_EVAL_SALT))
+        result = {k: np.asarray(v) for k, v in jax.device_get(result).items()}
+        final.append(pop, result)
+        timing["final_eval_seconds"] = round(time.perf_counter() - t, 3)
+        _log(f"[{pop.agent}] final evaluation: {int(result['final_eval_episodes'].min())}+ episodes per member at "
+             f"eps {static.train.eval_epsilon:g}, median return {_nanmedian(result['final_eval_return']):.1f} "
+             f"({timing['final_eval_seconds']:.0f}s)")
+    return timing
 
 
-def summary_rows(metrics_path: str, columns: Sequence[str]) -> list[dict]:
-    """Per group (agent + swept values): final eval return over seeds, diverged members."""
+def summary_rows(metrics_path: str, columns: Sequence[str], final_eval_path: str | None = None) -> list[dict]:
+    """Per group (agent + swept values): the last chunk's eval return over seeds, diverged
+    members, and (with a final_eval.csv) the final evaluation's scores."""
     from klrl.results import final_scores, group_label
 
     rows = read_metrics(metrics_path)
     finals = final_scores(rows, "eval_return", columns)
     div = final_scores(rows, "diverged", columns)
+    final_eval = {}
+    if final_eval_path is not None:
+        frows = read_metrics(final_eval_path)
+        final_eval = {k: (v, final_scores(frows, "final_eval_episodes", columns)[k])
+                      for k, v in final_scores(frows, "final_eval_return", columns).items()}
     out = []
     for key, scores in finals.items():
-        out.append({"group": group_label(key, columns), "agent": key[0],
-                    **{c: v for c, v in zip(columns, key[1:])},
-                    "final_eval_return": summarize(scores), "final_eval_returns": [float(s) for s in scores],
-                    "diverged_members": int(np.nansum(div.get(key, np.zeros(0)) > 0))})
+        row = {"group": group_label(key, columns), "agent": key[0],
+               **{c: v for c, v in zip(columns, key[1:])},
+               "final_eval_return": summarize(scores), "final_eval_returns": [float(s) for s in scores],
+               "diverged_members": int(np.nansum(div.get(key, np.zeros(0)) > 0))}
+        if key in final_eval:
+            scores_f, episodes = final_eval[key]
+            row.update(final_evaluation=summarize(scores_f), final_evaluation_returns=[float(s) for s in scores_f],
+                       final_evaluation_min_episodes=int(np.min(episodes)))
+        out.append(row)
     return out
 
 
@@ -240,27 +302,34 @@ def print_summary(summary: list[dict], file=None) -> None:
         ci = f"[{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}]"
         print(f"{r['group']:<{w}}  {s['n']:>5}  {s['median']:>7.1f}  {s['iqm']:>7.1f}  {ci:<17}  "
               f"{r['diverged_members']:>8}", file=file)
+    if any("final_evaluation" in r for r in summary):
+        print("final evaluation (train.final_eval_episodes after training), over seeds:", file=file)
+        print(f"{'group':<{w}}  {'seeds':>5}  {'median':>7}  {'IQM':>7}  {'IQM 95% CI':<17}  {'episodes':>8}", file=file)
+        for r in summary:
+            if "final_evaluation" in r:
+                s = r["final_evaluation"]
+                ci = f"[{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}]"
+                print(f"{r['group']:<{w}}  {s['n']:>5}  {s['median']:>7.1f}  {s['iqm']:>7.1f}  {ci:<17}  "
+                      f"{'>= ' + str(r['final_evaluation_min_episodes']):>8}", file=file)
 
 
-def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False) -> str:
-    """Run (or resume) an experiment into `out_dir`; returns the run directory used."""
-    exp = load_experiment(config_path, overrides)
-    out = resolve_out_dir(out_dir, exp, resume)
+def _prepare(exp: Experiment):
+    """The populations and their (uncompiled) programs; the engine's own checks run here, so a
+    bad config is refused before anything is written."""
+    from klrl.train import check_members, make_train
+
     pops = build_populations(exp)
-    columns = pops[0].columns
-    from klrl.train import make_train
-
-    # The engine's own checks (make_train builds the program without compiling it) also run
-    # before anything is written.
     trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
-    from klrl.train import check_members
-
     for pop in pops:
         check_members(exp.static_config(pop.agent), pop.size)
-    # ---- nothing was written before this line -----------------------------------------
-    from klrl.provenance import provenance
+    return pops, trainers
 
-    prov = provenance()  # once per run: config, summary and timing name the same commit
+
+def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Sequence[str], resume: bool,
+         prov: dict, counter: list[int]) -> list[dict]:
+    """Train every population of `exp` into the run directory `out`; returns its summary rows."""
+    pops, trainers = prepared
+    columns = pops[0].columns
     metrics_path = os.path.join(out, "metrics.csv")
     if resume:
         prefix = ""
@@ -279,26 +348,67 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
             "overrides": list(overrides), "members": _member_table(pops), "provenance": prov,
         }
-        with open(os.path.join(out, "config.json"), "w") as fh:
-            json.dump(record, fh, indent=2, sort_keys=False)
-            fh.write("\n")
+        _write_json(os.path.join(out, "config.json"), record)
         writer = MetricsWriter(metrics_path, columns)
     _log(f"klrl: run directory {out}")
 
-    counter = [0]
-    timing = [run_population(exp, pop, trainer, out, writer, resume, counter) for pop, trainer in zip(pops, trainers)]
+    final = FinalEvalFile(out, pops, resume) if exp.static.train.final_eval_episodes > 0 else None
+    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final)
+              for pop, trainer in zip(pops, trainers)]
 
-    summary = summary_rows(metrics_path, columns)
-    with open(os.path.join(out, "summary.json"), "w") as fh:
-        json.dump({"summary": summary, "provenance": prov}, fh, indent=2)
-        fh.write("\n")
-    timing_path = os.path.join(out, "timing.json" if not resume else "timing_resume.json")
-    with open(timing_path, "w") as fh:
-        json.dump({"populations": timing, "provenance": prov}, fh, indent=2)
-        fh.write("\n")
+    summary = summary_rows(metrics_path, columns, final.writer.path if final else None)
+    _write_json(os.path.join(out, "summary.json"), {"summary": summary, "provenance": prov})
+    _write_json(os.path.join(out, "timing.json" if not resume else "timing_resume.json"),
+                {"populations": timing, "provenance": prov})
     print_summary(summary)
     from klrl.plotting import plot_run
 
     for path in plot_run(out):
         _log(f"klrl: wrote {path}")
-    return out
+    return summary
+
+
+def _write_json(path: str, obj) -> None:
+    """Write `obj` as JSON atomically (a killed process leaves the old file or the new one)."""
+    tmp = path + ".tmp"
+    with open(tmp, "w") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=False)
+        fh.write("\n")
+    os.replace(tmp, path)
+
+
+def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False) -> str:
+    """Run (or resume) an experiment into `out_dir`; returns the run directory used.
+
+    A sweep over env.name runs one run directory per env, `<out>/<env>/`, in the sweep's order,
+    each exactly the run `--set env.name=<env>` would make (config.json records that override).
+    `<out>/sweep.json` holds the sweep's resolved config and hash (`--resume` checks it; an env
+    whose directory does not exist yet starts fresh) and `<out>/summary.json` every env's
+    summary. Every env's config is validated before anything is written; an env that fails
+    (a pool that does not start, say) leaves the finished envs' directories intact."""
+    exp = load_experiment(config_path, overrides)
+    runs = [(e, _prepare(e)) for e in exp.per_env()]
+    # ---- nothing was written before this line -----------------------------------------
+    from klrl.provenance import provenance
+
+    prov = provenance()  # once per run: config, summary and timing name the same commit
+    if not exp.envs:
+        out = resolve_out_dir(out_dir, exp, resume)
+        _run(exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
+        return out
+    root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD)
+    if not resume:
+        os.makedirs(root, exist_ok=True)
+        _write_json(os.path.join(root, SWEEP_RECORD), {
+            "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
+            "overrides": list(overrides), "runs": {e: e for e in exp.envs}, "provenance": prov})
+    summaries, counter = {}, [0]          # chunks counted over the whole sweep (the kill hook's)
+    for e, prepared in runs:
+        name = e.static.env.name
+        sub = os.path.join(root, name)
+        sub_resume = resume and os.path.isfile(os.path.join(sub, "config.json"))
+        _log(f"klrl: sweep over env.name: {name} ({exp.envs.index(name) + 1}/{len(exp.envs)})")
+        summaries[name] = _run(e, prepared, sub, config_path, [*overrides, f"env.name={name}"], sub_resume, prov,
+                               counter)
+    _write_json(os.path.join(root, "summary.json"), {"summary": summaries, "provenance": prov})
+    return root

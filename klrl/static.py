@@ -34,6 +34,7 @@ from klrl.sections import Hparam, Section, Sections, choice, fail, ranged, secti
 
 TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
+MemberMap = Literal["vmap", "map"]
 TARGET_UPDATES: tuple[str, ...] = TargetUpdate.__args__
 EVAL_MODES: tuple[str, ...] = EvalMode.__args__
 
@@ -111,6 +112,16 @@ class TrainConfig(Section):
     eval_episodes: int = ranged(10, lo=1, doc="episodes mode: episodes per member per chunk")
     eval_envs: int = ranged(2, lo=1, doc="concurrent mode: test envs per member")
     eval_epsilon: float = ranged(0.0, lo=0.0, hi=1.0, doc="ε of evaluation (0 = greedy)")
+    final_eval_episodes: int = ranged(0, lo=0, doc="after training, a final evaluation of at least this many "
+                                      "episodes per member on the whole pool at eval_epsilon (0 = none)")
+    member_map: MemberMap = setting("vmap", doc="how the network's forward and update run over members: "
+                                    "vmap (one batched program) | map (a sequential lax.map, for platforms "
+                                    "where batched convolutions cost more per member, see klrl bench atari)")
+
+    def unused(self) -> tuple[str, ...]:
+        # Left out of config.json and the hash at their defaults, so earlier runs still resume.
+        return (("final_eval_episodes",) if self.final_eval_episodes == 0 else ()) + \
+            (("member_map",) if self.member_map == "vmap" else ())
 
     def check(self) -> None:
         if self.total_steps % self.chunk_steps:

@@ -107,6 +107,31 @@ class Trainer(NamedTuple):
     reference: Any            # klrl.reference.Reference | None (its `load()` gives the params)
     env_start: Callable[[jax.Array, int], tuple[Any, jax.Array]]   # (member keys, salt) -> (env state, obs)
     reenter: Callable[[TrainState, tuple[Any, jax.Array]], TrainState]  # continue on freshly reset envs
+    final_eval: Callable[..., dict]   # (state, hparams, env_start(keys, FINAL_EVAL_SALT)) -> {name: [M]}
+
+
+# The env reset of the final evaluation: a salt no resume (salt = chunks done) ever uses.
+FINAL_EVAL_SALT = 2**31 - 1
+
+
+def over_members(fn: Callable, in_axes: tuple, mode: str) -> Callable:
+    """`fn` applied to every member: `jax.vmap(fn, in_axes)` (mode "vmap"), or a sequential
+    `lax.map` over the arguments whose axis is 0 (mode "map"; the others are closed over).
+    Same numbers to rounding. Why both: XLA lowers a vmapped convolution to a grouped one,
+    which on CPU costs more per member than a member's own program (klrl bench atari)."""
+    if mode == "vmap":
+        return jax.vmap(fn, in_axes=in_axes)
+
+    def mapped(*args):
+        xs = tuple(a for a, ax in zip(args, in_axes) if ax == 0)
+
+        def one(x):
+            it = iter(x)
+            return fn(*(next(it) if ax == 0 else a for a, ax in zip(args, in_axes)))
+
+        return jax.lax.map(one, xs)
+
+    return mapped
 
 
 # Key streams split from each member key.
@@ -237,7 +262,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
         return stack[..., stack.shape[-1] - spec.obs_shape[-1]:] if k > 1 else stack
 
     # ---- learning ----------------------------------------------------------------------------
-    member_update = jax.vmap(update, in_axes=(0, None if shared and own_data is None else 0, 0, None))
+    mode = cfg.train.member_map
+    member_update = over_members(update, (0, None if shared and own_data is None else 0, 0, None), mode)
+    forward = over_members(net.apply, (0, 0), mode)        # the network on [M, envs, ...] observations
 
     def learn(state: TrainState, hp, ctx):
         """One gradient update of every member; returns (state, loss [M], aux {name: [M]})."""
@@ -271,7 +298,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         split = jax.vmap(lambda kk: jax.random.split(kk, 5))(state.actor.key)        # [M, 5, 2]
         new_key, k_act, k_test, k_env, k_obs = (split[:, i] for i in range(5))
         a = state.actor
-        out = jax.vmap(net.apply)(state.learner.params, a.obs)                         # one forward, all envs
+        out = forward(state.learner.params, a.obs)                                     # one forward, all envs
         actions, log_probs = jax.vmap(actor.act, in_axes=(0, 0, 0, 0, 0, None, None))(
             out[:, :E], a.obs[:, :E], a.carry, k_act, hp, env_steps, ctx)
         if E_test:
@@ -355,7 +382,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         def body(c):
             t, env_state, obs, done, ret, key, kl_sum, kl_n = c
             s = jax.vmap(lambda kk: jax.random.split(kk, n + 2))(key)
-            out = jax.vmap(net.apply)(params, obs)
+            out = forward(params, obs)
             actions, log_probs = jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(
                 out, obs, (), s[:, n + 1], hp, 0, ctx)
             env_state, st = env.step(env_state, actions, s[:, 1:n + 1])
@@ -372,6 +399,48 @@ def make_train(cfg: StaticConfig) -> Trainer:
         ret = out[4]
         kl_per_step = jnp.sum(out[6], axis=1) / jnp.maximum(jnp.sum(out[7], axis=1), 1.0)
         return jnp.mean(ret, axis=1), kl_per_step
+
+    # ---- the final evaluation (train.final_eval_episodes) --------------------------------------------
+    def final_eval(state: TrainState, hparams: dict, env_start_state) -> dict:
+        """After training, every env of the pool (train and test, E' per member, freshly reset
+        by `env_start_state`) plays k = ceil(n / E') episodes at eval_epsilon; a member's score
+        is the mean raw return of its k·E' >= n episodes. A fixed count per env, not the first
+        n to end, so short episodes are not favoured. Episodes end per game (episode_end); every
+        one is capped by the env's time limit, which bounds the loop."""
+        M = state.learner.diverged.shape[0]
+        hp = prepare_hparams(hparams, M)
+        ctx = ctx_of(state.reference)
+        env = env_for(M)
+        E_all = E + E_test
+        n_per_env = -(-cfg.train.final_eval_episodes // E_all)
+        env_state, frame = env_start_state
+        first = jnp.ones((M, E_all), bool)
+        obs = push(jnp.zeros((M, E_all) + obs_shape, spec.obs_dtype), frame, first)
+        key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys.eval, FINAL_EVAL_SALT)
+        max_steps = n_per_env * (spec.max_episode_steps + 1) + 1
+
+        def cond(c):
+            return (c[0] < max_steps) & ~jnp.all(c[4] >= n_per_env)
+
+        def body(c):
+            t, env_state, obs, ret_sum, count, key = c
+            s = jax.vmap(lambda kk: jax.random.split(kk, 3))(key)
+            out = forward(state.learner.params, obs)
+            actions, _ = jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(
+                out, obs, (), s[:, 1], hp, 0, ctx)
+            env_keys = jax.vmap(lambda kk: jax.random.split(kk, E_all))(s[:, 2]) if traits.in_graph_reset else None
+            env_state, st = env.step(env_state, actions, env_keys)
+            take = st.episode_end & (count < n_per_env)
+            ret_sum = ret_sum + jnp.where(take, st.episode_return, 0.0)
+            return (t + 1, env_state, push(obs, st.obs, ~st.valid), ret_sum, count + take, s[:, 0])
+
+        zeros = jnp.zeros((M, E_all), jnp.float32)
+        init_c = (jnp.zeros((), jnp.int32), env_state, obs, zeros, jnp.zeros((M, E_all), jnp.int32), key)
+        _, _, _, ret_sum, count, _ = jax.lax.while_loop(cond, body, init_c)
+        episodes = jnp.sum(count, axis=1).astype(jnp.float32)
+        return {"step": jnp.full((M,), state.counters.vstep * E, jnp.float32),
+                "final_eval_return": jnp.sum(ret_sum, axis=1) / jnp.maximum(episodes, 1.0),
+                "final_eval_episodes": episodes}
 
     # ---- the Trainer's functions ------------------------------------------------------------------
     def init(keys: jax.Array, hparams: dict, ref_params: Any = (), env_start_state=None) -> TrainState:
@@ -458,9 +527,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=num_chunks)
 
     return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train, spec=spec, traits=traits, reenter=reenter,
-                   reference=reference, env_start=env_start)
+                   reference=reference, env_start=env_start, final_eval=final_eval)
 
 
-__all__ = ["COMMON_HPARAMS", "HPARAM_TABLE", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
+__all__ = ["FINAL_EVAL_SALT", "COMMON_HPARAMS", "HPARAM_TABLE", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
            "StaticConfig", "TrainState", "Trainer", "hparams_used", "make_optimizer", "make_train", "make_update",
            "check_members", "prepare_hparams", "validate"]

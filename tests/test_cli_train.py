@@ -286,3 +286,76 @@ def test_pool_resume_restores_learner_exactly_and_re_resets_the_pool(tmp_path):
     after_a = [r["value"] for r in a if r["step"] > 400 and r["metric"] == "loss"]
     after_b = [r["value"] for r in b if r["step"] > 400 and r["metric"] == "loss"]
     assert all(math.isfinite(v) for v in after_b) and after_a != after_b
+
+
+SWEEP_ENVS = """
+[env]
+name = "CartPole-v1"
+num_envs = 2
+
+[agent]
+name = "dqn"
+hidden = [8]
+
+[train]
+total_steps = 120
+chunk_steps = 40
+buffer_size = 64
+batch_size = 8
+learning_starts = 20
+target_update_every = 20
+eval_episodes = 1
+final_eval_episodes = 3
+seeds = 2
+
+[sweep]
+"env.name" = ["CartPole-v1", "Acrobot-v1"]
+"""
+
+
+def test_sweep_over_env_name_runs_one_directory_per_env_and_resumes(tmp_path):
+    """A sweep over env.name: <out>/sweep.json, then <out>/<env>/ per env, each the run that
+    `--set env.name=<env>` makes (same config hash, byte-identical metrics.csv). Killed after
+    the first env's last chunk (SIGKILL after its checkpoint, before its final evaluation) and
+    resumed, that env is not trained again but evaluated, and both files equal a fresh
+    standalone run's byte for byte."""
+    from klrl.runner import run_experiment
+
+    cfg = tmp_path / "envs.toml"
+    cfg.write_text(SWEEP_ENVS)
+    out = tmp_path / "sweep"
+    killed = _klrl("train", str(cfg), "--out", str(out), env={KILL_ENV: "3"})
+    assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    assert (out / "CartPole-v1" / "final_eval.csv").read_text().count("\n") == 1   # header only
+    assert not (out / "Acrobot-v1").exists() and not (out / "summary.json").exists()
+    resumed = _klrl("train", str(cfg), "--out", str(out), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "resumed at chunk 3/3" in resumed.stderr and "final evaluation: 4+ episodes" in resumed.stderr
+
+    record = json.load(open(out / "sweep.json"))
+    assert record["config"]["sweep"]["env.name"] == ["CartPole-v1", "Acrobot-v1"]
+    assert record["runs"] == {"CartPole-v1": "CartPole-v1", "Acrobot-v1": "Acrobot-v1"}
+    summary = json.load(open(out / "summary.json"))["summary"]
+    assert set(summary) == {"CartPole-v1", "Acrobot-v1"}
+    for env in ("CartPole-v1", "Acrobot-v1"):
+        sub = json.load(open(out / env / "config.json"))
+        assert sub["config"]["env"]["name"] == env and "env.name" not in sub["config"]["sweep"]
+        assert sub["overrides"] == [f"env.name={env}"]
+        assert sub["config_hash"] == load_experiment(str(cfg), [f"env.name={env}"]).config_hash()
+    returns = {float(r["value"]) for r in read_metrics(str(out / "Acrobot-v1" / "metrics.csv"))
+               if r["metric"] == "eval_return"}
+    assert returns and max(returns) <= 0                        # Acrobot's rewards (-1 a step), not CartPole's
+
+    final = read_metrics(str(out / "Acrobot-v1" / "final_eval.csv"))
+    assert sorted({r["metric"] for r in final}) == ["final_eval_episodes", "final_eval_return"]
+    assert {r["value"] for r in final if r["metric"] == "final_eval_episodes"} == {4.0}   # ceil(3 / 2) per env
+    sub_summary = summary["CartPole-v1"][0]
+    assert sub_summary["final_evaluation"]["n"] == 2 and all(8 <= x <= 500 for x in sub_summary["final_evaluation_returns"])
+
+    alone = run_experiment(str(cfg), str(tmp_path / "alone"), ["env.name=CartPole-v1"])
+    for name in ("metrics.csv", "final_eval.csv"):
+        assert open(os.path.join(alone, name)).read() == (out / "CartPole-v1" / name).read_text(), name
+    # the root refuses to be overwritten, and resuming it with another sweep is refused
+    assert _klrl("train", str(cfg), "--out", str(out)).returncode == 2
+    other = _klrl("train", str(cfg), "--out", str(out), "--resume", "--set", 'sweep.env.name=["Acrobot-v1"]')
+    assert other.returncode == 2 and "hash" in other.stderr

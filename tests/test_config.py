@@ -32,7 +32,7 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
     output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
     keys = static_keys + hparam_keys + output_keys
-    assert len(set(keys)) == len(keys) == 36 + 14 + 2
+    assert len(set(keys)) == len(keys) == 38 + 14 + 2
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
     for n in train.HPARAMS:
@@ -237,10 +237,9 @@ def test_atari_and_minatar_experiments_say_what_their_notes_say(schema):
     from klrl.envs import atari
 
     roms = {scores_key: name for name, scores_key in ((n, n.lower()) for n in atari.installed_roms("ale"))}
-    for game in atari_games("atari100k"):
-        name = roms[game.replace("_", "")]
-        assert load_experiment(os.path.join(ROOT, "experiments", "atari100k.toml"), [f"env.name={name}"],
-                               schema=schema).static.env.name == name
+    assert a100k.envs == tuple(roms[game.replace("_", "")] for game in atari_games("atari100k"))
+    assert [e.static.env.name for e in a100k.per_env()] == list(a100k.envs)
+    assert s.train.final_eval_episodes == 100
     mun, mvi = load("minatar_munchausen"), load("minatar_mvi_q")
     assert mun.agents == ("dqn", "soft_dqn", "al", "mdqn") and len(mun.seeds) == 5
     assert mvi.swept_hparams() == {"entropic_index": [1.0, 1.5, 2.0, 3.0]} and len(mvi.seeds) == 5
