@@ -125,7 +125,7 @@ def _q_network(run: str, member: int, env: str, backend: str, preset: str):
     agent = AGENTS[info.agent]
     spec = env_spec(env, backend, preset)
     net = make_network(info.static.torso, info.static.hidden, spec.num_actions, agent.num_outputs(info.static),
-                       info.static.obs_scale)
+                       info.static.obs_scale, info.static.conv)
 
     def load():
         import orbax.checkpoint as ocp

@@ -222,7 +222,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
     obs_shape = stacked_shape(spec)
     num_actions = spec.num_actions
     acfg = cfg.agent
-    net = make_network(acfg.torso, acfg.hidden, num_actions, agent.num_outputs(acfg), acfg.obs_scale)
+    net = make_network(acfg.torso, acfg.hidden, num_actions, agent.num_outputs(acfg), acfg.obs_scale, acfg.conv)
 
     def q_values(out):
         return agent.q_values(out, cfg.agent)
@@ -325,24 +325,28 @@ def make_train(cfg: StaticConfig) -> Trainer:
         due = (vstep * E) // cfg.train.update_every - ((vstep - 1) * E) // cfg.train.update_every
         n_updates = jnp.where(vstep * E >= cfg.train.learning_starts, due, 0)
 
+        # Only the learner, the sampling keys and the sums pass through the loop / cond: the
+        # replay, the envs and the actor are read-only operands there, so XLA never copies them
+        # (an Atari frame store is tens of MB per member; carried, it was copied every step).
         def one_update(_, c):
-            s, loss_sum, aux_sum = c
-            s, loss, aux = learn(s, hp, ctx)
-            return s, loss_sum + loss, jax.tree.map(jnp.add, aux_sum, aux)
+            learner, keys, loss_sum, aux_sum = c
+            s, loss, aux = learn(state._replace(learner=learner, keys=keys), hp, ctx)
+            return s.learner, s.keys, loss_sum + loss, jax.tree.map(jnp.add, aux_sum, aux)
 
         zeros = jnp.zeros((M,), jnp.float32)
+        carried = (state.learner, state.keys, zeros, aux_zero)
         if E % cfg.train.update_every == 0:
             # A fixed number of updates per vector step once learning has started: a cond around
-            # an unrolled loop, so no while loop carries the whole state.
+            # an unrolled loop.
             def run_updates(c):
                 for _ in range(E // cfg.train.update_every):
                     c = one_update(0, c)
                 return c
 
-            state, loss_sum, aux_sum = jax.lax.cond(n_updates > 0, run_updates, lambda c: c,
-                                                    (state, zeros, aux_zero))
+            learner, keys, loss_sum, aux_sum = jax.lax.cond(n_updates > 0, run_updates, lambda c: c, carried)
         else:
-            state, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, (state, zeros, aux_zero))
+            learner, keys, loss_sum, aux_sum = jax.lax.fori_loop(0, n_updates, one_update, carried)
+        state = state._replace(learner=learner, keys=keys)
         crossed = (vstep * E) // cfg.train.target_update_every != ((vstep - 1) * E) // cfg.train.target_update_every
         state = state._replace(learner=jax.lax.cond(crossed, update_target, lambda lr: lr, state.learner))
 
