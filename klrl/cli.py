@@ -35,9 +35,11 @@ def _parser() -> argparse.ArgumentParser:
     tb.add_argument("--quick", action="store_true", help="small grid for smoke tests")
 
     b = sub.add_parser("bench", help="benchmarks writing JSON to results/bench/")
-    b.add_argument("which", choices=["tabular", "train"])
+    b.add_argument("which", choices=["tabular", "train", "atari"])
     b.add_argument("--out", default=None, help="output JSON path")
     b.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    b.add_argument("--members", default=None, metavar="M,M,...",
+                   help="atari: comma-separated population sizes (default 1,4,16 on CPU)")
     return p
 
 
@@ -57,6 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
             run_tabular(args.config, out_dir=args.out, quick=args.quick, overrides=args.overrides)
         elif args.command == "bench":
+            if args.members is not None and args.which != "atari":
+                raise ConfigError(f"bench --members: got {args.members!r}; allowed only with bench atari")
+            if args.which == "atari":
+                from klrl.bench.atari import bench_atari, parse_members
+
+                bench_atari(out_path=args.out, quick=args.quick, members=parse_members(args.members))
+                return 0
             if args.which == "tabular":
                 from klrl.bench.tabular import bench_tabular as bench
             else:

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Atari on the GPU host (issue 9 §5): `klrl bench atari` on ale with M = 1, 4, 16, 64 members
+# (raw emulator pool vs whole training chunks, member_map vmap vs map), then a short Pong M-DQN
+# learning run of 4 members; at most 8 minutes wall in all.
+#
+#   make device-kit                                      # on a networked machine: .whl/ (4 MB)
+#   OUT=/path/to/out bash experiments/device/atari_gpu.sh   # on the GPU host, from the repo root
+#
+# The host has jax (CUDA), flax, optax, chex, orbax but not ale-py / gymnasium: the kit's wheels
+# go to /tmp/site. Writes $OUT/atari_gpu.json (the GPU named by jax.devices()[0].device_kind;
+# rewritten after every population size, so a timeout keeps what was measured) and
+# $OUT/atari_gpu.log. Check of the logic on CPU, with the venv's packages instead of the kit:
+#   OUT=/tmp/x KLRL_DEVICE_QUICK=1 KLRL_DEVICE_NO_INSTALL=1 PYTHON=.venv/bin/python bash experiments/device/atari_gpu.sh
+set -euo pipefail
+: "${OUT:?set OUT to the output directory}"
+PYTHON=${PYTHON:-python3}
+WALL=${KLRL_DEVICE_WALL:-470}          # seconds for the whole script (the host's limit is 480)
+mkdir -p "$OUT"
+start=$(date +%s)
+
+run() {
+  if [ -z "${KLRL_DEVICE_NO_INSTALL:-}" ]; then
+    ls .whl/*.whl > /dev/null || { echo "no .whl/: run make device-kit first" >&2; return 2; }
+    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+      && export PYTHONPATH=/tmp/site:$PWD
+  else
+    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+  fi
+  "$PYTHON" -c "import jax, ale_py, gymnasium; d = jax.devices()[0]; \
+print('device:', d.platform, d.device_kind, '| jax', jax.__version__, '| ale-py', ale_py.__version__, '| gymnasium', gymnasium.__version__)"
+  if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
+    args=(--quick --members 1,2 --budget 1 --learn-steps 16 --learn-members 2)   # M = 2 is cut by the budget
+  else
+    # sizes within 300 s (a size starts only if the last one's time still fits), then the learning run
+    args=(--members 1,4,16,64 --budget 300 --learn-steps 4000 --learn-members 4)
+  fi
+  left=$(( WALL - ($(date +%s) - start) ))
+  echo "bench: ${args[*]} (timeout ${left}s)"
+  timeout -k 10 "$left" "$PYTHON" -m klrl.bench.atari --backends ale "${args[@]}" --out "$OUT/atari_gpu.json"
+}
+
+run 2>&1 | tee "$OUT/atari_gpu.log"
+echo "atari_gpu.sh: $(( $(date +%s) - start ))s; wrote $OUT/atari_gpu.json and $OUT/atari_gpu.log"
