@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Atari on the GPU host (issue 9 §5): `klrl bench atari` on ale with M = 1, 4, 16, 64 members
-# (raw emulator pool vs whole training chunks, member_map vmap vs map), then a short Pong M-DQN
-# learning run of 4 members; at most 8 minutes wall in all.
+# (raw emulator pool vs whole training chunks; agent.conv lax vs patches x member_map vmap vs map,
+# both convs being the bench's default --convs; update alone vs inside a scan), then a short Pong
+# M-DQN learning run of 4 members with the fastest (conv, member_map) pair; at most 8 minutes
+# wall in all. The sizes get what is left of the wall time less LEARN_RESERVE seconds for the
+# learning run; the bench's time guard skips a row (cheapest rows first within a size) or a size
+# that would end past it, so the JSON says what was measured and what the budget cut.
 #
 #   make device-kit                                      # on a networked machine: .whl/ (4 MB)
 #   OUT=/path/to/out bash experiments/device/atari_gpu.sh   # on the GPU host, from the repo root
@@ -15,6 +19,7 @@ set -euo pipefail
 : "${OUT:?set OUT to the output directory}"
 PYTHON=${PYTHON:-python3}
 WALL=${KLRL_DEVICE_WALL:-470}          # seconds for the whole script (the host's limit is 480)
+LEARN_RESERVE=${KLRL_DEVICE_LEARN_RESERVE:-110}   # seconds kept for the learning run (compile + 3000 steps)
 mkdir -p "$OUT"
 start=$(date +%s)
 
@@ -28,13 +33,14 @@ run() {
   fi
   "$PYTHON" -c "import jax, ale_py, gymnasium; d = jax.devices()[0]; \
 print('device:', d.platform, d.device_kind, '| jax', jax.__version__, '| ale-py', ale_py.__version__, '| gymnasium', gymnasium.__version__)"
-  if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
-    args=(--quick --members 1,2 --budget 1 --learn-steps 16 --learn-members 2)   # M = 2 is cut by the budget
-  else
-    # sizes within 300 s (a size starts only if the last one's time still fits), then the learning run
-    args=(--members 1,4,16,64 --budget 300 --learn-steps 4000 --learn-members 4)
-  fi
   left=$(( WALL - ($(date +%s) - start) ))
+  if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
+    # quick trains at M = 2 only: its first row runs, the budget cuts the other rows
+    args=(--quick --members 1,2 --budget 1 --learn-steps 16 --learn-members 2)
+  else
+    # the sizes within what is left less the learning run's reserve, then the learning run
+    args=(--members 1,4,16,64 --budget $(( left - LEARN_RESERVE )) --learn-steps 3000 --learn-members 4)
+  fi
   echo "bench: ${args[*]} (timeout ${left}s)"
   timeout -k 10 "$left" "$PYTHON" -m klrl.bench.atari --backends ale "${args[@]}" --out "$OUT/atari_gpu.json"
 }
