@@ -51,6 +51,7 @@ class RefNetwork(NamedTuple):
     torso: str
     hidden: tuple[int, ...]
     obs_scale: float
+    conv: str                 # config.json omits it at its default, lax
     num_atoms: int
     v_min: float
     v_max: float
@@ -97,7 +98,8 @@ def _run_info(run: str, member: int, env: str) -> _RunInfo:
 
     a = config["agent"]
     static = RefNetwork(name=agent, torso=a.get("torso", "mlp"), hidden=tuple(a["hidden"]),
-                        obs_scale=float(a.get("obs_scale", 1.0)), num_atoms=int(a["num_atoms"]),
+                        obs_scale=float(a.get("obs_scale", 1.0)), conv=a.get("conv", "lax"),
+                        num_atoms=int(a["num_atoms"]),
                         v_min=float(a["v_min"]), v_max=float(a["v_max"]))
     return _RunInfo(ref_env, agent, local, len(same), state_dir, static)
 
