@@ -129,6 +129,19 @@ class MetricsWriter(TidyWriter):
         super().__init__(path, header(columns), prefix)
 
 
+def json_safe(x):
+    """`x` with numpy scalars as Python numbers and non-finite floats as None (strict JSON)."""
+    if isinstance(x, dict):
+        return {str(k): json_safe(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [json_safe(v) for v in x]
+    if isinstance(x, (float, np.floating)):
+        return float(x) if math.isfinite(x) else None
+    if isinstance(x, np.integer):
+        return int(x)
+    return x
+
+
 def read_metrics(path: str) -> list[dict]:
     """Rows of a metrics.csv with typed fields (swept columns: float or None)."""
     with open(path, newline="") as fh:

@@ -59,7 +59,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klrl.results import curves, group_key, group_label, read_metrics, swept_columns  # noqa: E402
+from klrl.results import curves, group_key, group_label, json_safe, read_metrics, swept_columns  # noqa: E402
 from klrl.scores import STATISTICS, aggregate, atari_games, game_key, human_normalized, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
@@ -481,19 +481,7 @@ plot_aggregates()
 # %%
 
 
-def clean(x):
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-SUMMARY = clean({
+SUMMARY = json_safe({
     "results_dir": RESULTS,
     "layout": LAYOUT,
     "note": "human-normalized with DQN Zoo's random/human table; anchors are published per-game means at "

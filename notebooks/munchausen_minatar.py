@@ -47,7 +47,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klrl.results import curves, iqm, read_metrics, stratified_bootstrap_ci, swept_columns  # noqa: E402
+from klrl.results import curves, iqm, json_safe, read_metrics, stratified_bootstrap_ci, swept_columns  # noqa: E402
 from klrl.scores import aggregate, minmax_normalized  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
@@ -399,19 +399,7 @@ plot_aggregates("mvi_q")
 # %%
 
 
-def clean(x):
-    if isinstance(x, dict):
-        return {str(k): clean(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [clean(v) for v in x]
-    if isinstance(x, (float, np.floating)):
-        return float(x) if math.isfinite(x) else None
-    if isinstance(x, np.integer):
-        return int(x)
-    return x
-
-
-SUMMARY = clean({
+SUMMARY = json_safe({
     "final_score": f"mean of each member's last {LAST_EVALS} non-NaN eval_return values",
     "normalization": "(s - r_g) / (d_g - r_g); r_g uniform random policy, d_g mean final score of DQN's seeds",
     "bootstrap_reps": BOOTSTRAP_REPS,

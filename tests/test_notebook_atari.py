@@ -47,14 +47,6 @@ TINY = ['sweep.env.name=["Breakout", "Asterix"]', 'sweep.agent.name=["dqn", "mdq
         "train.final_eval_episodes=2", "output.checkpoint_every=2"]
 
 
-@pytest.fixture
-def jax_cache_env(request, tmp_path):
-    cache = getattr(request.config, "cache", None)
-    path = str(cache.mkdir("jax_compilation_cache")) if cache is not None else str(tmp_path / "jax_cache")
-    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
 def _members(path, metric):
     """{(agent, seed): {step: value}} of one metric of a tidy metrics/final_eval CSV (csv module only)."""
     out = {}

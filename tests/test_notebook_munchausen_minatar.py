@@ -45,14 +45,6 @@ def _job(results, exp_dir, toml, sweep, game, kill_after=0):
     return [toml, out, [*TINY, f"env.name={game}-MinAtar", sweep], kill_after]
 
 
-@pytest.fixture
-def jax_cache_env(request, tmp_path):
-    cache = getattr(request.config, "cache", None)
-    path = str(cache.mkdir("jax_compilation_cache")) if cache is not None else str(tmp_path / "jax_cache")
-    return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
-
-
 def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
     results = str(tmp_path / "results")
     agents, qs = 'sweep.agent.name=["dqn", "mdqn"]', "sweep.agent.entropic_index=[1.0, 2.0]"

@@ -85,3 +85,13 @@ def test_summarize():
     s = summarize([100.0, 200.0, 300.0, 400.0, np.nan])
     assert s["n"] == 5 and s["median"] == 250.0 and s["iqm"] == 250.0
     assert s["iqm_ci_low"] <= s["iqm"] <= s["iqm_ci_high"]
+
+
+def test_json_safe_makes_strict_json():
+    import json
+
+    from klrl.results import json_safe
+
+    x = json_safe({1: np.float32(np.nan), "b": (np.int64(3), 1.5, float("inf")), "c": "s"})
+    assert x == {"1": None, "b": [3, 1.5, None], "c": "s"}
+    assert json.loads(json.dumps(x, allow_nan=False)) == x
