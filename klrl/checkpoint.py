@@ -65,6 +65,10 @@ class PopulationCheckpointer:
             )
         return meta
 
+    def meta(self, step: int | None = None) -> dict:
+        """The meta item of a checkpoint (default: the latest), after the config-hash check."""
+        return self._check_meta(self.latest_step() if step is None else step)
+
     def restore_metrics(self, step: int | None = None) -> tuple[dict, dict[str, np.ndarray]]:
         """(meta, metrics history) of a checkpoint, without touching the learner state."""
         ocp = _ocp()

@@ -7,8 +7,10 @@ as one line `klrl: error: ...` and the process exits with status 2 without writi
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
+from klrl.distributed import DistributedError
 from klrl.errors import ConfigError
 
 
@@ -23,6 +25,14 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
         t.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+        d = t.add_argument_group("several processes (klrl.distributed)")
+        d.add_argument("--distributed", action="store_true",
+                       help="one run over several processes with jax.distributed (process 0 writes)")
+        d.add_argument("--coordinator", default=None, metavar="HOST:PORT", help="process 0's address")
+        d.add_argument("--num-processes", type=int, default=None, metavar="N")
+        d.add_argument("--process-id", type=int, default=None, metavar="I")
+        d.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
+                       help="seconds without a heartbeat before a process counts as dead (default 100)")
 
     pl = sub.add_parser("plot", help="draw the figures of a run directory from its metrics")
     pl.add_argument("run_dir")
@@ -47,8 +57,12 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("train", "sweep"):
+            from klrl.distributed import check_flags, initialize
             from klrl.runner import run_experiment
 
+            check_flags(args.distributed, args.coordinator, args.num_processes, args.process_id)
+            if args.distributed:   # before any JAX computation
+                initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
             run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume)
         elif args.command == "plot":
             from klrl.plotting import plot_run
@@ -74,6 +88,10 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
         return 2
+    except DistributedError as err:
+        print(f"klrl: error: {err}", file=sys.stderr, flush=True)
+        # Exit now: jax.distributed's shutdown at exit would wait for the dead process, then abort.
+        os._exit(1)
     return 0
 
 

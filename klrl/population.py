@@ -13,23 +13,17 @@ Swept hyperparameters an agent does not use (e.g. `alpha` for DQN in a sweep ove
 are collapsed for that agent: its members take the base value and their column is left
 empty in the results, so no compute is spent on duplicate members.
 
-`shard_population` places the population axis over a 1-D device mesh with `NamedSharding`
-(not pmap), so the same program runs sharded over several devices.
+Placing a population on devices (and hosts) is klrl.sharding's job.
 """
 
 from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from klrl.config import Experiment
 from klrl.errors import ConfigError
-
-POPULATION_AXIS = "population"
-
 
 @dataclass(frozen=True)
 class Member:
@@ -110,40 +104,3 @@ def build_populations(exp: Experiment) -> list[Population]:
         pops.append(pop)
         nxt += pop.size
     return pops
-
-
-def population_mesh(num_members: int, devices=None):
-    """A 1-D mesh over the largest number of devices that divides the population size."""
-    import jax
-    from jax.sharding import Mesh
-
-    devices = list(devices if devices is not None else jax.devices())
-    n = max(k for k in range(1, len(devices) + 1) if num_members % k == 0)
-    return Mesh(np.asarray(devices[:n]), (POPULATION_AXIS,))
-
-
-def member_sharding(num_members: int, devices=None):
-    """NamedSharding that splits a leading population axis over the population mesh."""
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    return NamedSharding(population_mesh(num_members, devices), PartitionSpec(POPULATION_AXIS))
-
-
-def shard_population(tree: Any, num_members: int, devices=None) -> Any:
-    """Place a pytree on a 1-D device mesh: leaves whose leading axis is the population
-    axis (size `num_members`) are split along it, every other leaf (e.g. a shared replay
-    buffer, a scalar step counter) is replicated. Values are unchanged; only their placement
-    is. The host loop compiles `run_chunk` with these shardings as its output shardings, so
-    the state keeps one layout from chunk to chunk."""
-    import jax
-    from jax.sharding import NamedSharding, PartitionSpec
-
-    split = member_sharding(num_members, devices)
-    whole = NamedSharding(split.mesh, PartitionSpec())
-
-    def place(x):
-        x = jax.numpy.asarray(x)
-        per_member = x.ndim >= 1 and x.shape[0] == num_members
-        return jax.device_put(x, split if per_member else whole)
-
-    return jax.tree.map(place, tree)

@@ -35,9 +35,11 @@ from typing import Sequence
 import numpy as np
 
 from klrl.config import Experiment, load_experiment
+from klrl.distributed import DistributedError, barrier, is_primary
 from klrl.errors import ConfigError
 from klrl.output import choose_out_dir
 from klrl.population import Population, build_populations
+from klrl.sharding import ShardedTrainer
 from klrl.results import MetricsWriter, TidyWriter, format_chunk, format_history, header, read_metrics, summarize
 
 # Test-only: after this many chunks (counted over the whole run, restored ones included)
@@ -47,7 +49,9 @@ SWEEP_RECORD = "sweep.json"   # the record of a sweep over env.name (its run dir
 
 
 def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    """A progress line on stderr, from the primary process only (klrl.distributed)."""
+    if is_primary():
+        print(msg, file=sys.stderr, flush=True)
 
 
 def _fmt_eta(seconds: float) -> str:
@@ -107,16 +111,27 @@ def _saved(state, trainer):
     return state if trainer.traits.checkpointable else state._replace(env=())
 
 
-def _resumed(restored, trainer, keys, chunks_done: int):
+def _resumed(restored, fresh, sharded, host_keys, keys, chunks_done: int):
     """The state to continue from. Checkpointable envs: exactly the saved state. A host pool:
     learner, optimizer, replay, keys, counters and the actor's carry are restored exactly;
     the pool is re-reset from seeds derived from the member keys and the chunk count, so
     episodes in flight at the checkpoint are lost and the next observation is a fresh
     episode's first (the replay never learns across the seam: klrl.replay excludes a slot
     followed by an episode start). The run still finishes with the same step count."""
-    if trainer.traits.checkpointable:
+    if sharded.trainer.traits.checkpointable:
         return restored
-    return trainer.reenter(restored, trainer.env_start(keys, chunks_done))
+    # The saved state has no env (`_saved`); the fresh one's stands in until reenter replaces it.
+    return sharded.reenter(restored._replace(env=fresh.env), sharded.env_start(host_keys, keys, chunks_done))
+
+
+class _Discard:
+    """The writer of a process that does not write (klrl.distributed: only the primary does)."""
+
+    def __init__(self, path: str = ""):
+        self.path = path
+
+    def append(self, text: str) -> None:
+        pass
 
 
 class FinalEvalFile:
@@ -127,7 +142,7 @@ class FinalEvalFile:
 
     NAME = "final_eval.csv"
 
-    def __init__(self, out: str, pops: Sequence[Population], resume: bool):
+    def __init__(self, out: str, pops: Sequence[Population], resume: bool, write: bool = True):
         import csv
 
         path = os.path.join(out, self.NAME)
@@ -146,29 +161,46 @@ class FinalEvalFile:
                 if all(len(rows.get(m.member, ())) == 2 for m in pop.members):
                     self.done.add(pop.agent)
                     kept += "".join(line for m in pop.members for line in rows[m.member])
-        self.writer = TidyWriter(path, header(self.columns), kept)
+        self.writer = TidyWriter(path, header(self.columns), kept) if write else _Discard(path)
 
     def append(self, pop: Population, metrics: dict) -> None:
         self.writer.append(format_chunk(pop.members, self.columns, metrics))
         self.done.add(pop.agent)
 
 
+def _layout(members: int) -> dict:
+    """What a checkpoint's state layout depends on: the device count and the padded size."""
+    import jax
+
+    from klrl.sharding import padded_size
+
+    return {"devices": jax.device_count(), "padded_members": padded_size(members, jax.device_count())}
+
+
+def _check_layout(ckpt, pop: Population) -> None:
+    """ConfigError unless the checkpoint was written with this run's layout (checked before
+    anything is rewritten: the state's shapes depend on the device count)."""
+    saved, now = ckpt.meta(), _layout(pop.size)
+    was = {k: saved.get(k, 1 if k == "devices" else pop.size) for k in now}
+    if was != now:
+        ckpt.close()
+        raise ConfigError(f"--resume: got {now['devices']} device(s) (population of {pop.size} padded to "
+                          f"{now['padded_members']}) for a checkpoint written on {was['devices']} (padded to "
+                          f"{was['padded_members']}) in {ckpt.directory}; allowed the same device count")
+
+
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
                    chunk_counter: list[int], final: FinalEvalFile | None = None) -> dict:
     """Train one population to the end (resuming from its checkpoint if asked), then run its
     final evaluation when the config asks for one (`final`, unless already written); returns timing."""
-    import jax
-    import jax.numpy as jnp
-
     static = exp.static_config(pop.agent)
     M = pop.size
-    keys = jnp.asarray(pop.keys)
-    hparams = {k: jnp.asarray(v) for k, v in pop.hparams.items()}
-    sharded = len(jax.devices()) > 1
-    if sharded:          # split the population axis over the devices (NamedSharding, 1-D mesh)
-        from klrl.population import member_sharding, shard_population
-
-        keys, hparams = shard_population((keys, hparams), M)
+    # The population on every device (klrl.sharding): padded to a multiple of the device
+    # count, one program per shard; everything below sees the M real members only.
+    sharded = ShardedTrainer(trainer, M)
+    keys = sharded.put_members(pop.keys)
+    hparams = {k: sharded.put_members(v) for k, v in pop.hparams.items()}
+    layout = _layout(M)
 
     ckpt = _checkpointer(out, pop, exp)
     needs_final = final is not None and pop.agent not in final.done
@@ -180,31 +212,24 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
 
     t0 = time.perf_counter()
     # π_ref's parameters are loaded here, on the host, and passed to the program.
-    ref_params = trainer.reference.load() if trainer.reference is not None else ()
-    # A host pool resets outside the program; the same call re-resets it on resume.
-    env_start = None if trainer.traits.in_graph_reset else trainer.env_start(keys, 0)
-    state = jax.jit(trainer.init)(keys, hparams, ref_params, env_start)
-    if sharded:
-        state = shard_population(state, M)
+    ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
+    # A host pool resets outside the program (per shard); the same call re-resets it on resume.
+    state = sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
     history: dict[str, np.ndarray] = {}
     start = 0
     if resume and ckpt.latest_step() is not None:
         restored, history, meta = ckpt.restore(_saved(state, trainer))
         start = int(meta["chunks_done"])
-        state = _resumed(restored, trainer, keys, start)
+        state = _resumed(restored, state, sharded, pop.keys, keys, start)
         _log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}"
              + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
     chunk_counter[0] += start
 
-    if sharded:          # pin the output layout to the input layout: one compile, chunk after chunk
-        state_sharding = jax.tree.map(lambda x: x.sharding, state)
-        jitted = jax.jit(trainer.run_chunk, donate_argnums=0,
-                         out_shardings=(state_sharding, member_sharding(M)))
-    else:
-        jitted = jax.jit(trainer.run_chunk, donate_argnums=0)
-    step_fn = jitted.lower(state, hparams).compile() if start < trainer.num_chunks else None
+    step_fn = sharded.run_chunk().lower(state, hparams).compile() if start < trainer.num_chunks else None
     compile_s = time.perf_counter() - t0
-    _log(f"[{pop.agent}] {M} members, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
+    on = (f" on {sharded.shards} devices" + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else "")
+          if sharded.shards > 1 else "")
+    _log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
          f"init+compile {compile_s:.1f}s")
 
     diverged = np.asarray(history["diverged"][-1]) > 0 if "diverged" in history else np.zeros(M, bool)
@@ -213,7 +238,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     for c in range(start, trainer.num_chunks):
         t = time.perf_counter()
         state, metrics = step_fn(state, hparams)
-        metrics = {k: np.asarray(v) for k, v in jax.device_get(metrics).items()}
+        metrics = sharded.to_host(metrics)
         dt = time.perf_counter() - t
         run_s += dt
         steps_done += static.train.chunk_steps
@@ -235,7 +260,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
 
         done = c + 1
         if done % exp.checkpoint_every == 0 or done == trainer.num_chunks:
-            ckpt.save(done, _saved(state, trainer), history, {"agent": pop.agent, "members": M})
+            ckpt.save(done, _saved(state, trainer), history, {"agent": pop.agent, "members": M, **layout})
         chunk_counter[0] += 1
         kill_after = os.environ.get(KILL_ENV)
         if kill_after and chunk_counter[0] == int(kill_after):
@@ -254,8 +279,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
 
         t = time.perf_counter()
         # A fresh reset of every env (a host call for pools), then one jitted loop of episodes.
-        result = jax.jit(trainer.final_eval)(state, hparams, trainer.env_start(keys, FINAL_EVAL_SALT))
-        result = {k: np.asarray(v) for k, v in jax.device_get(result).items()}
+        result = sharded.to_host(sharded.final_eval(state, hparams, sharded.env_start(pop.keys, keys, FINAL_EVAL_SALT)))
         final.append(pop, result)
         timing["final_eval_seconds"] = round(time.perf_counter() - t, 3)
         _log(f"[{pop.agent}] final evaluation: {int(result['final_eval_episodes'].min())}+ episodes per member at "
@@ -331,6 +355,7 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
     pops, trainers = prepared
     columns = pops[0].columns
     metrics_path = os.path.join(out, "metrics.csv")
+    primary = is_primary()
     if resume:
         prefix = ""
         for pop in pops:                      # rows of every checkpointed chunk, in run order
@@ -338,23 +363,28 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
             if ckpt.latest_step() is None:
                 ckpt.close()
                 break
+            _check_layout(ckpt, pop)
             _, hist = ckpt.restore_metrics()
             ckpt.close()
             prefix += format_history(pop.members, columns, hist)
-        writer = MetricsWriter(metrics_path, columns, prefix)
-    else:
+    elif primary:
         os.makedirs(out, exist_ok=True)
         record = {
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
             "overrides": list(overrides), "members": _member_table(pops), "provenance": prov,
         }
         _write_json(os.path.join(out, "config.json"), record)
-        writer = MetricsWriter(metrics_path, columns)
+    # Only the primary process writes files (klrl.distributed); the others train their shards.
+    writer = MetricsWriter(metrics_path, columns, prefix if resume else None) if primary else _Discard()
+    final = (FinalEvalFile(out, pops, resume, write=primary) if exp.static.train.final_eval_episodes > 0
+             else None)
+    barrier("klrl: run directory ready")
     _log(f"klrl: run directory {out}")
 
-    final = FinalEvalFile(out, pops, resume) if exp.static.train.final_eval_episodes > 0 else None
     timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final)
               for pop, trainer in zip(pops, trainers)]
+    if not primary:
+        return []
 
     summary = summary_rows(metrics_path, columns, final.writer.path if final else None)
     _write_json(os.path.join(out, "summary.json"), {"summary": summary, "provenance": prov})
@@ -366,6 +396,23 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
     for path in plot_run(out):
         _log(f"klrl: wrote {path}")
     return summary
+
+
+def _guarded(processes: int, fn, *args, **kwargs):
+    """`fn(*args, **kwargs)`; in a distributed run a failure (another process died, say) becomes
+    one DistributedError line: the files written so far are kept and `--resume` continues."""
+    if processes == 1:
+        return fn(*args, **kwargs)
+    import jax
+
+    try:
+        return fn(*args, **kwargs)
+    except ConfigError:
+        raise
+    except Exception as err:  # noqa: BLE001 (any failure of a collective, a checkpoint, a pool)
+        first = (str(err).strip().splitlines() or [""])[0][:300]
+        raise DistributedError(f"process {jax.process_index()} of {processes}: {type(err).__name__}: {first} "
+                               "(the run's files so far are kept; restart every process with --resume)") from err
 
 
 def _write_json(path: str, obj) -> None:
@@ -388,16 +435,26 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
     runs = [(e, _prepare(e)) for e in exp.per_env()]
+    import jax
+
+    processes = jax.process_count()
+    if processes > 1 and exp.values["output.if_exists"] == "new_subdir":
+        raise ConfigError("output.if_exists: got 'new_subdir' in a distributed run; allowed 'refuse' (the "
+                          "processes must agree on one run directory: give --out a new one)")
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 
     prov = provenance()  # once per run: config, summary and timing name the same commit
     if not exp.envs:
         out = resolve_out_dir(out_dir, exp, resume)
-        _run(exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
+        barrier("klrl: output checked")   # every process has looked before the primary writes
+        _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
         return out
     root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD)
-    if not resume:
+    resumes = {e.static.env.name: resume and os.path.isfile(os.path.join(root, e.static.env.name, "config.json"))
+               for e, _ in runs}
+    barrier("klrl: output checked")
+    if not resume and is_primary():
         os.makedirs(root, exist_ok=True)
         _write_json(os.path.join(root, SWEEP_RECORD), {
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
@@ -406,9 +463,10 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     for e, prepared in runs:
         name = e.static.env.name
         sub = os.path.join(root, name)
-        sub_resume = resume and os.path.isfile(os.path.join(sub, "config.json"))
         _log(f"klrl: sweep over env.name: {name} ({exp.envs.index(name) + 1}/{len(exp.envs)})")
-        summaries[name] = _run(e, prepared, sub, config_path, [*overrides, f"env.name={name}"], sub_resume, prov,
-                               counter)
+        summaries[name] = _guarded(processes, _run, e, prepared, sub, config_path, [*overrides, f"env.name={name}"],
+                                   resumes[name], prov, counter)
+    if not is_primary():
+        return root
     _write_json(os.path.join(root, "summary.json"), {"summary": summaries, "provenance": prov})
     return root

@@ -49,6 +49,7 @@ from klrl.agents import AGENTS, Context, Nets
 from klrl.envs import TRAITS, env_spec, make_env, stacked_shape
 from klrl.errors import ConfigError
 from klrl.networks import make_network
+from klrl.sharding import MEMBER, REPLICATED, SHARD
 # The engine's configuration (re-exported: klrl.train is where the engine's users look).
 from klrl.static import (COMMON_HPARAMS, HPARAM_TABLE, HPARAMS, StaticConfig, check_members, hparams_used,
                          validate)
@@ -108,6 +109,22 @@ class Trainer(NamedTuple):
     env_start: Callable[[jax.Array, int], tuple[Any, jax.Array]]   # (member keys, salt) -> (env state, obs)
     reenter: Callable[[TrainState, tuple[Any, jax.Array]], TrainState]  # continue on freshly reset envs
     final_eval: Callable[..., dict]   # (state, hparams, env_start(keys, FINAL_EVAL_SALT)) -> {name: [M]}
+    layout: Callable[[TrainState], TrainState]   # the kind of every leaf (klrl.sharding), see `state_layout`
+
+
+def state_layout(state: TrainState) -> TrainState:
+    """The declared layout of a TrainState, leaf by leaf (klrl.sharding's kinds): per-member
+    leaves (axis M first) are MEMBER; what one backend instance or one shared buffer holds (the
+    env state, which names its pool; the replay store, shared or per-member; the shared
+    sampling key) is SHARD, one per device shard; the step counters and π_ref's parameters are
+    REPLICATED. Declared by field, never inferred from shapes."""
+    def kind(tree, k):
+        return jax.tree.map(lambda _: k, tree)
+
+    return TrainState(learner=kind(state.learner, MEMBER), actor=kind(state.actor, MEMBER),
+                      env=kind(state.env, SHARD), replay=kind(state.replay, SHARD),
+                      keys=Keys(sample=MEMBER, shared=SHARD, eval=MEMBER),
+                      counters=kind(state.counters, REPLICATED), reference=kind(state.reference, REPLICATED))
 
 
 # The env reset of the final evaluation: a salt no resume (salt = chunks done) ever uses.
@@ -212,9 +229,15 @@ def make_train(cfg: StaticConfig) -> Trainer:
     ref_fn = reference.log_probs if reference is not None else None
 
     @functools.lru_cache(maxsize=None)
-    def env_for(members: int):
-        """The backend for [members, E + test envs] (one pool per population size)."""
+    def env_instance(members: int, instance: int):
+        """Backend instance `instance` for [members, E + test envs] (a host pool each; one per
+        device shard of a sharded population, klrl.sharding)."""
         return make_env(cfg.env.name, members, E + E_test, cfg.env.backend, preset=cfg.env.preset)
+
+    def env_for(members: int):
+        """The backend the program is traced with. Which pool a step drives is named by the env
+        state (a host pool's handle), so this one serves every instance of its shape."""
+        return env_instance(members, 0)
 
     spec = env_spec(cfg.env.name, cfg.env.backend, preset=cfg.env.preset)
     traits = TRAITS[cfg.env.backend]
@@ -250,10 +273,11 @@ def make_train(cfg: StaticConfig) -> Trainer:
         base = jax.vmap(lambda kk: jax.random.fold_in(jax.random.fold_in(kk, _RESET), salt))(keys)
         return jax.vmap(lambda kk: jax.random.split(kk, E + E_test))(base)
 
-    def env_start(keys: jax.Array, salt: int = 0):
-        """(env state, first obs) for the population; a host call for pools."""
+    def env_start(keys: jax.Array, salt: int = 0, instance: int = 0):
+        """(env state, first obs) for the population `keys` on backend instance `instance`; a
+        host call for pools."""
         keys = jnp.asarray(keys, jnp.uint32)
-        return env_for(keys.shape[0]).reset(reset_keys(keys, salt))
+        return env_instance(keys.shape[0], instance).reset(reset_keys(keys, salt))
 
     def push(stack, frame, first):
         return rb.push_frame(stack, frame, first, k)
@@ -447,7 +471,10 @@ def make_train(cfg: StaticConfig) -> Trainer:
                 "final_eval_episodes": episodes}
 
     # ---- the Trainer's functions ------------------------------------------------------------------
-    def init(keys: jax.Array, hparams: dict, ref_params: Any = (), env_start_state=None) -> TrainState:
+    def init(keys: jax.Array, hparams: dict, ref_params: Any = (), env_start_state=None,
+             active: jax.Array | None = None) -> TrainState:
+        """The state before training. `active` (bool [M], default all): members with False are
+        padding (klrl.sharding) and start frozen (flagged diverged), so they never train."""
         keys = jnp.asarray(keys, jnp.uint32)
         M = keys.shape[0]
         prepare_hparams(hparams, M)  # shape/name check only
@@ -469,7 +496,8 @@ def make_train(cfg: StaticConfig) -> Trainer:
         else:
             replay = ()
         learner = Learner(params=params, target_params=params, prev_target_params=params if keeps_prev else (),
-                          opt_state=opt_state, diverged=jnp.zeros((M,), bool))
+                          opt_state=opt_state,
+                          diverged=jnp.zeros((M,), bool) if active is None else ~jnp.asarray(active, bool))
         return TrainState(
             learner=learner, actor=ActorState(obs=obs, first=first, carry=carry, key=stream(_ACT)),
             env=env_state, replay=replay,
@@ -531,9 +559,9 @@ def make_train(cfg: StaticConfig) -> Trainer:
         return jax.lax.scan(lambda s, _: run_chunk(s, hparams), state, None, length=num_chunks)
 
     return Trainer(init=init, run_chunk=run_chunk, num_chunks=num_chunks, train=train, spec=spec, traits=traits, reenter=reenter,
-                   reference=reference, env_start=env_start, final_eval=final_eval)
+                   reference=reference, env_start=env_start, final_eval=final_eval, layout=state_layout)
 
 
 __all__ = ["FINAL_EVAL_SALT", "COMMON_HPARAMS", "HPARAM_TABLE", "HPARAMS", "ActorState", "Counters", "Keys", "Learner",
-           "StaticConfig", "TrainState", "Trainer", "hparams_used", "make_optimizer", "make_train", "make_update",
+           "StaticConfig", "TrainState", "Trainer", "hparams_used", "state_layout", "make_optimizer", "make_train", "make_update",
            "check_members", "prepare_hparams", "validate"]

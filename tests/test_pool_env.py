@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from klrl.envs.base import EnvStep
-from klrl.envs.pool import (POOL_ENVS, THETA_THRESHOLD, X_THRESHOLD, NumpyPool, PoolEnv,
+from klrl.envs.pool import (POOL_ENVS, THETA_THRESHOLD, X_THRESHOLD, NumpyPool, PoolEnv, PoolState,
                             PoolVmapError, cartpole_step, seeds_from_keys)
 from klrl.envs.tabular_env import TABULAR_ENVS, _episode_cap, tabular_mdp
 
@@ -135,7 +135,7 @@ def test_autoreset_semantics_in_jit_scan():
     assert (np.abs(np.asarray(obs0)) <= 0.05).all()
     actions = np.random.default_rng(1).integers(0, 2, size=(T, M, E))
     token, out = _rollout(env, state, actions)
-    assert int(token) == T
+    assert int(token.steps) == T
     assert out.obs.shape == (T, M, E, 4) and out.reward.shape == (T, M, E)
     _check_autoreset(out)
     done = out.terminated | out.truncated
@@ -168,7 +168,7 @@ def test_cartpole_truncates_at_500():
     env = PoolEnv("CartPole-v1", 1, 3)
     state, obs = env.reset(_keys(3, 1, 3))
     token, out = _balance_rollout(env, state, obs, 1003)
-    assert int(token) == 1003
+    assert int(token.steps) == 1003
     _check_autoreset(out)
     assert not out.terminated.any()
     t_idx = np.nonzero(out.truncated)[0]
@@ -260,7 +260,8 @@ def test_vmap_is_refused_with_a_clear_message():
         # vmapping over members: the per-example actions have the wrong shape, still the vmap message
         lambda: jax.vmap(env.step, in_axes=(None, 0, 0))(state, acts, keys),
         lambda: jax.vmap(env.step, in_axes=(None, None, 0))(state, acts, jnp.stack([keys, keys])),
-        lambda: jax.vmap(env.step, in_axes=(0, None, None))(jnp.zeros(2, jnp.int32), acts, keys),
+        lambda: jax.vmap(env.step, in_axes=(0, None, None))(PoolState(jnp.zeros(2, jnp.int32), jnp.zeros(2, jnp.int32)),
+                                                             acts, keys),
         lambda: jax.vmap(jax.jit(lambda a: jax.lax.scan(
             lambda s, x: env.step(s, x, keys), state, a)))(jnp.zeros((2, 5, M, E), jnp.int32)),
         lambda: jax.jit(jax.vmap(lambda a: env.step(state, a, keys)))(jnp.zeros((2, M, E), jnp.int32)),
@@ -271,7 +272,7 @@ def test_vmap_is_refused_with_a_clear_message():
     assert env.pool.steps == 0  # nothing ran
     # still usable afterwards
     s, out = env.step(state, acts, keys)
-    assert int(s) == 1 and out.valid.all()
+    assert int(s.steps) == 1 and out.valid.all()
 
 
 def test_bad_actions_rejected():
@@ -410,3 +411,18 @@ def test_random_policy_episode_lengths_match_gymnax():
     assert abs(mean - gmean) / gmean < 0.05, (mean, gmean)
     assert abs(np.median(lengths) - np.median(glengths)) <= 2
     assert 15 < mean < 30
+
+
+def test_one_program_steps_the_pool_its_state_names():
+    """The state names its pool (as an emulator's handle does): a program traced with one
+    PoolEnv steps whichever pool of the same shape the state comes from, so one SPMD program
+    can drive one pool per device shard (klrl.sharding)."""
+    a, b = PoolEnv("CartPole-v1", 1, 2), PoolEnv("CartPole-v1", 1, 2)
+    sa, _ = a.reset(_keys(0, 1, 2))
+    sb, ob = b.reset(_keys(1, 1, 2))
+    acts = np.ones((3, 1, 2), np.int32)
+    state, out = _rollout(a, sb, acts)             # traced with a, stepping b
+    assert (a.pool.steps, b.pool.steps) == (0, 3) and int(state.instance) == b.instance
+    ref = PoolEnv("CartPole-v1", 1, 2)
+    sr, _ = ref.reset(_keys(1, 1, 2))
+    np.testing.assert_array_equal(out.obs, _rollout(ref, sr, acts)[1].obs)   # b's own trajectory

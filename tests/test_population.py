@@ -1,11 +1,6 @@
-"""Population grid, member keys and sharding (klrl.population): no training here."""
+"""Population grid and member keys (klrl.population): no training here."""
 
 from __future__ import annotations
-
-import os
-import subprocess
-import sys
-import textwrap
 
 import jax
 import numpy as np
@@ -13,8 +8,6 @@ import pytest
 
 from klrl.config import build_experiment, engine_schema
 from klrl.population import agent_grid, build_population, build_populations, member_keys
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 @pytest.fixture(scope="module")
@@ -77,32 +70,6 @@ def test_member_keys_are_distinct_and_reproducible(schema):
 def test_member_keys_formula():
     k = member_keys([0, 0, 1], [0, 1, 0])
     assert len({tuple(r) for r in k}) == 3
-
-
-_SHARD_SCRIPT = textwrap.dedent("""
-    import jax, numpy as np
-    from klrl.population import shard_population, population_mesh
-    assert len(jax.devices()) == 4, jax.devices()
-    tree = {"w": np.arange(8 * 3, dtype=np.float32).reshape(8, 3), "shared": np.arange(5.0)}
-    out = shard_population(tree, 8)
-    assert len(out["w"].sharding.device_set) == 4
-    assert out["w"].addressable_shards[0].data.shape == (2, 3)
-    assert out["shared"].sharding.is_fully_replicated
-    np.testing.assert_array_equal(np.asarray(out["w"]), tree["w"])
-    # a jitted per-member function runs on the sharded array and gives the same values
-    f = jax.jit(jax.vmap(lambda x: (x ** 2).sum()))
-    np.testing.assert_allclose(np.asarray(f(out["w"])), (tree["w"] ** 2).sum(1))
-    assert population_mesh(6).devices.size == 3     # largest device count dividing M
-    print("OK")
-""")
-
-
-def test_shard_population_over_fake_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu")
-    res = subprocess.run([sys.executable, "-c", _SHARD_SCRIPT], cwd=ROOT, env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stderr[-2000:]
-    assert res.stdout.strip().endswith("OK")
 
 
 def test_engine_fields_reach_the_static_config(schema):

@@ -64,7 +64,7 @@ def test_every_agent_runs_through_the_pool(name, mode):
     assert not np.any(m["diverged"])
     for k in ("train_return", "eval_return"):
         assert np.all((m[k] >= 0) & (m[k] <= 1)), (k, m[k])
-    assert int(state.env) == 24              # the pool token: one pool step per vector step, 2 x 12
+    assert int(state.env.steps) == 24        # the pool token: one pool step per vector step, 2 x 12
     assert any(not np.array_equal(a, b) for a, b in
                zip(jax.tree.leaves(state.learner.params), jax.tree.leaves(state0.learner.params)))
     if mode == "rollout":                    # the agent learns from the labels its actor records

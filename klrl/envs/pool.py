@@ -38,10 +38,12 @@ and Euler integration; it is computed in float64 (as envpool does) and observed 
 - `step(state, actions, keys)` is traceable (jit, scan, while); it ignores `keys` and calls
   the pool through `jax.experimental.io_callback(..., ordered=True)`: the pool is stateful,
   so its calls must run once each, in program order, and never be removed as dead code or
-  duplicated. `state` is an int32 scalar token, the number of pool steps since the last
-  reset; it threads the steps of one program into a chain, and the host checks it (a
-  token that does not match the pool's counter means a stale state was replayed, which a
-  pool cannot do, and raises).
+  duplicated. `state` is a `PoolState(instance, steps)` of int32 scalars. `instance` names
+  the pool (a process-wide registry, as an emulator's handle is its address), so one traced
+  program can step several pools: under `shard_map` each device shard passes its own pool's
+  state (klrl.sharding). `steps` is the number of pool steps since the last reset; it threads
+  the steps of one program into a chain, and the host checks it (a count that does not match
+  the pool's means a stale state was replayed, which a pool cannot do, and raises).
 - Not vmappable: one pool steps all its environments in one call, so a batch axis over
   pools has no meaning. `step` passes its arguments through an identity guard (`vmap_guard`,
   a `jax.custom_batching.custom_vmap`, shared with klrl.envs.atari) whose batching rule
@@ -55,7 +57,9 @@ and Euler integration; it is computed in float64 (as envpool does) and observed 
 
 from __future__ import annotations
 
+import itertools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -277,6 +281,17 @@ def vmap_guard(message: str):
     return guard
 
 
+class PoolState(NamedTuple):
+    """The traced state of a `PoolEnv`: which pool (its registry id) and its steps since reset."""
+
+    instance: jax.Array   # int32 scalar
+    steps: jax.Array      # int32 scalar
+
+
+_POOLS: dict[int, "PoolEnv"] = {}     # registry id -> pool (this process's pools)
+_IDS = itertools.count()
+
+
 class PoolEnv:
     """`NumpyPool` behind the `Env` protocol for [members, envs] (see the module docstring)."""
 
@@ -286,6 +301,8 @@ class PoolEnv:
     def __init__(self, name: str, members: int, envs: int, *, mdp=None,
                  max_episode_steps: int | None = None):
         self.members, self.envs = int(members), int(envs)
+        self.instance = next(_IDS)
+        _POOLS[self.instance] = self
         self.pool = NumpyPool(name, self.members * self.envs, mdp=mdp,
                               max_episode_steps=max_episode_steps)
         self.spec = EnvSpec(name=name, obs_shape=self.pool.obs_shape, obs_dtype=jnp.float32,
@@ -298,29 +315,37 @@ class PoolEnv:
                           f"environments in one call; build one PoolEnv(name, members, envs) for the "
                           f"whole [members, envs] batch instead of vmapping over members or envs")
 
-    def reset(self, keys) -> tuple[jax.Array, jax.Array]:
-        """Host call: keys uint32 [M, E, 2] -> (token int32 0, obs float32 [M, E, *obs_shape])."""
+    def reset(self, keys) -> tuple[PoolState, jax.Array]:
+        """Host call: keys uint32 [M, E, 2] -> (PoolState(this pool, 0), obs float32 [M, E, *obs_shape])."""
         seeds = seeds_from_keys(keys)
         if seeds.shape != (self.members, self.envs):
             raise ValueError(f"PoolEnv.reset: keys must have batch shape "
                              f"[{self.members}, {self.envs}], got {list(seeds.shape)}")
         jax.effects_barrier()  # no step of an earlier program may still be pending
         obs = self.pool.reset(seeds.reshape(-1))
-        return jnp.int32(0), jnp.asarray(obs.reshape((self.members, self.envs) + self.spec.obs_shape))
+        state = PoolState(jnp.int32(self.instance), jnp.int32(0))
+        return state, jnp.asarray(obs.reshape((self.members, self.envs) + self.spec.obs_shape))
 
-    def _host_step(self, token, actions) -> tuple[np.ndarray, ...]:
-        token = int(token)
-        if token != self.pool.steps:
-            raise RuntimeError(f"PoolEnv({self.spec.name!r}): stale state token {token}, the pool "
-                               f"has taken {self.pool.steps} steps since reset (a pool cannot "
+    @staticmethod
+    def _host_step(instance, steps, actions) -> tuple[np.ndarray, ...]:
+        env = _POOLS[int(instance)]
+        pool, steps = env.pool, int(steps)
+        if steps != pool.steps:
+            raise RuntimeError(f"PoolEnv({env.spec.name!r}): stale state token {steps}, the pool "
+                               f"has taken {pool.steps} steps since reset (a pool cannot "
                                f"replay or restore states; checkpointable=False)")
-        out = self.pool.step(np.asarray(actions).reshape(-1))
-        lead = (self.members, self.envs)
-        return (np.int32(self.pool.steps),) + tuple(x.reshape(lead + x.shape[1:]) for x in out)
+        lead = (env.members, env.envs)
+        a = np.asarray(actions)
+        if a.shape != lead:
+            raise RuntimeError(f"PoolEnv({env.spec.name!r}): pool {int(instance)} serves {list(lead)} envs, "
+                               f"got actions {list(a.shape)}")
+        out = pool.step(a.reshape(-1))
+        return (np.int32(pool.steps),) + tuple(x.reshape(lead + x.shape[1:]) for x in out)
 
-    def step(self, state: jax.Array, actions: jax.Array, keys: jax.Array) -> tuple[jax.Array, EnvStep]:
-        """Step every environment once (actions int32 [M, E]); traceable, not vmappable;
-        `keys` is ignored (it passes the vmap guard only)."""
+    def step(self, state: PoolState, actions: jax.Array, keys: jax.Array) -> tuple[PoolState, EnvStep]:
+        """Step the pool `state.instance` once (actions int32 [M, E]; it must serve the same
+        [M, E] and spec as this one); traceable, not vmappable; `keys` is ignored (it passes
+        the vmap guard only)."""
         state, actions, keys = self._guard(state, actions, keys)
         lead = (self.members, self.envs)
         actions = jnp.asarray(actions)
@@ -331,10 +356,10 @@ class PoolEnv:
         b = jax.ShapeDtypeStruct(lead, jnp.bool_)
         result = (jax.ShapeDtypeStruct((), jnp.int32), f32(lead + self.spec.obs_shape), f32(), f32(),
                   b, b, b, f32(), jax.ShapeDtypeStruct(lead, jnp.int32), b)
-        token, *fields = io_callback(self._host_step, result, jnp.asarray(state, jnp.int32),
-                                     actions.astype(jnp.int32), ordered=True)
-        return token, EnvStep(*fields)
+        steps, *fields = io_callback(self._host_step, result, jnp.asarray(state.instance, jnp.int32),
+                                     jnp.asarray(state.steps, jnp.int32), actions.astype(jnp.int32), ordered=True)
+        return PoolState(state.instance, steps), EnvStep(*fields)
 
 
-__all__ = ["CARTPOLE", "POOL_ENVS", "NumpyPool", "PoolEnv", "PoolVmapError", "cartpole_step",
+__all__ = ["CARTPOLE", "POOL_ENVS", "NumpyPool", "PoolEnv", "PoolState", "PoolVmapError", "cartpole_step",
            "seeds_from_keys", "vmap_guard"]

@@ -1,0 +1,133 @@
+"""Populations over devices (klrl.sharding), on fake CPU devices.
+
+The contract: the same experiment on 1, 2 and 4 devices gives the same metrics to float
+rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard), with a
+population (3 members) that no device count above 1 divides, so padding members run and
+are dropped. Each device count runs in its own process (the device count is fixed when JAX
+starts).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+from klrl.results import read_metrics
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+BASE = """
+[env]
+name = "CartPole-v1"
+num_envs = 4
+{backend}
+
+[agent]
+name = "mdqn"
+hidden = [16]
+
+[train]
+total_steps = 400
+chunk_steps = 200
+buffer_size = 256
+batch_size = 16
+learning_starts = 100
+target_update_every = 100
+seeds = 3
+replay_mode = "per-member"
+{eval}
+
+[output]
+checkpoint_every = 1
+"""
+CONFIGS = {
+    "gymnax": BASE.format(backend="", eval="eval_episodes = 2"),
+    "pool": BASE.format(backend='backend = "pool"', eval='eval_mode = "concurrent"\neval_envs = 2'),
+}
+
+_RUN = textwrap.dedent("""
+    import sys, jax
+    from klrl.runner import run_experiment
+    n, base = int(sys.argv[1]), sys.argv[2]
+    assert len(jax.devices()) == n, jax.devices()
+    for name in sys.argv[3:]:
+        run_experiment(f"{base}/{name}.toml", f"{base}/{name}-{n}")
+""")
+
+
+def _run(n: int, base, names) -> subprocess.CompletedProcess:
+    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([sys.executable, "-c", _RUN, str(n), str(base), *names], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("sharding")
+    for name, text in CONFIGS.items():
+        (base / f"{name}.toml").write_text(text)
+    for n in (1, 2, 4):
+        res = _run(n, base, list(CONFIGS))
+        assert res.returncode == 0, res.stderr[-3000:]
+    return base
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_one_two_four_devices_give_the_same_metrics(runs, name):
+    rows = {n: read_metrics(str(runs / f"{name}-{n}" / "metrics.csv")) for n in (1, 2, 4)}
+    index = [(r["member"], r["step"], r["metric"]) for r in rows[1]]
+    assert {r["member"] for r in rows[1]} == {0, 1, 2}            # padding members never written
+    for n in (2, 4):
+        assert [(r["member"], r["step"], r["metric"]) for r in rows[n]] == index
+        np.testing.assert_allclose([r["value"] for r in rows[n]], [r["value"] for r in rows[1]],
+                                   rtol=2e-3, atol=1e-5, equal_nan=True)
+    # training happened (the comparison is not between untrained copies)
+    loss = [r["value"] for r in rows[4] if r["metric"] == "loss" and r["step"] == 400]
+    assert len(loss) == 3 and np.all(np.isfinite(loss))
+    cfg = json.load(open(runs / f"{name}-4" / "config.json"))
+    assert cfg["provenance"]["device"]["num_devices"] == 4 and len(cfg["members"]) == 3
+
+
+def test_resume_on_another_device_count_is_refused(runs):
+    """The state's layout depends on the device count (padding, one env/replay per shard)."""
+    import shutil
+
+    run = runs / "gymnax-4-copy"
+    shutil.copytree(runs / "gymnax-4", run)
+    shutil.rmtree(run / "checkpoints" / "mdqn" / "2")          # as if killed after chunk 1
+    before = (run / "metrics.csv").read_bytes()
+    res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", str(runs / "gymnax.toml"), "--out",
+                          str(run), "--resume"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: --resume: got 1 device(s)")
+    assert "allowed the same device count" in res.stderr
+    assert (run / "metrics.csv").read_bytes() == before                 # nothing rewritten
+
+
+def test_layout_is_declared_per_field():
+    """Every TrainState leaf has a declared kind; per-member leaves lead with M, SHARD leaves
+    are whole components (env, replay), replicated ones are the counters."""
+    import jax
+
+    from klrl.sharding import MEMBER, REPLICATED, SHARD
+    from klrl.train import StaticConfig, make_train
+
+    cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "dqn", "hidden": (8,)},
+                       train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32, "batch_size": 4,
+                              "learning_starts": 8, "eval_episodes": 1})
+    tr = make_train(cfg)
+    state = jax.eval_shape(tr.init, jax.ShapeDtypeStruct((3, 2), np.uint32), {})
+    kinds = tr.layout(state)
+    assert set(jax.tree.leaves(kinds.learner)) == {MEMBER} and set(jax.tree.leaves(kinds.actor)) == {MEMBER}
+    assert set(jax.tree.leaves(kinds.replay)) == {SHARD} and set(jax.tree.leaves(kinds.env)) == {SHARD}
+    assert kinds.keys.shared == SHARD and set(jax.tree.leaves(kinds.counters)) == {REPLICATED}
+    for leaf, kind in zip(jax.tree.leaves(state), jax.tree.leaves(kinds)):
+        if kind == MEMBER:
+            assert leaf.shape[0] == 3
