@@ -131,3 +131,29 @@ def test_layout_is_declared_per_field():
     for leaf, kind in zip(jax.tree.leaves(state), jax.tree.leaves(kinds)):
         if kind == MEMBER:
             assert leaf.shape[0] == 3
+
+
+@pytest.mark.slow
+def test_an_emulator_pool_per_shard(tmp_path):
+    """ale (one AtariVectorEnv per shard, each named by its handle): 3 members on 2 devices
+    (one padding member) give the 1-device numbers to rounding."""
+    import klrl.envs.atari as atari
+
+    if atari.missing_packages("ale"):
+        pytest.skip("ale-py is not installed (pip install -e '.[atari]')")
+    sets = ["env.name=Pong", "agent.name=mdqn", "agent.torso=minatar_cnn", "agent.hidden=[16]", "env.num_envs=2",
+            "train.eval_envs=1", "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400",
+            "train.learning_starts=100", "train.batch_size=8", "train.seeds=3", "train.replay_mode=per-member",
+            "train.final_eval_episodes=0"]
+    args = [a for s in sets for a in ("--set", s)]
+    for n in (1, 2):
+        res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", os.path.join(ROOT, "experiments",
+                              "atari100k.toml"), "--out", str(tmp_path / f"pong-{n}"), *args], cwd=ROOT,
+                             capture_output=True, text=True, timeout=900,
+                             env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
+                                  "JAX_PLATFORMS": "cpu"})
+        assert res.returncode == 0, res.stderr[-3000:]
+    a = read_metrics(str(tmp_path / "pong-1" / "metrics.csv"))
+    b = read_metrics(str(tmp_path / "pong-2" / "metrics.csv"))
+    assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
+    np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5, equal_nan=True)
