@@ -36,16 +36,26 @@ bench: $(STAMP)
 bench-atari: $(STAMP)
 	$(VENV)/bin/klrl bench atari
 
-# Wheels the GPU host lacks for experiments/device/atari_gpu.sh (cp312, manylinux x86_64; the
-# versions of .venv), into .whl/ (git-ignored): ale-py (every ROM) and gymnasium with its two
-# pure-Python dependencies. jax, flax, optax, chex, numpy are the host's; gymnax is not needed.
+# Wheels the GPU host lacks for experiments/device/*.sh (cp312, manylinux x86_64; the versions of
+# .venv), into .whl/<kit>/ (git-ignored; each script installs the kits it names, see
+# experiments/device/common.sh): gym = gymnasium and its two pure-Python dependencies (both
+# scripts); ale = ale-py with every ROM (atari_gpu.sh); gymnax = gymnax and what it imports at
+# import time, matplotlib and seaborn (render code) with their dependencies, pandas included
+# (train_gpu.sh). jax, flax, optax, chex, orbax, numpy, scipy are the host's. About 40 MB in all.
 KIT_PLATFORMS := --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64
-KIT_WHEELS    := ale-py==0.12.1 gymnasium==1.3.0 farama-notifications==0.0.6 cloudpickle==3.1.3
+KIT_gym       := gymnasium==1.3.0 farama-notifications==0.0.6 cloudpickle==3.1.3
+KIT_ale       := ale-py==0.12.1
+KIT_gymnax    := gymnax==1.0.1 six==1.17.0 matplotlib==3.11.2 contourpy==1.3.3 cycler==0.12.1 fonttools==4.68.0 \
+                 kiwisolver==1.5.1 packaging==26.4 pillow==13.0.0 pyparsing==3.3.3 python-dateutil==4.0.0 \
+                 seaborn==0.13.2 pandas==3.1.1
+kit_download   = $(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+                 $(KIT_PLATFORMS) -d .whl/$(1) $(KIT_$(1))
 device-kit: $(STAMP)
 	rm -rf .whl && mkdir -p .whl
-	$(PY) -m pip download --quiet --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  $(KIT_PLATFORMS) -d .whl $(KIT_WHEELS)
-	@ls -l .whl && du -ch .whl/*.whl | tail -1
+	$(call kit_download,gym)
+	$(call kit_download,ale)
+	$(call kit_download,gymnax)
+	@du -sh .whl/* && du -ch .whl/*/*.whl | tail -1
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis

@@ -49,8 +49,41 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--out", default=None, help="output JSON path")
     b.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     b.add_argument("--members", default=None, metavar="M,M,...",
-                   help="atari: comma-separated population sizes (default 1,4,16 on CPU)")
+                   help="train, atari: comma-separated population sizes (defaults: train 1,8,32,64 on "
+                        "cartpole, 1,4,16 on minatar; atari 1,4,16 on CPU)")
+    b.add_argument("--env", default=None, metavar="PRESET",
+                   help="train: cartpole (CartPole-v1 M-DQN, the default) or minatar (Breakout-MinAtar M-DQN, "
+                        "minatar_cnn)")
+    b.add_argument("--total-steps", type=int, default=None, metavar="N",
+                   help="train: env steps per member (default: the preset's, 50000)")
     return p
+
+
+_BENCH_OPTIONS = {"members": ("train", "atari"), "env": ("train",), "total_steps": ("train",)}
+
+
+def _bench(args: argparse.Namespace) -> None:
+    """`klrl bench WHICH`: refuse an option the chosen bench does not take, then run it."""
+    from klrl.bench import parse_members
+
+    for opt, allowed in _BENCH_OPTIONS.items():
+        value = getattr(args, opt)
+        if value is not None and args.which not in allowed:
+            flag = "--" + opt.replace("_", "-")
+            raise ConfigError(f"bench {flag}: got {value!r}; allowed only with bench {' or bench '.join(allowed)}")
+    if args.which == "atari":
+        from klrl.bench.atari import bench_atari
+
+        bench_atari(out_path=args.out, quick=args.quick, members=parse_members(args.members))
+    elif args.which == "train":
+        from klrl.bench.train import bench_train
+
+        bench_train(out_path=args.out, quick=args.quick, members=parse_members(args.members),
+                    env=args.env or "cartpole", total_steps=args.total_steps)
+    else:
+        from klrl.bench.tabular import bench_tabular
+
+        bench_tabular(out_path=args.out, quick=args.quick)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -73,18 +106,7 @@ def main(argv: list[str] | None = None) -> int:
 
             run_tabular(args.config, out_dir=args.out, quick=args.quick, overrides=args.overrides)
         elif args.command == "bench":
-            if args.members is not None and args.which != "atari":
-                raise ConfigError(f"bench --members: got {args.members!r}; allowed only with bench atari")
-            if args.which == "atari":
-                from klrl.bench.atari import bench_atari, parse_members
-
-                bench_atari(out_path=args.out, quick=args.quick, members=parse_members(args.members))
-                return 0
-            if args.which == "tabular":
-                from klrl.bench.tabular import bench_tabular as bench
-            else:
-                from klrl.bench.train import bench_train as bench
-            bench(out_path=args.out, quick=args.quick)
+            _bench(args)
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
         return 2

@@ -7,33 +7,23 @@
 # learning run; the bench's time guard skips a row (cheapest rows first within a size) or a size
 # that would end past it, so the JSON says what was measured and what the budget cut.
 #
-#   make device-kit                                      # on a networked machine: .whl/ (4 MB)
+#   make device-kit                                      # on a networked machine: .whl/ (kits gym + ale: 4 MB)
 #   OUT=/path/to/out bash experiments/device/atari_gpu.sh   # on the GPU host, from the repo root
 #
-# The host has jax (CUDA), flax, optax, chex, orbax but not ale-py / gymnasium: the kit's wheels
-# go to /tmp/site. Writes $OUT/atari_gpu.json (the GPU named by jax.devices()[0].device_kind;
-# rewritten after every population size, so a timeout keeps what was measured) and
-# $OUT/atari_gpu.log. Check of the logic on CPU, with the venv's packages instead of the kit:
+# The host has jax (CUDA), flax, optax, chex, orbax but not ale-py / gymnasium: the kits' wheels
+# go to /tmp/site (experiments/device/common.sh). Writes $OUT/atari_gpu.json (the GPU named by
+# jax.devices()[0].device_kind; rewritten after every population size, so a timeout keeps what was
+# measured) and $OUT/atari_gpu.log. Check of the logic on CPU, with the venv's packages instead of the kit:
 #   OUT=/tmp/x KLRL_DEVICE_QUICK=1 KLRL_DEVICE_NO_INSTALL=1 PYTHON=.venv/bin/python bash experiments/device/atari_gpu.sh
 set -euo pipefail
-: "${OUT:?set OUT to the output directory}"
-PYTHON=${PYTHON:-python3}
-WALL=${KLRL_DEVICE_WALL:-470}          # seconds for the whole script (the host's limit is 480)
+source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 LEARN_RESERVE=${KLRL_DEVICE_LEARN_RESERVE:-110}   # seconds kept for the learning run (compile + 3000 steps)
-mkdir -p "$OUT"
-start=$(date +%s)
+device_start
 
 run() {
-  if [ -z "${KLRL_DEVICE_NO_INSTALL:-}" ]; then
-    ls .whl/*.whl > /dev/null || { echo "no .whl/: run make device-kit first" >&2; return 2; }
-    "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-      && export PYTHONPATH=/tmp/site:$PWD
-  else
-    export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-  fi
-  "$PYTHON" -c "import jax, ale_py, gymnasium; d = jax.devices()[0]; \
-print('device:', d.platform, d.device_kind, '| jax', jax.__version__, '| ale-py', ale_py.__version__, '| gymnasium', gymnasium.__version__)"
-  left=$(( WALL - ($(date +%s) - start) ))
+  install_kit gym ale
+  show_device ale_py gymnasium
+  left=$(seconds_left)
   if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
     # quick trains at M = 2 only: its first row runs, the budget cuts the other rows
     args=(--quick --members 1,2 --budget 1 --learn-steps 16 --learn-members 2)
@@ -46,4 +36,4 @@ print('device:', d.platform, d.device_kind, '| jax', jax.__version__, '| ale-py'
 }
 
 run 2>&1 | tee "$OUT/atari_gpu.log"
-echo "atari_gpu.sh: $(( $(date +%s) - start ))s; wrote $OUT/atari_gpu.json and $OUT/atari_gpu.log"
+echo "atari_gpu.sh: $(( $(date +%s) - DEVICE_START ))s; wrote $OUT/atari_gpu.json and $OUT/atari_gpu.log"

@@ -1,0 +1,18 @@
+"""Benchmarks (`klrl bench tabular | train | atari`) and what they share: the --members option."""
+
+from __future__ import annotations
+
+
+def parse_members(text: str | None) -> tuple[int, ...] | None:
+    """"1,4,16" -> (1, 4, 16); None -> None (the bench's default sizes); ConfigError otherwise."""
+    from klrl.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        out = ()
+    if not out or min(out) < 1:
+        raise ConfigError(f"--members: got {text!r}; allowed comma-separated integers >= 1, e.g. 1,4,16")
+    return out

@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from klrl.bench import parse_members   # also imported from here by the CLI and tests
 from klrl.networks import CONVS
 from klrl.provenance import provenance
 
@@ -796,21 +797,6 @@ def bench_atari(out_path: str | None = None, quick: bool = False, members: tuple
     print(_table(result))
     print(f"wrote {out_path} ({time.perf_counter() - start:.0f}s)")
     return result
-
-
-def parse_members(text: str | None) -> tuple[int, ...] | None:
-    """"1,4,16" -> (1, 4, 16); None -> None (the platform's default); ConfigError otherwise."""
-    from klrl.errors import ConfigError
-
-    if text is None:
-        return None
-    try:
-        out = tuple(int(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        out = ()
-    if not out or min(out) < 1:
-        raise ConfigError(f"--members: got {text!r}; allowed comma-separated integers >= 1, e.g. 1,4,16")
-    return out
 
 
 def parse_convs(text: str) -> tuple[str, ...]:
