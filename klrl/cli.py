@@ -45,7 +45,7 @@ def _parser() -> argparse.ArgumentParser:
     tb.add_argument("--quick", action="store_true", help="small grid for smoke tests")
 
     b = sub.add_parser("bench", help="benchmarks writing JSON to results/bench/")
-    b.add_argument("which", choices=["tabular", "train", "atari"])
+    b.add_argument("which", choices=["tabular", "train", "atari", "scale"])
     b.add_argument("--out", default=None, help="output JSON path")
     b.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
     b.add_argument("--members", default=None, metavar="M,M,...",
@@ -80,6 +80,10 @@ def _bench(args: argparse.Namespace) -> None:
 
         bench_train(out_path=args.out, quick=args.quick, members=parse_members(args.members),
                     env=args.env or "cartpole", total_steps=args.total_steps)
+    elif args.which == "scale":
+        from klrl.bench.scale import bench_scale
+
+        bench_scale(out_path=args.out, quick=args.quick)
     else:
         from klrl.bench.tabular import bench_tabular
 
