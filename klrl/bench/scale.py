@@ -6,10 +6,11 @@ chunk, through klrl.sharding's ShardedTrainer exactly as `klrl train` runs it. E
 runs in its own process(es), since a process's device count is fixed when JAX starts:
 - 1, 2 and 4 devices in one process (`--xla_force_host_platform_device_count`);
 - 2 processes x 2 devices on 127.0.0.1 (jax.distributed, gloo), against 1 x 4.
-Fake CPU devices share this machine's cores, so on a 2-core VM more devices cannot be
-faster: what this measures is the overhead of the sharded program (per-shard programs,
-padding, gathering metrics, the coordination of processes), not a speedup. A real speedup
-needs real devices (experiments/device/train_gpu.sh).
+Fake CPU devices share this machine's cores: each device runs its shard's program on its own
+thread, so on a 2-core VM a second device can use the core that one device's small kernels
+leave idle, and beyond the core count it can only cost (padding, per-shard programs,
+gathering metrics, coordinating processes). What the GPU gains needs real devices
+(experiments/device/train_gpu.sh).
 
 Output (results/bench/scale.json): rows {devices, processes, members, padded_members,
 seconds_per_chunk, per_member_seconds, ratio_to_one_device, compile_seconds}.
@@ -112,8 +113,8 @@ def bench_scale(out_path: str | None = None, quick: bool = False) -> dict:
         r["ratio_to_one_device"] = round(r["seconds_per_chunk"] / one, 3)
     four = next(r for r in rows if r["devices"] == 4 and r["processes"] == 1)["seconds_per_chunk"]
     result = {
-        "what": "seconds per chunk of one sharded CartPole M-DQN population at fixed work, fake CPU devices "
-                "sharing this machine's cores (overhead of sharding, not speedup)",
+        "what": "seconds per chunk of one sharded CartPole M-DQN population at fixed work, on fake CPU "
+                "devices sharing this machine's cores (one thread per device)",
         "config": _config(quick).to_dict(),
         "rows": rows,
         "two_processes_over_one_process_at_4_devices": round(rows[-1]["seconds_per_chunk"] / four, 3),
