@@ -23,6 +23,9 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
         t.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+        t.add_argument("--task", default=None, metavar="I",
+                       help="array job: train only the members m with m mod N == I, into OUT/task-I/")
+        t.add_argument("--num-tasks", default=None, metavar="N", help="array job: the number of tasks N")
 
     pl = sub.add_parser("plot", help="draw the figures of a run directory from its metrics")
     pl.add_argument("run_dir")
@@ -48,8 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("train", "sweep"):
             from klrl.runner import run_experiment
+            from klrl.tasks import parse_task
 
-            run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume)
+            task = parse_task(args.task, args.num_tasks)
+            run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume, task=task)
         elif args.command == "plot":
             from klrl.plotting import plot_run
 
