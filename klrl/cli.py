@@ -1,4 +1,6 @@
-"""Command line: `klrl train | sweep | plot | tabular | bench`.
+"""Command line: `klrl train | sweep | merge | plot | tabular | bench`.
+
+`klrl merge OUT` joins an array job's finished tasks (`train --task I --num-tasks N`) into OUT (klrl.merge).
 
 Every subcommand validates its input before compiling anything; a `ConfigError` is printed
 as one line `klrl: error: ...` and the process exits with status 2 without writing results.
@@ -33,6 +35,12 @@ def _parser() -> argparse.ArgumentParser:
         d.add_argument("--process-id", type=int, default=None, metavar="I")
         d.add_argument("--heartbeat-timeout", type=int, default=100, metavar="S",
                        help="seconds without a heartbeat before a process counts as dead (default 100)")
+        t.add_argument("--task", default=None, metavar="I",
+                       help="array job: train only the members m with m mod N == I, into OUT/task-I/")
+        t.add_argument("--num-tasks", default=None, metavar="N", help="array job: the number of tasks N")
+
+    mg = sub.add_parser("merge", help="join the finished tasks OUT/task-*/ of an array job into OUT")
+    mg.add_argument("out", help="the --out of the tasks' `klrl train ... --task I --num-tasks N`")
 
     pl = sub.add_parser("plot", help="draw the figures of a run directory from its metrics")
     pl.add_argument("run_dir")
@@ -96,11 +104,17 @@ def main(argv: list[str] | None = None) -> int:
         if args.command in ("train", "sweep"):
             from klrl.distributed import check_flags, initialize
             from klrl.runner import run_experiment
+            from klrl.tasks import parse_task
 
             check_flags(args.distributed, args.coordinator, args.num_processes, args.process_id)
+            task = parse_task(args.task, args.num_tasks)
             if args.distributed:   # before any JAX computation
                 initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
-            run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume)
+            run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume, task=task)
+        elif args.command == "merge":
+            from klrl.merge import merge
+
+            merge(args.out)
         elif args.command == "plot":
             from klrl.plotting import plot_run
 

@@ -87,8 +87,13 @@ def _run_info(run: str, member: int, env: str) -> _RunInfo:
         _fail("agent.reference_run", run, f"a run on env {env!r} (this one was trained on {ref_env!r})")
     if not (isinstance(member, int) and 0 <= member < len(members)):
         _fail("agent.reference_member", member, f"a member index in [0, {len(members)}) of {run!r}")
+    # An array task (klrl.tasks) records the whole run's table but trained only `task_members`.
+    ran = set(record.get("task_members", [m["member"] for m in members]))
+    if member not in ran:
+        _fail("agent.reference_member", member, f"a member that {run!r} trained (this array task trained "
+              f"{sorted(ran)})")
     agent = members[member]["agent"]
-    same = [m for m in members if m["agent"] == agent]
+    same = [m for m in members if m["agent"] == agent and m["member"] in ran]
     local = [m["member"] for m in same].index(members[member]["member"])
     ckpt_root = os.path.join(run, "checkpoints", agent)
     steps = sorted(int(d) for d in os.listdir(ckpt_root) if d.isdigit()) if os.path.isdir(ckpt_root) else []

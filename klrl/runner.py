@@ -41,6 +41,7 @@ from klrl.output import choose_out_dir
 from klrl.population import Population, build_populations
 from klrl.sharding import ShardedTrainer
 from klrl.results import MetricsWriter, TidyWriter, format_chunk, format_history, header, read_metrics, summarize
+from klrl.tasks import Task, check_resumed, split_populations
 
 # Test-only: after this many chunks (counted over the whole run, restored ones included)
 # the process SIGKILLs itself, after that chunk's rows and checkpoint are written.
@@ -67,23 +68,27 @@ def _nanmedian(x) -> float:
     return float(np.median(x)) if x.size else math.nan
 
 
-def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool, record: str = "config.json") -> str:
+def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool, record: str = "config.json",
+                    task: Task | None = None) -> str:
     """The directory this run writes to; refuses to overwrite an existing run (no writes).
-    Without --resume: klrl.output's policy (`output.if_exists`). With it, `record` (the run's
-    config.json, or a sweep's sweep.json) must hold the same config hash."""
+    Without --resume: klrl.output's policy (`output.if_exists`; an array task's directory is
+    always refused, `klrl merge` looks for it by name). With it, `record` (the run's
+    config.json, or a sweep's sweep.json) must hold the same config hash and the same split."""
     if resume:
         cfg_path = os.path.join(out_dir, record)
         if not os.path.isfile(cfg_path):
             raise ConfigError(f"--resume: got --out {out_dir!r} which holds no run (no {record}); "
                               "allowed the directory of an earlier run")
         with open(cfg_path) as fh:
-            old = json.load(fh).get("config_hash")
+            rec = json.load(fh)
+        old = rec.get("config_hash")
         if old != exp.config_hash():
             raise ConfigError(f"--resume: got a config whose hash {exp.config_hash()[:12]} differs from the "
                               f"run's {str(old)[:12]} in {out_dir!r}; allowed the same resolved config "
                               "(same file and --set values)")
+        check_resumed(rec, task, out_dir)
         return out_dir
-    return choose_out_dir(out_dir, exp.values["output.if_exists"], flag="--out",
+    return choose_out_dir(out_dir, "refuse" if task else exp.values["output.if_exists"], flag="--out",
                           refuse_hint=", or --resume to continue the run in it")
 
 
@@ -337,22 +342,28 @@ def print_summary(summary: list[dict], file=None) -> None:
                       f"{'>= ' + str(r['final_evaluation_min_episodes']):>8}", file=file)
 
 
-def _prepare(exp: Experiment):
-    """The populations and their (uncompiled) programs; the engine's own checks run here, so a
-    bad config is refused before anything is written."""
+def _prepare(exp: Experiment, task: Task | None = None):
+    """The populations (an array task's share of them), their (uncompiled) programs and what
+    config.json records about the members (the whole run's table; with a task, the split and
+    the members it trains). The engine's own checks run here, so a bad config is refused
+    before anything is written."""
     from klrl.train import check_members, make_train
 
     pops = build_populations(exp)
+    members = {"members": _member_table(pops)}
+    if task is not None:
+        pops = split_populations(pops, task, exp.static.train.replay_mode)
+        members.update(task=task.record, task_members=[m.member for p in pops for m in p.members])
     trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
     for pop in pops:
         check_members(exp.static_config(pop.agent), pop.size)
-    return pops, trainers
+    return pops, trainers, members
 
 
 def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Sequence[str], resume: bool,
          prov: dict, counter: list[int]) -> list[dict]:
     """Train every population of `exp` into the run directory `out`; returns its summary rows."""
-    pops, trainers = prepared
+    pops, trainers, members = prepared
     columns = pops[0].columns
     metrics_path = os.path.join(out, "metrics.csv")
     primary = is_primary()
@@ -371,7 +382,7 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
         os.makedirs(out, exist_ok=True)
         record = {
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
-            "overrides": list(overrides), "members": _member_table(pops), "provenance": prov,
+            "overrides": list(overrides), **members, "provenance": prov,
         }
         _write_json(os.path.join(out, "config.json"), record)
     # Only the primary process writes files (klrl.distributed); the others train their shards.
@@ -424,8 +435,12 @@ def _write_json(path: str, obj) -> None:
     os.replace(tmp, path)
 
 
-def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False) -> str:
+def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False,
+                   task: Task | None = None) -> str:
     """Run (or resume) an experiment into `out_dir`; returns the run directory used.
+
+    With `task` (an array job, klrl.tasks) only that task's members run, into
+    `<out_dir>/task-I/` (a sweep over env.name: the sweep's root), and `klrl merge` joins them.
 
     A sweep over env.name runs one run directory per env, `<out>/<env>/`, in the sweep's order,
     each exactly the run `--set env.name=<env>` would make (config.json records that override).
@@ -434,7 +449,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     summary. Every env's config is validated before anything is written; an env that fails
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
-    runs = [(e, _prepare(e)) for e in exp.per_env()]
+    runs = [(e, _prepare(e, task)) for e in exp.per_env()]
     import jax
 
     processes = jax.process_count()
@@ -445,12 +460,14 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     from klrl.provenance import provenance
 
     prov = provenance()  # once per run: config, summary and timing name the same commit
+    if task is not None:
+        out_dir = task.directory(out_dir)
     if not exp.envs:
-        out = resolve_out_dir(out_dir, exp, resume)
+        out = resolve_out_dir(out_dir, exp, resume, task=task)
         barrier("klrl: output checked")   # every process has looked before the primary writes
         _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
         return out
-    root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD)
+    root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD, task=task)
     resumes = {e.static.env.name: resume and os.path.isfile(os.path.join(root, e.static.env.name, "config.json"))
                for e, _ in runs}
     barrier("klrl: output checked")
@@ -458,7 +475,8 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
         os.makedirs(root, exist_ok=True)
         _write_json(os.path.join(root, SWEEP_RECORD), {
             "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
-            "overrides": list(overrides), "runs": {e: e for e in exp.envs}, "provenance": prov})
+            "overrides": list(overrides), "runs": {e: e for e in exp.envs},
+            **({"task": task.record} if task else {}), "provenance": prov})
     summaries, counter = {}, [0]          # chunks counted over the whole sweep (the kill hook's)
     for e, prepared in runs:
         name = e.static.env.name

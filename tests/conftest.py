@@ -26,7 +26,7 @@ def x64():
         yield
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def jax_cache_env(request):
     path = str(request.config.cache.mkdir("jax_compilation_cache"))
     return {"JAX_COMPILATION_CACHE_DIR": path, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

@@ -12,8 +12,6 @@ import json
 import math
 import os
 import signal
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -23,7 +21,7 @@ from klrl.config import load_experiment
 from klrl.results import read_metrics
 from klrl.runner import KILL_ENV, resolve_out_dir
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from engine_helpers import run_cli as _klrl
 
 TINY = """
 [env]
@@ -55,11 +53,6 @@ checkpoint_every = 2
 """
 # members: dqn 2 lr x 2 seeds = 4 (alpha unused), mdqn 2 alpha x 2 lr x 2 seeds = 8
 CHUNKS = 4
-
-
-def _klrl(*args, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "klrl.cli", *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, **(env or {})}, timeout=timeout)
 
 
 @pytest.fixture(scope="module")

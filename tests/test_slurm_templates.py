@@ -1,6 +1,6 @@
 """The SLURM templates (experiments/slurm/*.sbatch): each parses as bash, every `klrl` command
-in them (commented examples included) uses only subcommands and options of klrl.cli's parser
-(except those not built yet, NOT_YET_BUILT), and the experiment files they default to exist."""
+in them (commented examples included) uses only subcommands and options of klrl.cli's parser,
+and the experiment files they default to exist."""
 
 import argparse
 import pathlib
@@ -15,12 +15,6 @@ from klrl.cli import _parser
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 TEMPLATES = sorted((ROOT / "experiments" / "slurm").glob("*.sbatch"))
 
-# Options and subcommands the templates use before the CLI has them (issue 10: sweep tasks,
-# multi-process runs and the merge step are being built). Remove each entry when it lands.
-NOT_YET_BUILT = {
-    "subcommands": {"merge"},
-    "options": {"train": {"--task", "--num-tasks"}},
-}
 SEPARATORS = {";", "&&", "||", "|", "&", ")"}
 
 
@@ -69,11 +63,9 @@ def subparsers() -> dict[str, argparse.ArgumentParser]:
 def check_command(words: list[str], subs: dict[str, argparse.ArgumentParser]) -> list[str]:
     """What in one `klrl` command the CLI does not know (empty when all of it is known)."""
     sub = words[1] if len(words) > 1 else ""
-    if sub in NOT_YET_BUILT["subcommands"]:
-        return []
     if sub not in subs:
         return [f"subcommand {sub!r}"]
-    known = set(subs[sub]._option_string_actions) | NOT_YET_BUILT["options"].get(sub, set())
+    known = set(subs[sub]._option_string_actions)
     return [f"{sub} {w.split('=')[0]}" for w in words[2:] if w.startswith("-") and w.split("=")[0] not in known]
 
 
