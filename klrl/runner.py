@@ -186,7 +186,12 @@ def _check_layout(ckpt, pop: Population) -> None:
     """ConfigError unless the checkpoint was written with this run's layout (checked before
     anything is rewritten: the state's shapes depend on the device count)."""
     saved, now = ckpt.meta(), _layout(pop.size)
-    was = {k: saved.get(k, 1 if k == "devices" else pop.size) for k in now}
+    if "devices" not in saved:
+        ckpt.close()
+        raise ConfigError(f"--resume: got a checkpoint in {ckpt.directory} from before the sharded state layout "
+                          "(its meta names no device count); allowed a checkpoint written by this version "
+                          "(resume it with the commit that wrote it, recorded in config.json)")
+    was = {k: saved[k] for k in now}
     if was != now:
         ckpt.close()
         raise ConfigError(f"--resume: got {now['devices']} device(s) (population of {pop.size} padded to "
