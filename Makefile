@@ -21,12 +21,12 @@ run: $(STAMP)
 
 # Fast suite (slow-marked tests excluded) on both cores (pytest-xdist); notebooks run in quick mode inside it.
 test: $(STAMP)
-	$(PY) -m pytest -q -n 2 -m "not slow" tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
 # Everything, slow tests included; adds the envpool extra (~300 MB) for the Atari backend comparison.
 test-all: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,envpool]'
-	$(PY) -m pytest -q -n 2 tests
+	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
 	$(VENV)/bin/klrl bench tabular

@@ -1,7 +1,8 @@
 """Helpers shared by the engine tests (test_train.py, test_train_pool.py) and the CLI tests
-(test_cli_train.py, test_tasks.py)."""
+(test_cli_train.py, test_tasks.py, test_sharding.py, test_distributed.py)."""
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -29,3 +30,34 @@ def run_cli(*args, env=None, timeout=600):
     """`python -m klrl.cli ARGS` in the repository root, `env` added to the environment."""
     return subprocess.run([sys.executable, "-m", "klrl.cli", *args], cwd=ROOT, capture_output=True, text=True,
                           env={**os.environ, **(env or {})}, timeout=timeout)
+
+
+def fake_devices_env(devices: int, extra=None) -> dict:
+    """The environment of a subprocess that sees `devices` fake CPU devices (plus `extra`)."""
+    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
+            **(extra or {})}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_processes(cfg, out, *flags, kill_second_after=None):
+    """`klrl train CFG --out OUT --distributed` as processes 0 and 1 of 2 on 127.0.0.1, two fake CPU
+    devices each (process 1 killing itself after `kill_second_after` chunks); [(returncode, stderr)]."""
+    port = _free_port()
+    procs = []
+    for i in (0, 1):
+        extra = {"KLRL_TEST_KILL_AFTER_CHUNKS": str(kill_second_after)} if i == 1 and kill_second_after else {}
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "klrl.cli", "train", str(cfg), "--out", str(out), "--distributed",
+             "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+             "--heartbeat-timeout", "10", *flags],
+            cwd=ROOT, env=fake_devices_env(2, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+    results = []
+    for p in procs:
+        _, err = p.communicate(timeout=900)
+        results.append((p.returncode, err))
+    return results

@@ -18,7 +18,11 @@ import textwrap
 import numpy as np
 import pytest
 
+from engine_helpers import fake_devices_env, two_processes
 from klrl.results import read_metrics
+
+# One worker runs this module (make test: --dist loadgroup), so the runs fixture runs once.
+pytestmark = pytest.mark.xdist_group("sharding")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -62,8 +66,7 @@ _RUN = textwrap.dedent("""
 
 
 def _run(n: int, base, names) -> subprocess.CompletedProcess:
-    env = {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}", "JAX_PLATFORMS": "cpu"}
-    return subprocess.run([sys.executable, "-c", _RUN, str(n), str(base), *names], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-c", _RUN, str(n), str(base), *names], cwd=ROOT, env=fake_devices_env(n),
                           capture_output=True, text=True, timeout=900)
 
 
@@ -92,6 +95,20 @@ def test_one_two_four_devices_give_the_same_metrics(runs, name):
     assert len(loss) == 3 and np.all(np.isfinite(loss))
     cfg = json.load(open(runs / f"{name}-4" / "config.json"))
     assert cfg["provenance"]["device"]["num_devices"] == 4 and len(cfg["members"]) == 3
+
+
+def test_two_processes_equal_one_process_with_four_devices(runs):
+    """klrl.distributed: 2 processes x 2 fake devices on 127.0.0.1 give the metrics of 1 x 4;
+    process 0 writes and reports, process 1 is quiet."""
+    (rc0, err0), (rc1, err1) = two_processes(runs / "gymnax.toml", runs / "gymnax-2x2")
+    assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
+    a = read_metrics(str(runs / "gymnax-4" / "metrics.csv"))
+    b = read_metrics(str(runs / "gymnax-2x2" / "metrics.csv"))
+    assert [(r["member"], r["step"], r["metric"]) for r in b] == [(r["member"], r["step"], r["metric"]) for r in a]
+    np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5,
+                               equal_nan=True)
+    assert "chunk 2/2" in err0 and "chunk" not in err1
+    assert sorted(os.listdir(runs / "gymnax-2x2")) == sorted(os.listdir(runs / "gymnax-4"))
 
 
 def test_resume_on_another_device_count_is_refused(runs):
@@ -150,8 +167,7 @@ def test_an_emulator_pool_per_shard(tmp_path):
         res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", os.path.join(ROOT, "experiments",
                               "atari100k.toml"), "--out", str(tmp_path / f"pong-{n}"), *args], cwd=ROOT,
                              capture_output=True, text=True, timeout=900,
-                             env={**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={n}",
-                                  "JAX_PLATFORMS": "cpu"})
+                             env=fake_devices_env(n))
         assert res.returncode == 0, res.stderr[-3000:]
     a = read_metrics(str(tmp_path / "pong-1" / "metrics.csv"))
     b = read_metrics(str(tmp_path / "pong-2" / "metrics.csv"))

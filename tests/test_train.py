@@ -574,18 +574,3 @@ def test_learns_cartpole(name):
     assert cfg.env.num_envs == 10 and cfg.train.update_every == 10
     _, metrics = jax.jit(make_train(cfg).train)(_keys(0, 1, 2), {})
     assert float(np.median(metrics["eval_return"][-1])) >= 475.0
-
-
-def test_bench_train_quick_writes_rows(tmp_path):
-    """Smoke test of `klrl bench train` (structure only; speed is the benchmark's business)."""
-    import json
-
-    from klrl.bench.train import bench_train
-
-    out = tmp_path / "train.json"
-    bench_train(str(out), quick=True, members=(1,), repeats=1)
-    data = json.loads(out.read_text())
-    assert {"machine", "versions", "rows"} <= set(data)
-    (row,) = data["rows"]
-    assert {"members", "seconds", "compile_seconds", "agent_steps_per_second", "per_member_cost_ratio"} <= set(row)
-    assert row["members"] == 1 and row["per_member_cost_ratio"] == 1.0 and row["seconds"] > 0

@@ -109,7 +109,7 @@ def test_pool_runs_are_reproducible_and_members_independent(cartpole_pool):
     assert not np.array_equal(state.replay.data["frame"][0], state.replay.data["frame"][2])
     assert not np.array_equal(state.replay.data["action"][0], state.replay.data["action"][2])
     # the contract: train envs then test envs in the acting state; one pool step per vector step
-    assert state.actor.obs.shape == (3, 2 + 2, 4) and int(state.env) == 80
+    assert state.actor.obs.shape == (3, 2 + 2, 4) and int(state.env.steps) == 80
     np.testing.assert_array_equal(m["step"][:, 0], [80, 160])
     assert np.all(np.isfinite(m["loss"])) and not np.any(m["diverged"])
     ev = m["eval_return"]
@@ -148,13 +148,13 @@ def test_pool_run_resumes_from_a_checkpoint_without_its_envs(cartpole_pool, tmp_
     for a, b in zip(jax.tree.leaves(restored), jax.tree.leaves(state._replace(env=()))):
         assert np.asarray(a).tobytes() == np.asarray(b).tobytes()
     resumed = tr.reenter(restored, tr.env_start(keys, 2))
-    assert int(resumed.env) == 0 and bool(np.all(resumed.actor.first))
+    assert int(resumed.env.steps) == 0 and bool(np.all(resumed.actor.first))
     for a, b in zip(jax.tree.leaves((resumed.learner, resumed.replay, resumed.counters)),
                     jax.tree.leaves((state.learner, state.replay, state.counters))):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
     after, m3 = _chunks(tr, resumed, {}, run_chunk, n=1)
     np.testing.assert_array_equal(m3["step"][0], [240, 240, 240])
-    assert np.all(np.isfinite(m3["loss"])) and not np.any(m3["diverged"]) and int(after.env) == 40
+    assert np.all(np.isfinite(m3["loss"])) and not np.any(m3["diverged"]) and int(after.env.steps) == 40
 
 
 # ---- learning through the pool ------------------------------------------------------------------
