@@ -15,6 +15,39 @@ NO_BACKEND_OPT = {"xla_backend_optimization_level": 0}
 CARTPOLE_MIN_EPISODE = 8    # from |θ| <= 0.05 rad, pushing one way, |θ| > 12° takes >= 8 Euler steps
 
 
+# A 3-member CartPole M-DQN population with per-member replay, on gymnax and on the host pool
+# (2 chunks of 200 steps): the sharding and multi-process tests' run (3 members divide no
+# device count above 1, so padding runs).
+_THREE_MEMBERS = """
+[env]
+name = "CartPole-v1"
+num_envs = 4
+{backend}
+
+[agent]
+name = "mdqn"
+hidden = [16]
+
+[train]
+total_steps = 400
+chunk_steps = 200
+buffer_size = 256
+batch_size = 16
+learning_starts = 100
+target_update_every = 100
+seeds = 3
+replay_mode = "per-member"
+{eval}
+
+[output]
+checkpoint_every = 1
+"""
+THREE_MEMBERS = {
+    "gymnax": _THREE_MEMBERS.format(backend="", eval="eval_episodes = 2"),
+    "pool": _THREE_MEMBERS.format(backend='backend = "pool"', eval='eval_mode = "concurrent"\neval_envs = 2'),
+}
+
+
 def member_keys(*seeds):
     """[M, 2] member keys PRNGKey(seed) for each seed."""
     return jnp.stack([jax.random.PRNGKey(s) for s in seeds])

@@ -10,36 +10,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from engine_helpers import two_processes
+from engine_helpers import THREE_MEMBERS, two_processes
 from klrl.results import read_metrics
-
-CONFIG = """
-[env]
-name = "CartPole-v1"
-num_envs = 4
-{backend}
-
-[agent]
-name = "mdqn"
-hidden = [16]
-
-[train]
-total_steps = 400
-chunk_steps = 200
-buffer_size = 256
-batch_size = 16
-learning_starts = 100
-target_update_every = 100
-seeds = 3
-replay_mode = "per-member"
-{eval}
-
-[output]
-checkpoint_every = 1
-"""
-GYMNAX = CONFIG.format(backend="", eval="eval_episodes = 2")
-POOL = CONFIG.format(backend='backend = "pool"', eval='eval_mode = "concurrent"\neval_envs = 2')
-
 
 def _values(path):
     rows = read_metrics(str(path))
@@ -50,7 +22,7 @@ def test_distributed_flags_are_checked(tmp_path, capsys):
     from klrl import cli
 
     cfg = tmp_path / "g.toml"
-    cfg.write_text(GYMNAX)
+    cfg.write_text(THREE_MEMBERS["gymnax"])
     for args, needle in [(["--coordinator", "127.0.0.1:1"], "--coordinator: got a value without --distributed"),
                          (["--distributed", "--num-processes", "2"], "--coordinator: got no value"),
                          (["--distributed", "--coordinator", "h:1", "--num-processes", "2", "--process-id", "2"],
@@ -66,7 +38,7 @@ def test_a_killed_process_stops_the_other_clearly_and_the_run_resumes(tmp_path):
     """Host pools (one per shard, two per process): process 1 dies after chunk 1; process 0
     exits 1 with one `klrl: error:` line; both restarted with --resume finish the run."""
     cfg = tmp_path / "p.toml"
-    cfg.write_text(POOL)
+    cfg.write_text(THREE_MEMBERS["pool"])
     (rc0, err0), (rc1, _) = two_processes(cfg, tmp_path / "run", kill_second_after=1)
     assert rc1 == -9 and rc0 == 1, err0[-2000:]
     lines = [line for line in err0.splitlines() if line.startswith("klrl: error:")]

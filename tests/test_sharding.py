@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine_helpers import fake_devices_env, two_processes
+from engine_helpers import THREE_MEMBERS, fake_devices_env, two_processes
 from klrl.results import read_metrics
 
 # One worker runs this module (make test: --dist loadgroup), so the runs fixture runs once.
@@ -26,34 +26,7 @@ pytestmark = pytest.mark.xdist_group("sharding")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-BASE = """
-[env]
-name = "CartPole-v1"
-num_envs = 4
-{backend}
-
-[agent]
-name = "mdqn"
-hidden = [16]
-
-[train]
-total_steps = 400
-chunk_steps = 200
-buffer_size = 256
-batch_size = 16
-learning_starts = 100
-target_update_every = 100
-seeds = 3
-replay_mode = "per-member"
-{eval}
-
-[output]
-checkpoint_every = 1
-"""
-CONFIGS = {
-    "gymnax": BASE.format(backend="", eval="eval_episodes = 2"),
-    "pool": BASE.format(backend='backend = "pool"', eval='eval_mode = "concurrent"\neval_envs = 2'),
-}
+CONFIGS = THREE_MEMBERS   # name -> experiment TOML
 
 _RUN = textwrap.dedent("""
     import sys, jax
