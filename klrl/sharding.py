@@ -73,6 +73,14 @@ def _stack(tree, kinds):
     return jax.tree.map(lambda x, k: x[None] if k == SHARD else x, tree, kinds)
 
 
+def _put(x: np.ndarray, sharding) -> Any:
+    """A host array as a global array laid out by `sharding`; each process reads only the
+    slices its own devices hold."""
+    import jax
+
+    return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
+
+
 def _all(tree, kind):
     import jax
 
@@ -108,26 +116,17 @@ class ShardedTrainer:
 
     def put_members(self, x) -> Any:
         """A host array [members, ...] (padded here) as a global array split over the mesh."""
-        return self._put(self.pad(x))
-
-    def _put(self, x: np.ndarray) -> Any:
-        import jax
-
-        return jax.make_array_from_callback(x.shape, self.split, lambda idx: x[idx])
+        return _put(self.pad(x), self.split)
 
     def put_replicated(self, tree) -> Any:
         """Host arrays as global arrays replicated on every device."""
         import jax
 
-        def put(x):
-            x = np.asarray(x)
-            return jax.make_array_from_callback(x.shape, self.whole, lambda idx: x[idx])
-
-        return jax.tree.map(put, tree)
+        return jax.tree.map(lambda x: _put(np.asarray(x), self.whole), tree)
 
     def active(self) -> Any:
         """bool [padded] on the mesh: False for the padding members."""
-        return self._put(np.arange(self.padded) < self.members)
+        return _put(np.arange(self.padded) < self.members, self.split)
 
     def local_shards(self) -> list[tuple[int, Any]]:
         """(shard index, device) of this process's shards, in shard order."""
@@ -137,6 +136,8 @@ class ShardedTrainer:
     def _shard_map(self, fn, in_specs, out_specs):
         import jax
 
+        # check_vma off: the trainer is a one-device program (its scans mix per-shard and
+        # unannotated values), and every value in it is the shard's own anyway.
         return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
     # ---- the programs ----------------------------------------------------------------------------
