@@ -66,9 +66,10 @@ def run_cli(*args, env=None, timeout=600):
 
 
 def fake_devices_env(devices: int, extra=None) -> dict:
-    """The environment of a subprocess that sees `devices` fake CPU devices (plus `extra`)."""
-    return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}", "JAX_PLATFORMS": "cpu",
-            **(extra or {})}
+    """The environment of a subprocess that sees `devices` fake CPU devices (plus `extra`);
+    XLA's backend optimisation is off there (compile time: these runs compare layouts, not speed)."""
+    flags = f"--xla_force_host_platform_device_count={devices} --xla_backend_optimization_level=0"
+    return {**os.environ, "XLA_FLAGS": flags, "JAX_PLATFORMS": "cpu", **(extra or {})}
 
 
 def _free_port() -> int:
