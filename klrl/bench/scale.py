@@ -32,12 +32,14 @@ CHUNKS = 3
 
 
 def _config(quick: bool):
-    from klrl.bench.train import QUICK, REFERENCE
+    """(static config, hparams): `klrl bench train`'s CartPole preset, cut into chunks."""
+    from klrl.bench.train import preset_config
 
-    base = QUICK if quick else REFERENCE
+    base, hparams = preset_config("cartpole", quick)
     steps = 2_000 if quick else 10_000
-    return base.replace(train={"total_steps": steps * (CHUNKS + 1), "chunk_steps": steps,
-                               "learning_starts": min(1_000, steps // 2)})
+    cfg = base.replace(train={"total_steps": steps * (CHUNKS + 1), "chunk_steps": steps,
+                              "learning_starts": min(1_000, steps // 2)})
+    return cfg, hparams
 
 
 def _child(quick: bool, out_path: str) -> None:
@@ -47,14 +49,14 @@ def _child(quick: bool, out_path: str) -> None:
 
     from klrl.population import member_keys
     from klrl.sharding import ShardedTrainer
-    from klrl.train import HPARAMS, make_train
+    from klrl.train import make_train
 
-    cfg = _config(quick)
+    cfg, base_hparams = _config(quick)
     trainer = make_train(cfg)
     host_keys = member_keys(list(range(MEMBERS)), [0] * MEMBERS)
     sharded = ShardedTrainer(trainer, MEMBERS)
     keys = sharded.put_members(host_keys)
-    hparams = {k: sharded.put_members(np.full(MEMBERS, v, np.float32)) for k, v in HPARAMS.items()}
+    hparams = {k: sharded.put_members(np.full(MEMBERS, v, np.float32)) for k, v in base_hparams.items()}
     t0 = time.perf_counter()
     state = sharded.init(keys, hparams, (), sharded.env_start(host_keys, keys, 0))
     step = sharded.run_chunk().lower(state, hparams).compile()
@@ -108,6 +110,7 @@ def bench_scale(out_path: str | None = None, quick: bool = False) -> dict:
             rows.append(row)
             print(f"bench scale: {devices} device(s) in {processes} process(es): {row['seconds_per_chunk']:.3f} s "
                   f"per chunk of {MEMBERS} members", file=sys.stderr, flush=True)
+    cfg, hparams = _config(quick)
     one = rows[0]["seconds_per_chunk"]
     for r in rows:
         r["ratio_to_one_device"] = round(r["seconds_per_chunk"] / one, 3)
@@ -115,7 +118,7 @@ def bench_scale(out_path: str | None = None, quick: bool = False) -> dict:
     result = {
         "what": "seconds per chunk of one sharded CartPole M-DQN population at fixed work, on fake CPU "
                 "devices sharing this machine's cores (one thread per device)",
-        "config": _config(quick).to_dict(),
+        "config": cfg.to_dict(), "hparams": hparams,
         "rows": rows,
         "two_processes_over_one_process_at_4_devices": round(rows[-1]["seconds_per_chunk"] / four, 3),
         "provenance": provenance(), "quick": quick,
