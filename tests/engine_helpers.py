@@ -59,6 +59,20 @@ def compiled(fn, *args, fast=True):
     return lowered.compile(NO_BACKEND_OPT) if fast else lowered.compile()
 
 
+def cli_in_process(*args):
+    """`klrl ARGS` through klrl.cli.main in this process (no interpreter start, and the test
+    run's compiled programs are reused): a CompletedProcess-like (returncode, stdout, stderr)."""
+    import contextlib
+    import io
+
+    from klrl import cli
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli.main([str(a) for a in args])
+    return subprocess.CompletedProcess(["klrl", *args], code, out.getvalue(), err.getvalue())
+
+
 def run_cli(*args, env=None, timeout=600):
     """`python -m klrl.cli ARGS` in the repository root, `env` added to the environment."""
     return subprocess.run([sys.executable, "-m", "klrl.cli", *args], cwd=ROOT, capture_output=True, text=True,

@@ -1,6 +1,7 @@
 """`klrl train` on the Atari backend `ale` end to end: SIGKILL and `--resume` through the CLI
-(what resume means for an emulator pool), the final evaluation on the whole pool, and a pool
-that fails to start in a sweep over games leaving the finished games intact.
+(what resume means for an emulator pool, and the final evaluation on the whole pool: slow), and
+a pool that fails to start in a sweep over games leaving the finished games intact (make test:
+the `ale` backend trained through the runner).
 
 experiments/atari100k.toml shrunk by `--set`: a 16-unit MiniAtar-style torso instead of the
 Nature CNN (compile time), 2 members x (2 train + 1 test) envs, 400 steps in 2 chunks.
@@ -42,6 +43,7 @@ def _sets(*extra):
     return [a for s in (*TINY, *extra) for a in ("--set", s)]
 
 
+@pytest.mark.slow   # pool resume is in make test once (test_cli_train, the numpy pool); ale runs below
 def test_sigkill_then_resume_on_an_emulator_pool(tmp_path):
     """Killed after chunk 1 (after its checkpoint), then resumed: the learner, optimizer,
     replay and keys come back from the checkpoint, the pool is re-reset (episodes in flight

@@ -21,7 +21,11 @@ from klrl.config import load_experiment
 from klrl.results import read_metrics
 from klrl.runner import KILL_ENV, resolve_out_dir
 
+from engine_helpers import cli_in_process
 from engine_helpers import run_cli as _klrl
+
+# One xdist worker runs this module (make test: --dist loadgroup): the `tiny` run is made once.
+pytestmark = pytest.mark.xdist_group("cli_train")
 
 TINY = """
 [env]
@@ -61,7 +65,7 @@ def tiny(tmp_path_factory):
     cfg = base / "tiny.toml"
     cfg.write_text(TINY)
     out = base / "run"
-    res = _klrl("train", str(cfg), "--out", str(out))
+    res = cli_in_process("train", cfg, "--out", out)      # the killed run below reuses its programs
     assert res.returncode == 0, res.stderr[-3000:]
     return {"cfg": str(cfg), "out": str(out), "stderr": res.stderr, "stdout": res.stdout, "base": base}
 
@@ -130,7 +134,7 @@ def test_sigkill_then_resume_reproduces_the_run_byte_for_byte(tiny):
     assert ref.startswith(partial) and len(partial) < len(ref)       # rows so far recoverable
     assert partial.count(b"\n") == 1 + (4 * CHUNKS + 8 * 3) * 6   # 6 metrics per member and chunk
     # a resume with a different resolved config is refused, before compiling
-    bad = _klrl("train", tiny["cfg"], "--out", out, "--resume", "--set", "agent.tau=0.05")
+    bad = cli_in_process("train", tiny["cfg"], "--out", out, "--resume", "--set", "agent.tau=0.05")
     assert bad.returncode == 2 and "config whose hash" in bad.stderr
     assert open(os.path.join(out, "metrics.csv"), "rb").read() == partial
     res = _klrl("train", tiny["cfg"], "--out", out, "--resume")
@@ -194,7 +198,7 @@ def test_bad_input_through_the_real_command(tiny):
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: agent.tau: got -1.0")
     assert not os.path.exists(out)
-    res = _klrl("train", tiny["cfg"], "--out", out, "--resume", timeout=120)
+    res = cli_in_process("train", tiny["cfg"], "--out", out, "--resume")
     assert res.returncode == 2 and "holds no run" in res.stderr
     assert not os.path.exists(out)
 
@@ -244,11 +248,11 @@ def test_pool_resume_restores_learner_exactly_and_re_resets_the_pool(tmp_path):
     are a valid continuation (not the same numbers: the episodes in flight were lost)."""
     cfg = tmp_path / "pool.toml"
     cfg.write_text(POOL)
-    full = _klrl("train", str(cfg), "--out", str(tmp_path / "full"))
+    full = cli_in_process("train", cfg, "--out", tmp_path / "full")
     assert full.returncode == 0, full.stderr[-2000:]
     killed = _klrl("train", str(cfg), "--out", str(tmp_path / "k"), env={KILL_ENV: "3"})   # checkpoint at chunk 2
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
-    resumed = _klrl("train", str(cfg), "--out", str(tmp_path / "k"), "--resume")
+    resumed = cli_in_process("train", cfg, "--out", tmp_path / "k", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "re-reset" in resumed.stderr
     a = read_metrics(str(tmp_path / "full" / "metrics.csv"))
@@ -302,7 +306,7 @@ def test_sweep_over_env_name_runs_one_directory_per_env_and_resumes(tmp_path):
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
     assert (out / "CartPole-v1" / "final_eval.csv").read_text().count("\n") == 1   # header only
     assert not (out / "Acrobot-v1").exists() and not (out / "summary.json").exists()
-    resumed = _klrl("train", str(cfg), "--out", str(out), "--resume")
+    resumed = cli_in_process("train", cfg, "--out", out, "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed at chunk 3/3" in resumed.stderr and "final evaluation: 4+ episodes" in resumed.stderr
 
@@ -330,6 +334,6 @@ def test_sweep_over_env_name_runs_one_directory_per_env_and_resumes(tmp_path):
     for name in ("metrics.csv", "final_eval.csv"):
         assert open(os.path.join(alone, name)).read() == (out / "CartPole-v1" / name).read_text(), name
     # the root refuses to be overwritten, and resuming it with another sweep is refused
-    assert _klrl("train", str(cfg), "--out", str(out)).returncode == 2
-    other = _klrl("train", str(cfg), "--out", str(out), "--resume", "--set", 'sweep.env.name=["Acrobot-v1"]')
+    assert cli_in_process("train", cfg, "--out", out).returncode == 2
+    other = cli_in_process("train", cfg, "--out", out, "--resume", "--set", 'sweep.env.name=["Acrobot-v1"]')
     assert other.returncode == 2 and "hash" in other.stderr

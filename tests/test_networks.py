@@ -15,16 +15,17 @@ def test_patches_equal_lax_convolution(torso, shape, channels):
     obs = jax.random.randint(jax.random.PRNGKey(1), (5, *shape, channels), 0, 256).astype(jnp.uint8)
     lax_net = make_network(torso, (32,), 6, obs_scale=1 / 255)
     patch_net = make_network(torso, (32,), 6, obs_scale=1 / 255, conv="patches")
-    params = lax_net.init(jax.random.PRNGKey(0), obs[0])
+    # jitted: one compile per function instead of one per eager op (test time)
+    params = jax.jit(lax_net.init)(jax.random.PRNGKey(0), obs[0])
     # the same parameter tree: a checkpoint of one loads into the other
-    other = patch_net.init(jax.random.PRNGKey(0), obs[0])
+    other = jax.eval_shape(patch_net.init, jax.random.PRNGKey(0), obs[0])
     assert jax.tree.structure(params) == jax.tree.structure(other)
     assert [x.shape for x in jax.tree.leaves(params)] == [x.shape for x in jax.tree.leaves(other)]
-    q_lax, q_patch = lax_net.apply(params, obs), patch_net.apply(params, obs)
+    q_lax, q_patch = jax.jit(lax_net.apply)(params, obs), jax.jit(patch_net.apply)(params, obs)
     assert q_lax.shape == (5, 6)
     np.testing.assert_allclose(q_patch, q_lax, rtol=1e-5, atol=1e-6)
     loss = lambda net: lambda p: jnp.sum(net.apply(p, obs) ** 2)  # noqa: E731
-    g_lax, g_patch = jax.grad(loss(lax_net))(params), jax.grad(loss(patch_net))(params)
+    g_lax, g_patch = jax.jit(jax.grad(loss(lax_net)))(params), jax.jit(jax.grad(loss(patch_net)))(params)
     for a, b in zip(jax.tree.leaves(g_lax), jax.tree.leaves(g_patch)):
         np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-6 * float(jnp.max(jnp.abs(a))))
 

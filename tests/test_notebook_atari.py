@@ -1,4 +1,5 @@
-"""notebooks/atari.py on a tiny results folder made by ONE real tiny `klrl train` call.
+"""notebooks/atari.py on a tiny results folder: fabricated (make test), or made by ONE real tiny
+`klrl train` call (slow).
 
 The call is experiments/atari100k.toml shrunk by `--set`: a sweep over env.name of Breakout and
 Asterix (`OUT/sweep.json`, `OUT/<Game>/`), DQN and M-DQN, 2 seeds, a MinAtar-sized CNN on the
@@ -33,6 +34,8 @@ import numpy as np
 import pytest
 
 from klrl.scores import STATISTICS, aggregate, human_normalized, table
+
+from fabricate import fabricate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "atari.py")
@@ -119,15 +122,18 @@ def _check_numbers(s, results, games):
             assert s["anchors"][a][stat] == pytest.approx(fn(x), rel=1e-12), (a, stat)
 
 
-def test_notebook_on_a_tiny_atari_sweep(tmp_path, jax_cache_env):
-    results = tmp_path / "results"
-    env = {**os.environ, **jax_cache_env}
-    env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
+def _train_tiny_sweep(results, env):
+    """The real tiny sweep: one `klrl train` call (four populations compile)."""
     cmd = [sys.executable, "-m", "klrl.cli", "train", TOML, "--out", str(results)]
     for s in TINY:
         cmd += ["--set", s]
     res = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
+
+
+def _check_notebook_on(results, tmp_path, env):
+    """The notebook on the sweep as written, then on the one-run-per-game layout (Breakout without
+    a final evaluation, Asterix unfinished), then on Breakout's run directory alone."""
     sweep = json.loads((results / "sweep.json").read_text())
     assert sweep["runs"] == {"Breakout": "Breakout", "Asterix": "Asterix"}
     for game in GAMES:
@@ -161,6 +167,24 @@ def test_notebook_on_a_tiny_atari_sweep(tmp_path, jax_cache_env):
 
     out, s = _run_notebook(per_game / "Breakout", tmp_path, "single", env)   # one game's run directory
     assert s["layout"] == "a single game's run directory" and s["games"] == ["Breakout"]
+
+
+def test_notebook_on_a_fabricated_atari_sweep(tmp_path):
+    """The tiny sweep's run directories written without training (tests/fabricate.py: the
+    runner's own writers and member table, made-up values, some evaluations NaN)."""
+    results = tmp_path / "results"
+    fabricate(TOML, results, TINY, nan_every=3)
+    _check_notebook_on(results, tmp_path, dict(os.environ))
+
+
+@pytest.mark.slow
+def test_notebook_on_a_tiny_atari_sweep(tmp_path, jax_cache_env):
+    """The same checks on the directories of a real tiny `klrl train` sweep."""
+    results = tmp_path / "results"
+    env = {**os.environ, **jax_cache_env}
+    env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
+    _train_tiny_sweep(results, env)
+    _check_notebook_on(results, tmp_path, env)
 
 
 def test_notebook_refuses_a_folder_without_runs(tmp_path):

@@ -1,4 +1,5 @@
-"""notebooks/munchausen_minatar.py on a tiny results folder made by real tiny `klrl train` runs.
+"""notebooks/munchausen_minatar.py on a tiny results folder: fabricated run directories
+(tests/fabricate.py, make test) or real tiny `klrl train` runs (slow).
 
 The folder has the layout of results/minatar_munchausen/<Game> and results/minatar_mvi_q/<Game>,
 the experiment TOMLs shrunk by `--set` (2,000 steps in 2 chunks, 2 seeds, dqn + mdqn, q = 1, 2):
@@ -8,8 +9,8 @@ the experiment TOMLs shrunk by `--set` (2,000 steps in 2 chunks, 2 seeds, dqn + 
   hook) after DQN's last chunk, before M-DQN starts, so it has no summary.json;
 - mvi_q/Breakout (no finished DQN run there: min-max over q) and mvi_q/Asterix (DQN-normalized).
 
-The five compiles are the cost; the runs go in two processes at once and share a persistent
-JAX compilation cache in pytest's cache folder, so only a first run pays them in full.
+The real runs' five compiles are their cost; they go in two processes at once and share the
+test run's persistent JAX compilation cache (conftest).
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ import subprocess
 import sys
 
 import pytest
+
+from fabricate import fabricate
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "munchausen_minatar.py")
@@ -40,25 +43,43 @@ for toml, out, overrides, kill_after in json.loads(sys.argv[1]):
 """
 
 
+AGENTS_SWEEP, Q_SWEEP = 'sweep.agent.name=["dqn", "mdqn"]', "sweep.agent.entropic_index=[1.0, 2.0]"
+
+
 def _job(results, exp_dir, toml, sweep, game, kill_after=0):
     out = os.path.join(results, exp_dir, game)
     return [toml, out, [*TINY, f"env.name={game}-MinAtar", sweep], kill_after]
 
 
-def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
-    results = str(tmp_path / "results")
-    agents, qs = 'sweep.agent.name=["dqn", "mdqn"]', "sweep.agent.entropic_index=[1.0, 2.0]"
+def _train_tiny_runs(results, env):
+    """The four real tiny runs, in two processes at once; Breakout's Munchausen run SIGKILLs itself."""
+    agents, qs = AGENTS_SWEEP, Q_SWEEP
     first = [_job(results, "minatar_munchausen", MUNCHAUSEN, agents, "Asterix"),
              _job(results, "minatar_mvi_q", MVI, qs, "Asterix")]
     second = [_job(results, "minatar_mvi_q", MVI, qs, "Breakout"),
               _job(results, "minatar_munchausen", MUNCHAUSEN, agents, "Breakout", kill_after=2)]
-    env = {**os.environ, **jax_cache_env}
-    env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
     procs = [subprocess.Popen([sys.executable, "-c", DRIVER, json.dumps(jobs)], cwd=ROOT, env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for jobs in (first, second)]
     outs = [p.communicate(timeout=900) for p in procs]
     assert procs[0].returncode == 0, outs[0][1][-3000:]
     assert procs[1].returncode == -signal.SIGKILL, outs[1][1][-3000:]
+
+
+def _fabricate_tiny_runs(results):
+    """The same four run directories written without training (tests/fabricate.py); Breakout's
+    Munchausen run stops after DQN's population, as the killed real run does."""
+    for i, (exp_dir, toml, sweep, game) in enumerate([
+            ("minatar_munchausen", MUNCHAUSEN, AGENTS_SWEEP, "Asterix"),
+            ("minatar_mvi_q", MVI, Q_SWEEP, "Asterix"),
+            ("minatar_mvi_q", MVI, Q_SWEEP, "Breakout")]):
+        toml, out, overrides, _ = _job(results, exp_dir, toml, sweep, game)
+        fabricate(toml, out, overrides, seed=i, nan_every=4)
+        assert os.path.isfile(os.path.join(out, "summary.json"))
+    toml, out, overrides, _ = _job(results, "minatar_munchausen", MUNCHAUSEN, AGENTS_SWEEP, "Breakout")
+    fabricate(toml, out, overrides, seed=3, stop_after_agent="dqn", finished=False)
+
+
+def _check_notebook_on(results, tmp_path, env):
     assert not os.path.exists(os.path.join(results, "minatar_munchausen", "Breakout", "summary.json"))
     before = sorted(os.walk(results))
 
@@ -96,6 +117,21 @@ def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
     assert q["normalization"] == {"Breakout": "minmax_q", "Asterix": "dqn"}
     assert list(q["aggregate"]) == ["q=1", "q=2"]
     assert all(a["tasks"] == 2 and math.isfinite(a["iqm"]) for a in q["aggregate"].values())
+
+
+def test_notebook_on_fabricated_minatar_runs(tmp_path):
+    results = str(tmp_path / "results")
+    _fabricate_tiny_runs(results)
+    _check_notebook_on(results, tmp_path, dict(os.environ))
+
+
+@pytest.mark.slow
+def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
+    results = str(tmp_path / "results")
+    env = {**os.environ, **jax_cache_env}
+    env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
+    _train_tiny_runs(results, env)
+    _check_notebook_on(results, tmp_path, env)
 
 
 def test_notebook_is_a_jupytext_percent_script():

@@ -4,9 +4,9 @@ One tiny sweep (CartPole-v1, 120 steps in 3 chunks, dqn and mdqn x 3 learning ra
 seeds = 12 members, per-member replay, a final evaluation) runs unsplit and as 3 tasks, then
 the tasks are merged: the merged run must be the unsplit one. Member m goes to task m mod 3,
 so every task holds 2 members of each agent (both populations are interleaved) and the
-tasks share their programs: with the persistent compilation cache (conftest's
-jax_cache_env) and XLA's backend optimisation off (compile time; the same flags for every
-run, so the numbers stay comparable) each program compiles once.
+tasks share their programs: the four trainings run in process (klrl.cli.main) with the test
+run's persistent compilation cache (conftest), so each program compiles once. One xdist worker
+runs this module (make test: --dist loadgroup), so the `job` fixture is built once.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from klrl.population import build_populations
 from klrl.results import read_metrics
 from klrl.tasks import Task, split_populations
 
-from engine_helpers import run_cli
+from engine_helpers import cli_in_process, run_cli
 
 CFG = """
 [env]
@@ -58,6 +58,7 @@ replay_mode = "per-member"
 checkpoint_every = 3
 """
 MEMBERS, TASKS = 12, 3
+pytestmark = pytest.mark.xdist_group("tasks")
 FAST_XLA = "--xla_backend_optimization_level=0"
 
 
@@ -83,9 +84,9 @@ def job(tmp_path_factory, jax_cache_env):
     cfg.write_text(CFG)
     env = {**jax_cache_env, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {FAST_XLA}".strip()}
     full, arr = base / "full", base / "arr"
-    runs = [run_cli("train", str(cfg), "--out", str(full), env=env)]
-    runs += [run_cli("train", str(cfg), "--out", str(arr), "--task", str(i), "--num-tasks", str(TASKS), env=env)
-             for i in range(TASKS)]
+    # in process (klrl.cli.main): the three tasks share their programs through the compile cache
+    runs = [cli_in_process("train", cfg, "--out", full)]
+    runs += [cli_in_process("train", cfg, "--out", arr, "--task", i, "--num-tasks", TASKS) for i in range(TASKS)]
     for res in runs:
         assert res.returncode == 0, res.stderr[-3000:]
     with contextlib.redirect_stdout(io.StringIO()) as merged:     # the merge compiles nothing: in process

@@ -539,6 +539,22 @@ ENGINE_AGENTS = [name for name, agent in AGENTS.items() if not agent.needs_refer
 
 
 @pytest.mark.parametrize("name", ENGINE_AGENTS)
+def test_every_agent_traces_end_to_end(name):
+    """Traced, not compiled (eval_shape of the whole run): every agent's wiring through the
+    gymnax trainer. One agent per trainer path is compiled and run through the stricter host
+    pool (test_train_pool.py); mdqn runs here in `per_member_run`, mdkl in the variants below;
+    the compiled product is `slow`."""
+    assert len(ENGINE_AGENTS) == 9
+    tr = make_train(TINY.replace(agent={"name": name, "num_atoms": 11}))
+    keys = _keys(0, 1)
+    state, metrics = jax.eval_shape(tr.train, keys, {})
+    assert set(metrics) == METRICS
+    assert all(v.shape == (2, 2) and v.dtype == jnp.float32 for v in metrics.values())
+    assert state.learner.diverged.shape == (2,)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ENGINE_AGENTS)
 def test_every_agent_runs_end_to_end(name):
     assert len(ENGINE_AGENTS) == 9
     tr = make_train(TINY.replace(agent={"name": name, "num_atoms": 11}))

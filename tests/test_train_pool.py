@@ -47,13 +47,24 @@ TREE = StaticConfig(env={"name": "QSharpTree-v0", "backend": "pool", "num_envs":
 POOL_AGENTS = [(name, "td") for name in AGENTS] + [("qsharp", "rollout")]
 
 
-@pytest.mark.parametrize("name,mode", POOL_AGENTS, ids=[f"{n}-{m}" for n, m in POOL_AGENTS])
-def test_every_agent_runs_through_the_pool(name, mode):
+# One agent per trainer path runs (compiled): a plain value target, extra nets (the previous
+# target), a distributional head, an own actor with a reference policy, an own data source.
+# Every other agent is traced end to end (eval_shape of init and run_chunk: its whole wiring);
+# the full product runs in `slow`. Every loss is checked numerically in test_agents.py.
+PATHS = [("dqn", "td"), ("mdkl", "td"), ("c51", "td"), ("qsharp", "td"), ("qsharp", "rollout")]
+
+
+def _tree_trainer(name, mode):
     agent = AGENTS[name]
     cfg = TREE.replace(agent={"name": name, "qsharp_mode": mode,
                               "reference": "uniform" if agent.needs_reference else "none"})
     tr = make_train(cfg)
     assert not tr.traits.in_graph_reset and not tr.traits.checkpointable
+    return tr, agent
+
+
+def _run_through_the_pool(name, mode):
+    tr, agent = _tree_trainer(name, mode)
     keys = _keys(0, 1)
     state0 = tr.init(keys, {}, (), tr.env_start(keys, 0))
     state, m = _chunks(tr, state0, {}, _compiled(tr.run_chunk, state0, {}))
@@ -71,6 +82,31 @@ def test_every_agent_runs_through_the_pool(name, mode):
         assert state.replay == () and np.all(np.asarray(state.actor.carry.store_size) > 0)
     else:
         assert state.replay.data["frame"].shape == (2, 16, 2, 14)
+
+
+@pytest.mark.parametrize("name,mode", PATHS, ids=[f"{n}-{m}" for n, m in PATHS])
+def test_each_trainer_path_runs_through_the_pool(name, mode):
+    _run_through_the_pool(name, mode)
+
+
+@pytest.mark.parametrize("name,mode", POOL_AGENTS, ids=[f"{n}-{m}" for n, m in POOL_AGENTS])
+def test_every_agent_traces_through_the_pool(name, mode):
+    """Traced, not compiled: the whole chunk program's wiring, metric names, shapes and dtypes."""
+    assert {n for n, _ in POOL_AGENTS} == set(AGENTS) and set(PATHS) <= set(POOL_AGENTS)
+    tr, agent = _tree_trainer(name, mode)
+    keys = _keys(0, 1)
+    state0 = jax.eval_shape(tr.init, keys, {}, (), tr.env_start(keys, 0))
+    state, m = jax.eval_shape(tr.run_chunk, state0, {})
+    assert BASE_METRICS <= set(m) and ("kl_ref" in m) == agent.needs_reference
+    assert all(v.shape == (2,) and v.dtype == jnp.float32 for v in m.values()), m
+    assert jax.tree.structure(state) == jax.tree.structure(state0)
+    assert [x.shape for x in jax.tree.leaves(state)] == [x.shape for x in jax.tree.leaves(state0)]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,mode", POOL_AGENTS, ids=[f"{n}-{m}" for n, m in POOL_AGENTS])
+def test_every_agent_runs_through_the_pool(name, mode):
+    _run_through_the_pool(name, mode)
 
 
 # ---- CartPole through the pool: determinism, members, resume --------------------------------------
@@ -191,7 +227,7 @@ def test_reenter_restarts_the_rollout_actors_episodes_and_keeps_its_labels():
     tr = make_train(cfg)
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     s = tr.init(keys, {}, (), tr.env_start(keys, 0))
-    s, _ = jax.jit(tr.run_chunk)(s, {})
+    s, _ = _compiled(tr.run_chunk, s, {})(s, {})
     assert np.any(np.asarray(s.actor.carry.t) > 0)            # episodes in flight before the seam
     r = tr.reenter(s, tr.env_start(keys, 1))
     c, old = r.actor.carry, s.actor.carry
