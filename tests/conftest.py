@@ -6,7 +6,7 @@
   JAX is imported, so every xdist worker and every subprocess the tests start (CLI runs,
   fake-device runs, notebooks) reads and writes the same folder, and a program that several
   tests build compiles once. `KLRL_TEST_JAX_CACHE` names the folder (default: a fresh one per
-  run under the system temp dir, shared by the workers through their common parent's id).
+  run under the system temp dir, removed at the end).
   `jax_cache_env` returns those variables for tests that build a subprocess environment.
 - hypothesis: no per-example deadline (first calls compile), a modest example budget so
   the fast suite stays fast; `HYPOTHESIS_PROFILE=thorough` for more examples.
@@ -18,8 +18,8 @@ import tempfile
 
 
 def _cache_dir() -> str:
-    """The run's cache folder: xdist workers inherit KLRL_TEST_JAX_CACHE from the controller
-    (pytest_configure below runs there first), a plain `pytest` sets it itself."""
+    """The run's cache folder: the controller process imports this file before it starts the
+    xdist workers, so they inherit its KLRL_TEST_JAX_CACHE; a plain `pytest` makes its own."""
     global _CREATED
     path = os.environ.get("KLRL_TEST_JAX_CACHE")
     if not path:

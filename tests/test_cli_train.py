@@ -137,7 +137,7 @@ def test_sigkill_then_resume_reproduces_the_run_byte_for_byte(tiny):
     bad = cli_in_process("train", tiny["cfg"], "--out", out, "--resume", "--set", "agent.tau=0.05")
     assert bad.returncode == 2 and "config whose hash" in bad.stderr
     assert open(os.path.join(out, "metrics.csv"), "rb").read() == partial
-    res = _klrl("train", tiny["cfg"], "--out", out, "--resume")
+    res = cli_in_process("train", tiny["cfg"], "--out", out, "--resume")
     assert res.returncode == 0, res.stderr[-2000:]
     assert "[dqn] already finished" in res.stderr and "[mdqn] resumed at chunk 2/4" in res.stderr
     assert open(os.path.join(out, "metrics.csv"), "rb").read() == ref

@@ -90,11 +90,16 @@ def test_q_algebra_special_values(x64):
     assert float(ops.exp_q(jnp.array(-5.0), 2.0)) == 0.0  # [·]_+ truncation
 
 
+@jax.jit
+def _sparsemax_and_bisection(z):
+    """Both in one program: one compile per shape instead of one per eager op and loop."""
+    return ops.sparsemax(z), _tsallis_bisection(z, jnp.asarray(2.0, z.dtype))
+
+
 @given(hnp.arrays(np.float64, shapes, elements=finite))
 def test_sparsemax_equals_bisection_at_index_two(z):
     with jax.enable_x64(True):
-        exact = ops.sparsemax(jnp.asarray(z))
-        bisect = _tsallis_bisection(jnp.asarray(z), jnp.asarray(2.0))
+        exact, bisect = _sparsemax_and_bisection(jnp.asarray(z))
     np.testing.assert_allclose(exact, bisect, atol=1e-9)
     np.testing.assert_allclose(np.asarray(exact).sum(-1), 1.0, atol=1e-12)
 
