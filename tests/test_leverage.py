@@ -134,6 +134,29 @@ def test_quick_run_writes_tidy_metrics_config_and_figures(quick_run):
     json.dumps(summary)  # the summary is plain JSON
 
 
+def test_notebook_draws_figures_from_the_quick_results(quick_run, tmp_path):
+    """notebooks/leverage_average.py redraws the figures from a results directory (no
+    retraining) and only reads it."""
+    import subprocess
+    import sys
+
+    from klrl.tabular.plots import FIGURES
+
+    results, _ = quick_run
+    before = sorted(os.listdir(results))
+    assert before == sorted(["metrics.csv", "summary.json", "config.json", *FIGURES])
+    figures = tmp_path / "figures"
+    env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_FIGURES_DIR": str(figures), "MPLBACKEND": "Agg"}
+    root = os.path.dirname(os.path.dirname(CONFIG))
+    proc = subprocess.run([sys.executable, os.path.join(root, "notebooks", "leverage_average.py")],
+                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in FIGURES:
+        assert (figures / name).stat().st_size > 10_000, name
+    assert "log-log slope" in proc.stdout
+    assert sorted(os.listdir(results)) == before       # the notebook only reads
+
+
 def test_quick_run_shows_the_paper_effects(quick_run):
     out, summary = quick_run
     m = leverage.read_metrics(str(out / "metrics.csv"))
