@@ -4,7 +4,7 @@ a pool that fails to start in a sweep over games leaving the finished games inta
 the `ale` backend trained through the runner).
 
 experiments/atari100k.toml shrunk by `--set`: a 16-unit MiniAtar-style torso instead of the
-Nature CNN (compile time), 2 members x (2 train + 1 test) envs, 400 steps in 2 chunks.
+Nature CNN (compile time), its convolutions as patches (XLA:CPU's convolution is slow in a loop), 2 members x (2 train + 1 test) envs, 400 steps in 2 chunks.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ pytestmark = pytest.mark.skipif(bool(atari.missing_packages("ale")),
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "atari100k.toml")
-TINY = ["agent.name=mdqn", "agent.torso=minatar_cnn", "agent.hidden=[16]", "env.num_envs=2", "train.eval_envs=1",
+TINY = ["agent.name=mdqn", "agent.torso=minatar_cnn", "agent.conv=patches", "agent.hidden=[16]", "env.num_envs=2",
+        "train.eval_envs=1",
         "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400", "train.learning_starts=100",
         "train.batch_size=8", "train.seeds=2", "train.final_eval_episodes=3"]
 

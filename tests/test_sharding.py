@@ -1,7 +1,7 @@
 """Populations over devices (klrl.sharding), on fake CPU devices.
 
 The contract: the same experiment on 1, 2 and 4 devices gives the same metrics to float
-rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard), with a
+rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard; 1 and 2), with a
 population (3 members) that no device count above 1 divides, so padding members run and
 are dropped. Each device count runs in its own process (the device count is fixed when JAX
 starts).
@@ -18,7 +18,7 @@ import textwrap
 import numpy as np
 import pytest
 
-from engine_helpers import THREE_MEMBERS, fake_devices_env, two_processes
+from engine_helpers import THREE_MEMBERS, cli_in_process, fake_devices_env, two_processes
 from klrl.results import read_metrics
 
 # One worker runs this module (make test: --dist loadgroup), so the runs fixture runs once.
@@ -27,6 +27,10 @@ pytestmark = pytest.mark.xdist_group("sharding")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = THREE_MEMBERS   # name -> experiment TOML
+# The device counts each config runs on: the host pool (an io_callback per shard) on 1 and 2,
+# gymnax on 1, 2 and 4 (one member and one padding member per device; the two-process run's
+# reference).
+DEVICES = {"gymnax": (1, 2, 4), "pool": (1, 2)}
 
 _RUN = textwrap.dedent("""
     import sys, jax
@@ -49,25 +53,26 @@ def runs(tmp_path_factory):
     for name, text in CONFIGS.items():
         (base / f"{name}.toml").write_text(text)
     for n in (1, 2, 4):
-        res = _run(n, base, list(CONFIGS))
+        res = _run(n, base, [name for name in CONFIGS if n in DEVICES[name]])
         assert res.returncode == 0, res.stderr[-3000:]
     return base
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_one_two_four_devices_give_the_same_metrics(runs, name):
-    rows = {n: read_metrics(str(runs / f"{name}-{n}" / "metrics.csv")) for n in (1, 2, 4)}
+    rows = {n: read_metrics(str(runs / f"{name}-{n}" / "metrics.csv")) for n in DEVICES[name]}
     index = [(r["member"], r["step"], r["metric"]) for r in rows[1]]
     assert {r["member"] for r in rows[1]} == {0, 1, 2}            # padding members never written
-    for n in (2, 4):
+    n_max = max(DEVICES[name])
+    for n in DEVICES[name][1:]:
         assert [(r["member"], r["step"], r["metric"]) for r in rows[n]] == index
         np.testing.assert_allclose([r["value"] for r in rows[n]], [r["value"] for r in rows[1]],
                                    rtol=2e-3, atol=1e-5, equal_nan=True)
     # training happened (the comparison is not between untrained copies)
-    loss = [r["value"] for r in rows[4] if r["metric"] == "loss" and r["step"] == 400]
+    loss = [r["value"] for r in rows[n_max] if r["metric"] == "loss" and r["step"] == 400]
     assert len(loss) == 3 and np.all(np.isfinite(loss))
-    cfg = json.load(open(runs / f"{name}-4" / "config.json"))
-    assert cfg["provenance"]["device"]["num_devices"] == 4 and len(cfg["members"]) == 3
+    cfg = json.load(open(runs / f"{name}-{n_max}" / "config.json"))
+    assert cfg["provenance"]["device"]["num_devices"] == n_max and len(cfg["members"]) == 3
 
 
 def test_two_processes_equal_one_process_with_four_devices(runs):
@@ -92,9 +97,7 @@ def test_resume_on_another_device_count_is_refused(runs):
     shutil.copytree(runs / "gymnax-4", run)
     shutil.rmtree(run / "checkpoints" / "mdqn" / "2")          # as if killed after chunk 1
     before = (run / "metrics.csv").read_bytes()
-    res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", str(runs / "gymnax.toml"), "--out",
-                          str(run), "--resume"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    res = cli_in_process("train", runs / "gymnax.toml", "--out", run, "--resume")   # this process: 1 device
     assert res.returncode == 2
     assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: --resume: got 1 device(s)")
     assert "allowed the same device count" in res.stderr
