@@ -244,25 +244,26 @@ def test_pool_resume_restores_learner_exactly_and_re_resets_the_pool(tmp_path):
     """A host pool cannot be checkpointed. What --resume means for it (klrl.runner._resumed):
     the run restarts from the last checkpoint with learner, optimizer, replay, keys and counters
     exactly as saved, the pool re-reset from derived seeds, and it finishes with the same step
-    count. So rows up to the checkpoint are byte-identical to an uninterrupted run, later rows
-    are a valid continuation (not the same numbers: the episodes in flight were lost)."""
+    count. The killed run is uninterrupted up to its kill (chunk 3; checkpoint at chunk 2): the
+    resumed run's rows up to the checkpoint are byte-identical to it, chunk 3's rows are a valid
+    continuation, not the same numbers (the episodes in flight were lost)."""
     cfg = tmp_path / "pool.toml"
     cfg.write_text(POOL)
-    full = cli_in_process("train", cfg, "--out", tmp_path / "full")
-    assert full.returncode == 0, full.stderr[-2000:]
     killed = _klrl("train", str(cfg), "--out", str(tmp_path / "k"), env={KILL_ENV: "3"})   # checkpoint at chunk 2
     assert killed.returncode == -signal.SIGKILL, killed.stderr[-2000:]
+    a = read_metrics(str(tmp_path / "k" / "metrics.csv"))                 # chunks 1-3 of the uninterrupted run
+    assert sorted({r["step"] for r in a}) == [200, 400, 600]
     resumed = cli_in_process("train", cfg, "--out", tmp_path / "k", "--resume")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "re-reset" in resumed.stderr
-    a = read_metrics(str(tmp_path / "full" / "metrics.csv"))
     b = read_metrics(str(tmp_path / "k" / "metrics.csv"))
-    assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
+    assert [(r["member"], r["step"], r["metric"]) for r in b] == [(m, s, k) for s in (200, 400, 600, 800)
+                                                                  for m, k in [(r["member"], r["metric"])
+                                                                               for r in a if r["step"] == 200]]
     assert max(r["step"] for r in b) == 800
-    before = [r for r in a if r["step"] <= 400]
-    assert before == [r for r in b if r["step"] <= 400]
-    after_a = [r["value"] for r in a if r["step"] > 400 and r["metric"] == "loss"]
-    after_b = [r["value"] for r in b if r["step"] > 400 and r["metric"] == "loss"]
+    assert [r for r in a if r["step"] <= 400] == [r for r in b if r["step"] <= 400]
+    after_a = [r["value"] for r in a if r["step"] == 600 and r["metric"] == "loss"]
+    after_b = [r["value"] for r in b if r["step"] == 600 and r["metric"] == "loss"]
     assert all(math.isfinite(v) for v in after_b) and after_a != after_b
 
 

@@ -149,3 +149,17 @@ def test_an_emulator_pool_per_shard(tmp_path):
     b = read_metrics(str(tmp_path / "pong-2" / "metrics.csv"))
     assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
     np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5, equal_nan=True)
+
+
+@pytest.mark.slow
+def test_the_host_pool_on_four_devices(tmp_path):
+    """make test runs the host pool on 1 and 2 devices; here 4 (one member and one padding
+    member per device, a pool per shard) gives the 1-device numbers to rounding."""
+    (tmp_path / "pool.toml").write_text(CONFIGS["pool"])
+    for n in (1, 4):
+        res = _run(n, tmp_path, ["pool"])
+        assert res.returncode == 0, res.stderr[-3000:]
+    a = read_metrics(str(tmp_path / "pool-1" / "metrics.csv"))
+    b = read_metrics(str(tmp_path / "pool-4" / "metrics.csv"))
+    assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
+    np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5, equal_nan=True)
