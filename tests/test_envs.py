@@ -80,7 +80,7 @@ def test_every_listed_env_builds_for_members_and_envs_with_consistent_spec():
         assert (env.members, env.envs) == (M, E)
         assert spec.num_actions >= 2 and spec.max_episode_steps > 0
         assert spec.obs_dtype == (jnp.uint8 if name in MINATAR else jnp.float32)
-        state, obs = env.reset(_keys(0, (M, E)))
+        state, obs = jax.jit(env.reset)(_keys(0, (M, E)))     # one compile, not one per eager op
         assert obs.shape == (M, E) + spec.obs_shape and obs.dtype == spec.obs_dtype
         # the step's shapes and dtypes, abstractly (no compile)
         _, st = jax.eval_shape(env.step, state, jnp.zeros((M, E), jnp.int32), _keys(1, (M, E)))

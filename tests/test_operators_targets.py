@@ -270,3 +270,21 @@ def test_tsallis_value_is_expectation_under_greedy_policy(consistent, x64):
     np.testing.assert_allclose(
         ops.tsallis_value(q, tau=tau, entropic_index=k, consistent_weight=consistent), expected, atol=1e-12
     )
+
+
+def test_a_static_index_that_rounds_to_one_is_the_index_one():
+    """Hypothesis found it: the Python-float index 1 + 2⁻⁵² is 1.0 in float32. The static
+    dispatch compared it in float64 (not 1: the q ≠ 1 branch) while the arithmetic used 1.0, so
+    the MVI(q) target took ln_2 where ln belongs. Dispatch and arithmetic now agree."""
+    q_s = jnp.array([[-0.3, 1.2], [0.5, 0.4], [2.0, -1.0]], jnp.float32)
+    q_next = jnp.array([[0.1, -0.7], [1.5, 0.2], [-0.4, 0.9]], jnp.float32)
+    a, r, d = jnp.array([0, 1, 1]), jnp.ones(3), jnp.full(3, 0.99)
+    k = 1.0000000000000002
+    assert k != 1.0 and np.float32(k) == 1.0
+    for tau in (1.0, 0.03):
+        want = ops.tsallis_munchausen_target(q_s, q_next, a, r, d, entropic_index=1.0, tau=tau)
+        got = ops.tsallis_munchausen_target(q_s, q_next, a, r, d, entropic_index=k, tau=tau)
+        np.testing.assert_allclose(got, want, rtol=1e-6)
+        np.testing.assert_allclose(ops.tsallis_value(q_next, tau=tau, entropic_index=k),
+                                   ops.tsallis_value(q_next, tau=tau, entropic_index=1.0), rtol=1e-6)
+        np.testing.assert_allclose(_mvi(q_s, q_next, a, r, d, k, tau), want, rtol=1e-5, atol=1e-6)

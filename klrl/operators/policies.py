@@ -14,6 +14,7 @@ from __future__ import annotations
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 Array = chex.Array
@@ -45,6 +46,15 @@ def _coef_lead(x: Numeric, q: Array) -> Array:
     if x.ndim == 0:
         return x
     return x.reshape(x.shape + (1,) * (q.ndim - 1 - x.ndim))
+
+
+def static_index(entropic_index: Numeric, dtype) -> float | None:
+    """A Python-number entropic index as the `dtype` value the arithmetic will use, or None
+    for a traced index. The static dispatch (softmax at 1, sparsemax at 2) must compare the
+    rounded value: 1 + 2⁻⁵² is 1.0 in float32, where ln_q must be ln, not the q = 2 branch."""
+    if isinstance(entropic_index, (int, float)):
+        return float(np.asarray(entropic_index, dtype))
+    return None
 
 
 def _shift(x: Array) -> tuple[Array, Array]:
@@ -175,14 +185,15 @@ def tsallis_policy(z: Array, entropic_index: Numeric) -> Array:
     A Python-float index dispatches statically; a traced index evaluates softmax, sparsemax
     and bisection and selects (so q is sweepable inside one compiled population).
     """
-    if isinstance(entropic_index, (int, float)):
-        if entropic_index == 1:
+    k_static = static_index(entropic_index, z.dtype)
+    if k_static is not None:
+        if k_static == 1:
             return jax.nn.softmax(z, axis=-1)
-        if entropic_index == 2:
+        if k_static == 2:
             return sparsemax(z)
-        if entropic_index < 1:
+        if k_static < 1:
             raise ValueError(f"entropic_index: got {entropic_index}; allowed >= 1")
-        return _tsallis_bisection(z, jnp.asarray(entropic_index, z.dtype))
+        return _tsallis_bisection(z, jnp.asarray(k_static, z.dtype))
     k = _coef(entropic_index, z)
     k_safe = jnp.where(k == 1.0, 2.0, k)
     general = jnp.where(k == 2.0, sparsemax(z), _tsallis_bisection(z, k_safe))

@@ -23,6 +23,7 @@ from klrl.operators.policies import (
     mirror_descent_logits,
     scaled_log_softmax,
     soft_value,
+    static_index,
     tsallis_policy,
 )
 
@@ -85,7 +86,8 @@ def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consist
     k = _coef(entropic_index, q)
     pi = tsallis_greedy_policy(q, tau=tau, entropic_index=entropic_index, consistent_weight=consistent_weight)
     general = tau_c * log_q(pi, jnp.where(k == 1.0, 2.0, k))
-    if isinstance(entropic_index, (int, float)) and entropic_index != 1:
+    k_static = static_index(entropic_index, q.dtype)
+    if k_static is not None and k_static != 1:
         return pi, general
     return pi, jnp.where(k == 1.0, scaled_log_softmax(q, tau), general)
 
@@ -101,8 +103,9 @@ def tsallis_value(q: Array, *, tau: Numeric, entropic_index: Numeric, consistent
     # max q + <π, (q − max q) − τ ln_q π>: Σπ − 1 (a few ulp) then multiplies the spread of q, not |q|.
     shifted, m = _shift(q)
     general = jnp.squeeze(m, -1) + jnp.sum(pi * (shifted - scaled_logq), axis=-1)
-    if isinstance(entropic_index, (int, float)):
-        return soft_value(q, tau) if entropic_index == 1 else general
+    k_static = static_index(entropic_index, q.dtype)
+    if k_static is not None:
+        return soft_value(q, tau) if k_static == 1 else general
     is_one = _coef_lead(entropic_index, q) == 1.0
     return jnp.where(is_one, soft_value(q, tau), general)
 
