@@ -92,9 +92,10 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def two_processes(cfg, out, *flags, kill_second_after=None):
-    """`klrl train CFG --out OUT --distributed` as processes 0 and 1 of 2 on 127.0.0.1, two fake CPU
-    devices each (process 1 killing itself after `kill_second_after` chunks); [(returncode, stderr)]."""
+def two_processes(cfg, out, *flags, kill_second_after=None, devices=2):
+    """`klrl train CFG --out OUT --distributed` as processes 0 and 1 of 2 on 127.0.0.1, `devices`
+    fake CPU devices each (process 1 killing itself after `kill_second_after` chunks);
+    [(returncode, stderr)]."""
     port = _free_port()
     procs = []
     for i in (0, 1):
@@ -103,7 +104,7 @@ def two_processes(cfg, out, *flags, kill_second_after=None):
             [sys.executable, "-m", "klrl.cli", "train", str(cfg), "--out", str(out), "--distributed",
              "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
              "--heartbeat-timeout", "10", *flags],
-            cwd=ROOT, env=fake_devices_env(2, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
+            cwd=ROOT, env=fake_devices_env(devices, extra), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True))
     results = []
     for p in procs:
         _, err = p.communicate(timeout=900)

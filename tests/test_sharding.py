@@ -1,7 +1,7 @@
 """Populations over devices (klrl.sharding), on fake CPU devices.
 
-The contract: the same experiment on 1, 2 and 4 devices gives the same metrics to float
-rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard; 1 and 2), with a
+The contract: the same experiment on 1, 2 and 4 devices (4: slow) gives the same metrics to float
+rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard), with a
 population (3 members) that no device count above 1 divides, so padding members run and
 are dropped. Each device count runs in its own process (the device count is fixed when JAX
 starts).
@@ -27,10 +27,9 @@ pytestmark = pytest.mark.xdist_group("sharding")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 CONFIGS = THREE_MEMBERS   # name -> experiment TOML
-# The device counts each config runs on: the host pool (an io_callback per shard) on 1 and 2,
-# gymnax on 1, 2 and 4 (one member and one padding member per device; the two-process run's
-# reference).
-DEVICES = {"gymnax": (1, 2, 4), "pool": (1, 2)}
+# The device counts each config runs on in make test: 1 and 2 (3 members padded to 4); 4 devices
+# (one member or padding member per device) and 2 processes x 2 devices in the slow tests below.
+DEVICES = {"gymnax": (1, 2), "pool": (1, 2)}
 
 _RUN = textwrap.dedent("""
     import sys, jax
@@ -75,26 +74,31 @@ def test_one_two_four_devices_give_the_same_metrics(runs, name):
     assert cfg["provenance"]["device"]["num_devices"] == n_max and len(cfg["members"]) == 3
 
 
-def test_two_processes_equal_one_process_with_four_devices(runs):
-    """klrl.distributed: 2 processes x 2 fake devices on 127.0.0.1 give the metrics of 1 x 4;
-    process 0 writes and reports, process 1 is quiet."""
-    (rc0, err0), (rc1, err1) = two_processes(runs / "gymnax.toml", runs / "gymnax-2x2")
+def test_two_processes_equal_one_process_with_two_devices(runs):
+    """klrl.distributed: 2 processes x 1 fake device on 127.0.0.1 give the metrics of 1 x 2;
+    process 0 writes and reports, process 1 is quiet. (2 x 2 against 1 x 4: slow.)"""
+    _check_two_processes(runs, devices=1)
+
+
+def _check_two_processes(runs, devices):
+    tag = f"2x{devices}"
+    (rc0, err0), (rc1, err1) = two_processes(runs / "gymnax.toml", runs / f"gymnax-{tag}", devices=devices)
     assert (rc0, rc1) == (0, 0), (err0[-2000:], err1[-2000:])
-    a = read_metrics(str(runs / "gymnax-4" / "metrics.csv"))
-    b = read_metrics(str(runs / "gymnax-2x2" / "metrics.csv"))
+    a = read_metrics(str(runs / f"gymnax-{2 * devices}" / "metrics.csv"))
+    b = read_metrics(str(runs / f"gymnax-{tag}" / "metrics.csv"))
     assert [(r["member"], r["step"], r["metric"]) for r in b] == [(r["member"], r["step"], r["metric"]) for r in a]
     np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5,
                                equal_nan=True)
     assert "chunk 2/2" in err0 and "chunk" not in err1
-    assert sorted(os.listdir(runs / "gymnax-2x2")) == sorted(os.listdir(runs / "gymnax-4"))
+    assert sorted(os.listdir(runs / f"gymnax-{tag}")) == sorted(os.listdir(runs / f"gymnax-{2 * devices}"))
 
 
 def test_resume_on_another_device_count_is_refused(runs):
     """The state's layout depends on the device count (padding, one env/replay per shard)."""
     import shutil
 
-    run = runs / "gymnax-4-copy"
-    shutil.copytree(runs / "gymnax-4", run)
+    run = runs / "gymnax-2-copy"
+    shutil.copytree(runs / "gymnax-2", run)
     shutil.rmtree(run / "checkpoints" / "mdqn" / "2")          # as if killed after chunk 1
     before = (run / "metrics.csv").read_bytes()
     res = cli_in_process("train", runs / "gymnax.toml", "--out", run, "--resume")   # this process: 1 device
@@ -152,14 +156,16 @@ def test_an_emulator_pool_per_shard(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_host_pool_on_four_devices(tmp_path):
-    """make test runs the host pool on 1 and 2 devices; here 4 (one member and one padding
-    member per device, a pool per shard) gives the 1-device numbers to rounding."""
-    (tmp_path / "pool.toml").write_text(CONFIGS["pool"])
-    for n in (1, 4):
-        res = _run(n, tmp_path, ["pool"])
-        assert res.returncode == 0, res.stderr[-3000:]
-    a = read_metrics(str(tmp_path / "pool-1" / "metrics.csv"))
-    b = read_metrics(str(tmp_path / "pool-4" / "metrics.csv"))
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_four_devices_give_the_one_device_metrics(runs, name):
+    """One member or padding member per device, a pool per shard for the host pool; and for
+    gymnax 2 processes x 2 devices equal 1 x 4."""
+    res = _run(4, runs, [name])
+    assert res.returncode == 0, res.stderr[-3000:]
+    a = read_metrics(str(runs / f"{name}-1" / "metrics.csv"))
+    b = read_metrics(str(runs / f"{name}-4" / "metrics.csv"))
     assert [(r["member"], r["step"], r["metric"]) for r in a] == [(r["member"], r["step"], r["metric"]) for r in b]
     np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5, equal_nan=True)
+    assert json.load(open(runs / f"{name}-4" / "config.json"))["provenance"]["device"]["num_devices"] == 4
+    if name == "gymnax":
+        _check_two_processes(runs, devices=2)
