@@ -7,10 +7,15 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: run test test-all bench bench-atari device-kit install clean
 
+# uv installs the packages: 13 s for a fresh venv here against pip's 30 s (warm caches; most of
+# uv's time is --compile-bytecode, which pip does too, so that every process of the tests imports
+# compiled modules). uv itself comes from PyPI with pip.
+UV     := $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY)
+
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet uv
+	$(UV) -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)
@@ -25,7 +30,7 @@ test: $(STAMP)
 
 # Everything, slow tests included; adds the envpool extra (~300 MB) for the Atari backend comparison.
 test-all: $(STAMP)
-	$(PY) -m pip install --quiet -e '.[test,envpool]'
+	$(UV) -e '.[test,envpool]'
 	$(PY) -m pytest -q -n 2 --dist loadgroup tests
 
 bench: $(STAMP)
