@@ -17,7 +17,10 @@ from klrl.errors import ConfigError
 
 
 def _parser() -> argparse.ArgumentParser:
+    from klrl import __version__
+
     p = argparse.ArgumentParser(prog="klrl", description=__doc__.splitlines()[0])
+    p.add_argument("--version", action="version", version=f"klrl {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     for name in ("train", "sweep"):
