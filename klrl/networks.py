@@ -50,6 +50,22 @@ class PatchConv(nn.Module):
         return patches @ w.reshape(k * k * c, self.features) + b
 
 
+_CONV_LAYERS = {"mlp": (), "minatar_cnn": ((16, 3, 1),), "nature_cnn": ((32, 8, 4), (64, 4, 2), (64, 3, 1))}
+
+
+def conv_features(obs, torso: str, conv: str, obs_scale: float):
+    """The torso's convolutions (ReLU after each), flattened; the scaled observation for `mlp`.
+    Called inside a module's compact method, so its layers are named Conv_i in that module."""
+    x = obs.astype(jnp.float32) * obs_scale
+    for i, (features, kernel, stride) in enumerate(_CONV_LAYERS[torso]):
+        if conv == "patches":
+            x = PatchConv(features, kernel, stride, name=f"Conv_{i}")(x)
+        else:
+            x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"Conv_{i}")(x)
+        x = nn.relu(x)
+    return x if torso == "mlp" else x.reshape(x.shape[:-3] + (-1,))
+
+
 class QNetwork(nn.Module):
     torso: str
     hidden: Sequence[int]
@@ -60,22 +76,43 @@ class QNetwork(nn.Module):
 
     @nn.compact
     def __call__(self, obs):
-        x = obs.astype(jnp.float32) * self.obs_scale
-        layers = {"mlp": (), "minatar_cnn": ((16, 3, 1),), "nature_cnn": ((32, 8, 4), (64, 4, 2), (64, 3, 1))}
-        for i, (features, kernel, stride) in enumerate(layers[self.torso]):
-            if self.conv == "patches":
-                x = PatchConv(features, kernel, stride, name=f"Conv_{i}")(x)
-            else:
-                x = nn.Conv(features, (kernel, kernel), (stride, stride), padding="VALID", name=f"Conv_{i}")(x)
-            x = nn.relu(x)
-        if self.torso != "mlp":
-            x = x.reshape(x.shape[:-3] + (-1,))
+        x = conv_features(obs, self.torso, self.conv, self.obs_scale)
         for h in self.hidden:
             x = nn.relu(nn.Dense(h)(x))
         out = nn.Dense(self.num_actions * self.num_outputs)(x)
         if self.num_outputs == 1:
             return out
         return out.reshape(out.shape[:-1] + (self.num_actions, self.num_outputs))
+
+
+class ImplicitQuantileNetwork(nn.Module):
+    """Z_τ(s, a) = f(ψ(s) ⊙ φ(τ))_a (Dabney et al. 2018, IQN), for fractions τ [..., N].
+
+    ψ: the torso's flattened convolutions (Dopamine's Atari IQN), or, for `mlp`, the first
+    hidden layer; φ(τ)_k = ReLU(Σ_i cos(π·i·τ)·w_ik + b_k), i = 0 … n−1 (n = `embedding_dim`),
+    as wide as ψ; f: the remaining hidden layers and a linear head. obs [..., *obs] and taus
+    [N] or [..., N] -> [..., N, A] (fractions second to last, actions last).
+    """
+
+    torso: str
+    hidden: Sequence[int]
+    num_actions: int
+    embedding_dim: int = 64
+    obs_scale: float = 1.0
+    conv: str = "lax"
+
+    @nn.compact
+    def __call__(self, obs, taus):
+        x = conv_features(obs, self.torso, self.conv, self.obs_scale)
+        hidden = tuple(self.hidden)
+        if self.torso == "mlp":
+            x, hidden = nn.relu(nn.Dense(hidden[0])(x)), hidden[1:]
+        i = jnp.arange(self.embedding_dim, dtype=jnp.float32)
+        phi = nn.relu(nn.Dense(x.shape[-1], name="quantile_embedding")(jnp.cos(jnp.pi * i * taus[..., None])))
+        x = x[..., None, :] * phi                                            # [..., N, D]
+        for h in hidden:
+            x = nn.relu(nn.Dense(h)(x))
+        return nn.Dense(self.num_actions)(x)
 
 
 def make_network(torso: str, hidden: Sequence[int], num_actions: int, num_outputs: int = 1,

@@ -43,27 +43,13 @@ class Reference(NamedTuple):
     load: Callable[[], Any]                            # host: the parameters (() for uniform)
 
 
-class RefNetwork(NamedTuple):
-    """The reference run's network, read from its config.json [agent] table: the fields of
-    `klrl.static.AgentConfig` that agents' `num_outputs` / `q_values` read."""
-
-    name: str
-    torso: str
-    hidden: tuple[int, ...]
-    obs_scale: float
-    conv: str                 # config.json omits it at its default, lax
-    num_atoms: int
-    v_min: float
-    v_max: float
-
-
 class _RunInfo(NamedTuple):
     env: str
     agent: str
     local_index: int          # the member's position in its agent's population
     population_size: int
     checkpoint: str           # .../checkpoints/<agent>/<latest step>/state
-    static: RefNetwork        # the reference run's network
+    static: Any               # the reference run's config (klrl.static.StaticConfig), as recorded
 
 
 def _fail(field: str, value: Any, allowed: str) -> None:
@@ -101,12 +87,25 @@ def _run_info(run: str, member: int, env: str) -> _RunInfo:
     if not steps or not os.path.isdir(state_dir):
         _fail("agent.reference_run", run, f"a run with a saved checkpoint under {ckpt_root!r}")
 
-    a = config["agent"]
-    static = RefNetwork(name=agent, torso=a.get("torso", "mlp"), hidden=tuple(a["hidden"]),
-                        obs_scale=float(a.get("obs_scale", 1.0)), conv=a.get("conv", "lax"),
-                        num_atoms=int(a["num_atoms"]),
-                        v_min=float(a["v_min"]), v_max=float(a["v_max"]))
-    return _RunInfo(ref_env, agent, local, len(same), state_dir, static)
+    return _RunInfo(ref_env, agent, local, len(same), state_dir, _recorded_config(config, agent, ref_env, run))
+
+
+def _recorded_config(config: dict, agent: str, env: str, run: str):
+    """The reference member's StaticConfig, rebuilt from its run's config.json by the schema
+    itself: keys the record omits take their defaults, keys this version does not know are
+    ignored (only the network's keys matter here)."""
+    from klrl.static import StaticConfig
+
+    tables = {}
+    for sec, cls in StaticConfig.section_classes().items():
+        known = cls.specs()
+        tables[sec] = {k: tuple(v) if isinstance(v, list) else v for k, v in config.get(sec, {}).items()
+                       if k in known and not isinstance(v, dict)}
+    tables["agent"]["name"], tables["env"]["name"] = agent, env
+    try:
+        return StaticConfig(**tables)
+    except ConfigError as err:
+        _fail("agent.reference_run", run, f"a run whose recorded config is valid here ({err})")
 
 
 def check(cfg) -> None:
@@ -126,13 +125,11 @@ def _q_network(run: str, member: int, env: str, backend: str, preset: str):
     """(pure Q_ref(params, obs), host loader of the params) of one member of a `klrl train` run."""
     from klrl.agents import AGENTS
     from klrl.envs import env_spec, stacked_shape
-    from klrl.networks import make_network
 
     info = _run_info(run, member, env)
     agent = AGENTS[info.agent]
     spec = env_spec(env, backend, preset)
-    net = make_network(info.static.torso, info.static.hidden, spec.num_actions, agent.num_outputs(info.static),
-                       info.static.obs_scale, info.static.conv)
+    net = agent.network(info.static, spec.num_actions)
 
     def load():
         import orbax.checkpoint as ocp
@@ -147,11 +144,16 @@ def _q_network(run: str, member: int, env: str, backend: str, preset: str):
         shapes = lambda t: jax.tree.map(lambda x: tuple(np.shape(x)), t)  # noqa: E731
         if jax.tree.structure(params) != jax.tree.structure(expected) or shapes(params) != shapes(expected):
             _fail("agent.reference_run", run, f"a checkpoint whose parameters match its config's network "
-                  f"(agent {info.agent!r}, hidden {info.static.hidden})")
+                  f"(agent {info.agent!r}, hidden {info.static.agent.hidden})")
         return params
 
     static = info.static
-    return (lambda params, obs: agent.q_values(net.apply(params, obs), static)), load
+    from klrl.agents.base import bind
+
+    # Agents whose forward pass samples (IQN's quantile fractions) get one fixed key: π_ref is
+    # a fixed policy, the same at every call.
+    key = jax.random.PRNGKey(0)
+    return (lambda params, obs: agent.q_values(agent.forward(bind(net, params), obs, key, static), static)), load
 
 
 def for_config(cfg) -> Reference | None:
@@ -183,4 +185,4 @@ def for_config(cfg) -> Reference | None:
     return Reference("epsilon_greedy", log_eps_greedy, cached)
 
 
-__all__ = ["REFERENCES", "RefNetwork", "Reference", "check", "for_config"]
+__all__ = ["REFERENCES", "Reference", "check", "for_config"]

@@ -57,8 +57,8 @@ def _probe_agent():
     aux values are averaged over a chunk's updates."""
     base = AGENTS["dqn"]
 
-    def loss(nets, batch, hp, cfg, ctx):
-        value, aux = base.loss(nets, batch, hp, cfg, ctx)
+    def loss(nets, batch, hp, cfg, ctx, key=None):
+        value, aux = base.loss(nets, batch, hp, cfg, ctx, key)
         w = batch.weight
         return value, {**aux, "probe_one": jnp.float32(1.0),
                        "probe_obs": jnp.sum(w[:, None] * batch.obs.reshape(w.shape[0], -1)),
@@ -68,10 +68,8 @@ def _probe_agent():
 
 
 def _make_train_with_probe(cfg):
-    """make_train(cfg) with the probe agent in place of cfg's (registered only meanwhile)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(AGENTS, "probe", _probe_agent())
-        return make_train(cfg.replace(agent={"name": "probe"}))
+    """make_train(cfg) with the probe agent in place of cfg's (injected: no registry change)."""
+    return make_train(cfg, agent=_probe_agent())
 
 
 def _host_loop(tr, state, hp, run_chunk=None):
@@ -352,7 +350,7 @@ def _one_update_setup(reward):
     def run(max_norm, diverged=False):
         learner = Learner(params=params, target_params=params, prev_target_params=(),
                           opt_state=make_optimizer(hp, max_norm).init(params), diverged=jnp.bool_(diverged))
-        return _jitted_update(max_norm)(learner, batch, hp, Context())
+        return _jitted_update(max_norm)(learner, batch, hp, jax.random.PRNGKey(0), Context())
 
     grads = jax.jit(jax.grad(_loss_grad))(params, params, batch, hp)
     return params, hp, run, grads

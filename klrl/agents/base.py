@@ -1,18 +1,24 @@
-"""What an agent is (`AgentSpec`): a network head size, a loss built from `klrl.operators`,
-and, where it is not the trainer's configured rule, how it acts and where its data comes from.
+"""What an agent is (`AgentSpec`): its network, a loss built from `klrl.operators`, and, where
+it is not the trainer's configured rule, how it acts and where its data comes from.
 
 Agents hold no loop code: the trainer (klrl.train) owns stepping, replay, target updates and
 optimisation, and reads only the fields below (no attribute probing):
 - `hparams`: the traced hyperparameters its loss or actor uses, declared (section, default,
   range) in `AGENT_HPARAMS` below (the common ones — learning rate, γ, Adam eps, ε schedule,
   Polyak rate, softmax temperature — belong to the trainer, `klrl.static.COMMON_HPARAMS`);
-- `num_outputs(agent_cfg)`: outputs per action (1, or the number of atoms); `q_values(out,
-  agent_cfg)`; both read only the [agent] section (`klrl.static.AgentConfig`), so a reference
-  run's network can be rebuilt from its config.json;
-- `cfg` everywhere else is the whole `klrl.static.StaticConfig` (`cfg.agent.loss`, ...);
-- `loss(nets, batch, hp, cfg, ctx) -> (loss, aux)`: aux metrics (q_mean, target_mean, …)
-  are averaged over a chunk's updates and written to metrics.csv as `loss/<name>`;
-- `actor(cfg, spec, q_values)` / `eval_actor(...)`: an `klrl.actors.Actor` for training /
+- `network(cfg, num_actions)`: the network it learns, anything with flax's
+  `init(key, obs)` / `apply(params, obs, *inputs)` (default: the Q-network of klrl.networks
+  with one output per action); a reference run's network is rebuilt by the same function
+  from the config its config.json records (klrl.reference);
+- `forward(apply, obs, key, cfg)`: the output actors read, from `apply(obs, *inputs)`
+  (default `apply(obs)`; IQN averages quantiles at sampled fractions drawn from `key`);
+- `q_values(out, cfg)`: action values from that output;
+- `options`: the Section class of its own config keys (a TOML table of their own, e.g.
+  `[iqn]`, read as `cfg.options(SECTION)`), or None;
+- `loss(nets, batch, hp, cfg, ctx, key) -> (loss, aux)`: `key` is this update's own stream;
+  aux metrics (q_mean, target_mean, …) are averaged over a chunk's updates and written to
+  metrics.csv as `loss/<name>`; `cfg` is the whole `klrl.static.StaticConfig`;
+- `actor(cfg, spec, q_values)` / `eval_actor(...)`: a `klrl.actors.Actor` for training /
   evaluation, or None for the configured rule (ε-greedy or softmax; greedy or ε_eval);
 - `data(cfg, spec)`: a sampler `(actor_carry, key, batch_size) -> batch` when the agent
   learns from something its actor records (Q♯ rollout labels), None for the run's replay;
@@ -48,15 +54,35 @@ AGENT_HPARAMS: dict[str, Hparam] = {
 
 
 class Nets(NamedTuple):
-    """Network evaluators for one member. `online` carries gradients; the others do not.
+    """Network evaluators `(obs, *inputs) -> out` for one member (the agent's own network
+    applied with each set of parameters). `online` carries gradients; the others do not.
 
     Agents call only the evaluators they need, so unused forward passes are never traced.
     """
 
-    online: Callable[[jax.Array], jax.Array]
-    online_frozen: Callable[[jax.Array], jax.Array]   # online net, stop-gradient (double DQN)
-    target: Callable[[jax.Array], jax.Array]
-    prev_target: Callable[[jax.Array], jax.Array]     # previous target net (extra_nets = ("prev_target",))
+    online: Callable[..., jax.Array]
+    online_frozen: Callable[..., jax.Array]   # online net, stop-gradient (double DQN)
+    target: Callable[..., jax.Array]
+    prev_target: Callable[..., jax.Array]     # previous target net (extra_nets = ("prev_target",))
+
+
+def bind(network, params) -> Callable[..., jax.Array]:
+    """`(obs, *inputs) -> network.apply(params, obs, *inputs)`."""
+    return lambda obs, *inputs: network.apply(params, obs, *inputs)
+
+
+def q_network(cfg, num_actions: int, num_outputs: int = 1):
+    """The Q-network of the [agent] section (klrl.networks: torso, hidden layers, a linear head
+    of `num_actions · num_outputs` units)."""
+    from klrl.networks import make_network
+
+    a = cfg.agent
+    return make_network(a.torso, a.hidden, num_actions, num_outputs, a.obs_scale, a.conv)
+
+
+def plain_forward(apply, obs, key, cfg):
+    """The network's output at `obs` (no sampled inputs)."""
+    return apply(obs)
 
 
 class Context(NamedTuple):
@@ -71,14 +97,16 @@ class AgentSpec:
     name: str
     hparams: tuple[str, ...]
     loss: Callable[..., tuple[jax.Array, dict]]
-    num_outputs: Callable[[Any], int] = lambda agent_cfg: 1
-    q_values: Callable[[jax.Array, Any], jax.Array] = lambda out, agent_cfg: out
+    network: Callable[[Any, int], Any] = q_network
+    forward: Callable[..., jax.Array] = plain_forward
+    q_values: Callable[[jax.Array, Any], jax.Array] = lambda out, cfg: out
     actor: Callable[..., Any] | None = None
     eval_actor: Callable[..., Any] | None = None
     data: Callable[..., Any] | None = None
     extra_nets: tuple[str, ...] = ()
     needs_reference: bool = False
     check: Callable[[Any], None] = lambda cfg: None   # agent-specific config rules (ConfigError)
+    options: Any = None                                # Section class of its own keys, or None
 
 
 def discount(batch, hp: dict) -> jax.Array:
@@ -122,7 +150,7 @@ def regression_loss(pred: jax.Array, target: jax.Array, kind: str, weight: jax.A
 def value_agent(name: str, hparams: tuple[str, ...], target_fn: Callable[..., jax.Array], **fields) -> AgentSpec:
     """A scalar-Q agent: loss = regression of q(s, a) onto `target_fn`'s (stop-gradient) y."""
 
-    def loss(nets: Nets, batch, hp: dict, cfg: Any, ctx: Context):
+    def loss(nets: Nets, batch, hp: dict, cfg: Any, ctx: Context, key=None):
         y = jax.lax.stop_gradient(target_fn(nets, batch, per_example(hp, hparams, batch), cfg, ctx))
         q_sa = select_action(nets.online(batch.obs), batch.action)
         w = batch.weight

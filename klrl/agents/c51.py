@@ -9,7 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from klrl import operators as ops
-from klrl.agents.base import AgentSpec, discount, weighted_mean
+from klrl.agents.base import AgentSpec, discount, q_network, weighted_mean
 
 
 def atoms(agent_cfg) -> jax.Array:
@@ -27,17 +27,21 @@ def target_distribution(nets, batch, hp, cfg) -> jax.Array:
     return ops.categorical_td_target(z, probs_next, weights, batch.reward, discount(batch, hp))
 
 
-def _loss(nets, batch, hp, cfg, ctx):
+def _loss(nets, batch, hp, cfg, ctx, key=None):
     y = jax.lax.stop_gradient(target_distribution(nets, batch, hp, cfg))
     logits = nets.online(batch.obs)                                  # [B, A, N]
+    ce = ops.categorical_cross_entropy(logits, batch.action, y)
     logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
-    ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
     q_sa = jnp.sum(jax.nn.softmax(logits_sa, axis=-1) * atoms(cfg.agent), axis=-1)
     w = batch.weight
     return weighted_mean(ce, w), {"q_mean": weighted_mean(q_sa, w),
                                   "target_mean": weighted_mean(y @ atoms(cfg.agent), w)}
 
 
-C51 = AgentSpec(name="c51", hparams=(), loss=_loss,
-            num_outputs=lambda agent_cfg: agent_cfg.num_atoms,
-            q_values=lambda out, agent_cfg: ops.categorical_mean(out, atoms(agent_cfg)))
+def categorical_network(cfg, num_actions: int):
+    """The Q-network with `num_atoms` logits per action ([..., A, N])."""
+    return q_network(cfg, num_actions, cfg.agent.num_atoms)
+
+
+C51 = AgentSpec(name="c51", hparams=(), loss=_loss, network=categorical_network,
+            q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg.agent)))

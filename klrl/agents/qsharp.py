@@ -60,7 +60,7 @@ import jax.numpy as jnp
 from klrl import actors
 from klrl import operators as ops
 from klrl.agents.base import AgentSpec, discount, regression_loss, weighted_mean
-from klrl.agents.c51 import atoms  # the same fixed support as C51
+from klrl.agents.c51 import atoms, categorical_network  # the same fixed support as C51
 from klrl.errors import ConfigError
 
 MODES = ("td", "rollout")
@@ -105,7 +105,7 @@ def check(cfg, name: str, distributional: bool) -> None:
 
 # ---- the categorical critic of π_ref --------------------------------------------------------
 
-def _critic_loss(nets, batch, hp, cfg, ctx):
+def _critic_loss(nets, batch, hp, cfg, ctx, key=None):
     """Cross-entropy of p(s, a) against the projected target: TD (expected SARSA under π_ref)
     or, in rollout mode, the labels Π(G) (maximum likelihood); weighted by `batch.weight`."""
     z = atoms(cfg.agent)
@@ -120,8 +120,8 @@ def _critic_loss(nets, batch, hp, cfg, ctx):
                                       discount(batch, hp))
     y = jax.lax.stop_gradient(y)
     logits = nets.online(batch.obs)
+    ce = ops.categorical_cross_entropy(logits, batch.action, y)
     logits_sa = jnp.take_along_axis(logits, batch.action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
-    ce = -jnp.sum(y * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
     return weighted_mean(ce, batch.weight), {
         "q_mean": weighted_mean(ops.categorical_mean(logits_sa[:, None], z)[:, 0], batch.weight)}
 
@@ -222,8 +222,8 @@ def _critic_agent(name: str, logits_of) -> AgentSpec:
 
     return AgentSpec(
         name=name, hparams=("eta",), loss=_critic_loss,
-        num_outputs=lambda agent_cfg: agent_cfg.num_atoms,
-        q_values=lambda out, agent_cfg: ops.categorical_mean(out, atoms(agent_cfg)),
+        network=categorical_network,
+        q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg.agent)),
         actor=actor, eval_actor=lambda cfg, spec, q_values: actors.from_logits(logits_of(cfg)),
         data=lambda cfg, spec: sample_labels if cfg.agent.qsharp_mode == "rollout" else None,
         needs_reference=True, check=lambda cfg: check(cfg, name, distributional=True))
@@ -235,7 +235,7 @@ QSHARP_CD = _critic_agent("qsharp_cd", _mean_logits)
 
 # ---- soft Q with prior (TD baseline) --------------------------------------------------------
 
-def _kl_prior_loss(nets, batch, hp, cfg, ctx):
+def _kl_prior_loss(nets, batch, hp, cfg, ctx, key=None):
     y = ops.kl_prior_target(nets.target(batch.next_obs), ctx.log_ref(batch.next_obs), batch.reward,
                             discount(batch, hp), eta=hp["eta"])
     y = jax.lax.stop_gradient(y)

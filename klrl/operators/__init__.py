@@ -6,12 +6,14 @@ its equation and paper.
 """
 
 from klrl.operators.distributional import (
+    categorical_cross_entropy,
     categorical_mean,
     categorical_projection,
     categorical_td_target,
     entropic_q,
     guided_logits,
 )
+from klrl.operators.quantile import munchausen_quantile_target, quantile_huber_loss, quantile_q_learning_target
 from klrl.operators.policies import (
     exp_q,
     log_q,
@@ -46,11 +48,12 @@ from klrl.operators.values import (
 )
 
 __all__ = [
-    "action_gap", "advantage_learning_target", "categorical_mean", "categorical_projection",
+    "action_gap", "advantage_learning_target", "categorical_cross_entropy", "categorical_mean", "categorical_projection",
     "categorical_td_target", "double_q_target", "entropic_q", "exp_q", "greedy_value",
     "guided_logits", "kl_prior_target", "log_q", "mirror_descent_log_policy",
     "mirror_descent_target", "mirror_descent_value", "munchausen_bonus", "munchausen_target",
-    "persistent_advantage_learning_target", "q_learning_target", "scaled_log_softmax",
+    "munchausen_quantile_target", "persistent_advantage_learning_target", "q_learning_target", "quantile_huber_loss",
+    "quantile_q_learning_target", "scaled_log_softmax",
     "select_action", "soft_q_target", "soft_value", "softmax_policy", "sparsemax",
     "tsallis_entropy", "tsallis_greedy_policy", "tsallis_munchausen_bonus", "tsallis_munchausen_target",
     "tsallis_policy", "tsallis_value",

@@ -77,3 +77,13 @@ def guided_logits(log_pi_ref: Array, q_eta: Array, eta: Numeric) -> Array:
     """
     chex.assert_equal_shape([log_pi_ref, q_eta])
     return log_pi_ref + _shift(q_eta)[0] / _coef(eta, q_eta)
+
+
+def categorical_cross_entropy(logits: Array, action: Array, target: Array) -> Array:
+    """−Σ_i y_i ln p_i(s, a), p(s, a) = softmax(logits[a]): the categorical critic's loss (C51,
+    Bellemare et al. 2017; Q♯'s critic, Zhou et al. 2025) against a target distribution y.
+
+    logits [B, A, N], action int [B], target [B, N] (callers stop its gradient). Returns [B]."""
+    chex.assert_rank([logits, action, target], [3, 1, 2])
+    logits_sa = jnp.take_along_axis(logits, action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
+    return -jnp.sum(target * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)
