@@ -21,17 +21,17 @@ Layout (`Trainer.layout`, declared per field by klrl.train.state_layout). Each l
   shard's program sees its own value without that axis;
 - REPLICATED: the same on every shard (step counters, π_ref's parameters).
 `spec_of` maps a kind to its PartitionSpec, used as shard_map's in/out specs and so as the
-jitted program's shardings.
+jitted program's shardings. Nothing is built on one device first: keys, hyperparameters and
+π_ref go to their devices with `make_array_from_callback` (a process materializes only its
+own shards), `init` and in-graph env resets run inside the sharded program, and a host
+pool's first observations are put shard by shard on the shard's device.
 
 Programs. Each trainer function that runs sharded declares the kinds of its arguments and of
 its result (`Signature`, the table `SIGNATURES`); `STATE` stands for the state's layout. One
 generic wrapper, `shard_program`, turns any function and its signature into a jitted
 shard_map program: a shard's call sees MEMBER arguments with its L members, SHARD arguments
 without the shard axis, REPLICATED ones whole and STATIC ones as Python values; its result is
-put back the same way. Nothing is built on one device first: keys, hyperparameters and
-π_ref go to their devices with `make_array_from_callback` (a process materializes only its
-own shards), `init` and in-graph env resets run inside the sharded program, and a host
-pool's first observations are put shard by shard on the shard's device.
+put back the same way.
 """
 
 from __future__ import annotations
