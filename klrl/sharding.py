@@ -25,16 +25,49 @@ jitted program's shardings. Nothing is built on one device first: keys, hyperpar
 π_ref go to their devices with `make_array_from_callback` (a process materializes only its
 own shards), `init` and in-graph env resets run inside the sharded program, and a host
 pool's first observations are put shard by shard on the shard's device.
+
+Programs. Each trainer function that runs sharded declares the kinds of its arguments and of
+its result (`Signature`, the table `SIGNATURES`); `STATE` stands for the state's layout. One
+generic wrapper, `shard_program`, turns any function and its signature into a jitted
+shard_map program: a shard's call sees MEMBER arguments with its L members, SHARD arguments
+without the shard axis, REPLICATED ones whole and STATIC ones as Python values; its result is
+put back the same way.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 AXIS = "population"
 MEMBER, SHARD, REPLICATED = "member", "shard", "replicated"
+STATE = "state"      # a TrainState: each leaf of the kind the trainer's `layout` declares
+STATIC = "static"    # a Python value (a salt), an argument only: one compiled program per value
+
+
+class Signature(NamedTuple):
+    """The kinds of a function's positional arguments and of its result. An entry is a kind
+    (it covers the whole argument's tree), STATE, STATIC, or a tree of kinds leaf by leaf; the
+    result's entry is a prefix of the result's tree, e.g. (STATE, MEMBER) for (state, metrics)."""
+    args: tuple
+    result: Any
+    donate: tuple = ()   # positions of arguments whose buffers the program may reuse
+
+
+# The trainer's functions that run sharded, by name (fields of klrl.train.Trainer).
+SIGNATURES = {
+    # (member keys, salt) -> (env state, first obs): one backend instance per shard
+    "env_start": Signature(args=(MEMBER, STATIC), result=SHARD),
+    # (keys, hparams, π_ref's params, env_start's result, active) -> state
+    "init": Signature(args=(MEMBER, MEMBER, REPLICATED, SHARD, MEMBER), result=STATE),
+    # (state, hparams) -> (state, metrics); the old state's buffers are reused
+    "run_chunk": Signature(args=(STATE, MEMBER), result=(STATE, MEMBER), donate=(0,)),
+    # (state, env_start's result) -> state
+    "reenter": Signature(args=(STATE, SHARD), result=STATE),
+    # (state, hparams, env_start's result) -> {name: [M]}
+    "final_eval": Signature(args=(STATE, MEMBER, SHARD), result=MEMBER),
+}
 
 
 def population_mesh(devices=None):
@@ -59,18 +92,65 @@ def spec_of(kind: str):
     return PartitionSpec() if kind == REPLICATED else PartitionSpec(AXIS)
 
 
-def _drop(tree, kinds):
-    """A shard's view of a sharded tree: SHARD leaves lose their (local size 1) shard axis."""
+def _on_leaves(fn, kinds, tree):
+    """`fn(kind, leaf)` on every leaf of `tree`; `kinds` is a prefix of `tree` (a kind covers a subtree)."""
     import jax
 
-    return jax.tree.map(lambda x, k: x[0] if k == SHARD else x, tree, kinds)
+    return jax.tree.map(lambda k, sub: jax.tree.map(lambda x: fn(k, x), sub), kinds, tree)
+
+
+def _drop(tree, kinds):
+    """A shard's view of a sharded tree: SHARD leaves lose their (local size 1) shard axis."""
+    return _on_leaves(lambda k, x: x[0] if k == SHARD else x, kinds, tree)
 
 
 def _stack(tree, kinds):
     """The inverse of `_drop`: SHARD leaves gain the shard axis."""
+    return _on_leaves(lambda k, x: x[None] if k == SHARD else x, kinds, tree)
+
+
+def _is_static(kind) -> bool:
+    return isinstance(kind, str) and kind == STATIC
+
+
+def shard_view(args: tuple, kinds: tuple, shards: int) -> tuple:
+    """The abstract arguments (jax.ShapeDtypeStruct) one of `shards` shards sees for global
+    `args` of `kinds`: MEMBER leaves hold M'/S members, SHARD leaves lose the shard axis."""
     import jax
 
-    return jax.tree.map(lambda x, k: x[None] if k == SHARD else x, tree, kinds)
+    def view(k, x):
+        shape = tuple(np.shape(x))
+        shape = {MEMBER: (shape[0] // shards,) + shape[1:], SHARD: shape[1:]}.get(k, shape)
+        return jax.ShapeDtypeStruct(shape, x.dtype)
+
+    return tuple(a if _is_static(k) else _on_leaves(view, k, a) for a, k in zip(args, kinds))
+
+
+def shard_program(fn, mesh, signature: Signature):
+    """`fn` as one jitted program over `mesh`'s population axis, laid out by `signature` (its
+    entries are kinds or trees of kinds; STATE already replaced): each shard calls `fn` on its
+    slice of the global arguments (see the module docstring) and returns its slice of the global
+    result. STATIC arguments are the jit's static arguments."""
+    import jax
+
+    static = tuple(i for i, k in enumerate(signature.args) if _is_static(k))
+    kinds = tuple(k for k in signature.args if not _is_static(k))
+    in_specs = tuple(jax.tree.map(spec_of, k) for k in kinds)
+    out_specs = jax.tree.map(spec_of, signature.result)
+
+    def program(*args):
+        fixed = {i: args[i] for i in static}
+
+        def body(*local):
+            own = iter(_drop(a, k) for a, k in zip(local, kinds))
+            return _stack(fn(*(fixed[i] if i in fixed else next(own) for i in range(len(args)))), signature.result)
+
+        # check_vma off: the trainer is a one-device program (its scans mix per-shard and
+        # unannotated values), and every value in it is the shard's own anyway.
+        sharded = jax.shard_map(body, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+        return sharded(*(a for i, a in enumerate(args) if i not in fixed))
+
+    return jax.jit(program, static_argnums=static, donate_argnums=signature.donate)
 
 
 def _put(x: np.ndarray, sharding) -> Any:
@@ -81,22 +161,17 @@ def _put(x: np.ndarray, sharding) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
-def _all(tree, kind):
-    import jax
-
-    return jax.tree.map(lambda _: kind, tree)
-
-
 class ShardedTrainer:
     """`trainer` (klrl.train.Trainer) for a population of `members` on `mesh` (default: every
     device). Its functions take and return global arrays laid out as the module docstring says;
     `to_host` brings per-member outputs back as numpy [members] (padding dropped, gathered from
-    every process)."""
+    every process). `signatures`: the kinds of the trainer's functions (default `SIGNATURES`)."""
 
-    def __init__(self, trainer, members: int, mesh=None):
+    def __init__(self, trainer, members: int, mesh=None, signatures: dict | None = None):
         from jax.sharding import NamedSharding, PartitionSpec
 
         self.trainer = trainer
+        self.signatures = SIGNATURES if signatures is None else signatures
         self.mesh = population_mesh() if mesh is None else mesh
         self.shards = int(self.mesh.size)
         self.members = int(members)
@@ -105,7 +180,7 @@ class ShardedTrainer:
         self.split = NamedSharding(self.mesh, PartitionSpec(AXIS))
         self.whole = NamedSharding(self.mesh, PartitionSpec())
         self.layout = None            # the state's kinds, known once `init` has been traced
-        self._jitted: dict[str, Any] = {}
+        self._programs: dict[str, Any] = {}
 
     # ---- host data onto the mesh ---------------------------------------------------------------
     def pad(self, x) -> np.ndarray:
@@ -133,14 +208,24 @@ class ShardedTrainer:
         idx = self.split.addressable_devices_indices_map((self.padded,))
         return sorted((((sl[0].start or 0) // self.local), d) for d, sl in idx.items())
 
-    def _shard_map(self, fn, in_specs, out_specs):
+    # ---- the programs ----------------------------------------------------------------------------
+    def _signature(self, name: str) -> Signature:
+        """The declared signature of `name` with STATE replaced by the state's layout."""
         import jax
 
-        # check_vma off: the trainer is a one-device program (its scans mix per-shard and
-        # unannotated values), and every value in it is the shard's own anyway.
-        return jax.shard_map(fn, mesh=self.mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+        sig = self.signatures[name]
+        if STATE in jax.tree.leaves(sig):
+            if self.layout is None:
+                raise RuntimeError("ShardedTrainer: call init first (it fixes the state's layout)")
+            sig = jax.tree.map(lambda k: self.layout if k == STATE else k, sig)
+        return sig
 
-    # ---- the programs ----------------------------------------------------------------------------
+    def program(self, name: str):
+        """The trainer's function `name` as a jitted sharded program (built once)."""
+        if name not in self._programs:
+            self._programs[name] = shard_program(getattr(self.trainer, name), self.mesh, self._signature(name))
+        return self._programs[name]
+
     def env_start(self, host_keys, keys, salt: int) -> Any:
         """Every shard's (env state, first obs), stacked as SHARD leaves. In-graph backends
         reset inside a sharded program; a host pool resets this process's shards' instances on
@@ -149,11 +234,7 @@ class ShardedTrainer:
 
         t = self.trainer
         if t.traits.in_graph_reset:
-            def body(k):
-                start = t.env_start(k, salt)
-                return _stack(start, _all(start, SHARD))
-
-            return jax.jit(self._shard_map(body, (spec_of(MEMBER),), spec_of(SHARD)))(keys)
+            return self.program("env_start")(keys, salt)
         host_keys = self.pad(host_keys)
         L = self.local
         parts = [(d, t.env_start(host_keys[s * L:(s + 1) * L], salt, instance=s)) for s, d in self.local_shards()]
@@ -166,71 +247,27 @@ class ShardedTrainer:
         return treedef.unflatten(out)
 
     def init(self, keys, hparams: dict, ref_params: Any, env_start_state: Any) -> Any:
-        """The sharded TrainState, built on the mesh (padding members frozen)."""
-        import jax
-        import jax.numpy as jnp
-
-        t = self.trainer
-        L = self.local
-        local = lambda x: jax.ShapeDtypeStruct((L,) + tuple(x.shape[1:]), x.dtype)  # noqa: E731
-        abstract = jax.eval_shape(t.init, local(keys), {k: local(v) for k, v in hparams.items()}, ref_params,
-                                  jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), env_start_state),
-                                  jax.ShapeDtypeStruct((L,), jnp.bool_))
-        self.layout = t.layout(abstract)
-        specs = jax.tree.map(spec_of, self.layout)
-
-        def body(k, hp, ref, start, act):
-            return _stack(t.init(k, hp, ref, _drop(start, _all(start, SHARD)), act), self.layout)
-
-        fn = self._shard_map(body, (spec_of(MEMBER), spec_of(MEMBER), spec_of(REPLICATED), spec_of(SHARD),
-                                    spec_of(MEMBER)), specs)
-        return jax.jit(fn)(keys, hparams, ref_params, env_start_state, self.active())
-
-    def _specs(self):
+        """The sharded TrainState, built on the mesh (padding members frozen). Fixes the
+        state's layout from a shard's abstract `Trainer.init`."""
         import jax
 
-        if self.layout is None:
-            raise RuntimeError("ShardedTrainer: call init first (it fixes the state's layout)")
-        return jax.tree.map(spec_of, self.layout)
+        args = (keys, hparams, ref_params, env_start_state, self.active())
+        local = shard_view(args, self.signatures["init"].args, self.shards)
+        self.layout = self.trainer.layout(jax.eval_shape(self.trainer.init, *local))
+        self._programs = {}           # programs built for an earlier layout
+        return self.program("init")(*args)
 
     def run_chunk(self):
         """The jitted sharded `run_chunk(state, hparams) -> (state, metrics)`, donating the state."""
-        import jax
-
-        if "run_chunk" not in self._jitted:
-            t, layout = self.trainer, self.layout
-
-            def body(state, hp):
-                state, metrics = t.run_chunk(_drop(state, layout), hp)
-                return _stack(state, layout), metrics
-
-            specs = self._specs()
-            fn = self._shard_map(body, (specs, spec_of(MEMBER)), (specs, spec_of(MEMBER)))
-            self._jitted["run_chunk"] = jax.jit(fn, donate_argnums=0)
-        return self._jitted["run_chunk"]
+        return self.program("run_chunk")
 
     def reenter(self, state, env_start_state) -> Any:
         """`Trainer.reenter` on every shard (a resumed host pool: continue on fresh episodes)."""
-        import jax
-
-        t, layout, specs = self.trainer, self.layout, self._specs()
-
-        def body(s, start):
-            return _stack(t.reenter(_drop(s, layout), _drop(start, _all(start, SHARD))), layout)
-
-        return jax.jit(self._shard_map(body, (specs, spec_of(SHARD)), specs))(state, env_start_state)
+        return self.program("reenter")(state, env_start_state)
 
     def final_eval(self, state, hparams: dict, env_start_state) -> dict:
         """`Trainer.final_eval` on every shard -> {name: global [padded]}."""
-        import jax
-
-        t, layout, specs = self.trainer, self.layout, self._specs()
-
-        def body(s, hp, start):
-            return t.final_eval(_drop(s, layout), hp, _drop(start, _all(start, SHARD)))
-
-        fn = self._shard_map(body, (specs, spec_of(MEMBER), spec_of(SHARD)), spec_of(MEMBER))
-        return jax.jit(fn)(state, hparams, env_start_state)
+        return self.program("final_eval")(state, hparams, env_start_state)
 
     def to_host(self, tree) -> Any:
         """Per-member global arrays -> numpy [members] on every process (padding dropped)."""
@@ -243,4 +280,5 @@ class ShardedTrainer:
         return jax.tree.map(lambda x: np.asarray(x)[:self.members], jax.device_get(tree))
 
 
-__all__ = ["AXIS", "MEMBER", "REPLICATED", "SHARD", "ShardedTrainer", "padded_size", "population_mesh", "spec_of"]
+__all__ = ["AXIS", "MEMBER", "REPLICATED", "SHARD", "SIGNATURES", "STATE", "STATIC", "ShardedTrainer", "Signature",
+           "padded_size", "population_mesh", "shard_program", "shard_view", "spec_of"]
