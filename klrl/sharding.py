@@ -27,7 +27,7 @@ own shards), `init` and in-graph env resets run inside the sharded program, and 
 pool's first observations are put shard by shard on the shard's device.
 
 Programs. Each trainer function that runs sharded declares the kinds of its arguments and of
-its result (`Signature`, the table `SIGNATURES`); `STATE` stands for the state's layout. One
+its result (`Signature`; the trainer's table `Trainer.signatures`); `STATE` stands for the state's layout. One
 generic wrapper, `shard_program`, turns any function and its signature into a jitted
 shard_map program: a shard's call sees MEMBER arguments with its L members, SHARD arguments
 without the shard axis, REPLICATED ones whole and STATIC ones as Python values; its result is
@@ -56,16 +56,6 @@ class Signature(NamedTuple):
 
 
 # The trainer's functions that run sharded, by name (fields of klrl.train.Trainer).
-SIGNATURES = {
-    # (member keys, salt) -> (env state, first obs): one backend instance per shard
-    "env_start": Signature(args=(MEMBER, STATIC), result=SHARD),
-    # (keys, hparams, π_ref's params, env_start's result, active) -> state
-    "init": Signature(args=(MEMBER, MEMBER, REPLICATED, SHARD, MEMBER), result=STATE),
-    # (state, hparams) -> (state, metrics); the old state's buffers are reused
-    "run_chunk": Signature(args=(STATE, MEMBER), result=(STATE, MEMBER), donate=(0,)),
-    # (state, env_start's result) -> state
-    "reenter": Signature(args=(STATE, SHARD), result=STATE),
-    # (state, hparams, env_start's result) -> {name: [M]}
     "final_eval": Signature(args=(STATE, MEMBER, SHARD), result=MEMBER),
 }
 
@@ -165,13 +155,13 @@ class ShardedTrainer:
     """`trainer` (klrl.train.Trainer) for a population of `members` on `mesh` (default: every
     device). Its functions take and return global arrays laid out as the module docstring says;
     `to_host` brings per-member outputs back as numpy [members] (padding dropped, gathered from
-    every process). `signatures`: the kinds of the trainer's functions (default `SIGNATURES`)."""
+    every process). `signatures`: the kinds of the trainer's functions (default: the trainer's own `signatures`)."""
 
     def __init__(self, trainer, members: int, mesh=None, signatures: dict | None = None):
         from jax.sharding import NamedSharding, PartitionSpec
 
         self.trainer = trainer
-        self.signatures = SIGNATURES if signatures is None else signatures
+        self.signatures = trainer.signatures if signatures is None else signatures
         self.mesh = population_mesh() if mesh is None else mesh
         self.shards = int(self.mesh.size)
         self.members = int(members)
@@ -280,5 +270,5 @@ class ShardedTrainer:
         return jax.tree.map(lambda x: np.asarray(x)[:self.members], jax.device_get(tree))
 
 
-__all__ = ["AXIS", "MEMBER", "REPLICATED", "SHARD", "SIGNATURES", "STATE", "STATIC", "ShardedTrainer", "Signature",
+__all__ = ["AXIS", "MEMBER", "REPLICATED", "SHARD", "STATE", "STATIC", "ShardedTrainer", "Signature",
            "padded_size", "population_mesh", "shard_program", "shard_view", "spec_of"]

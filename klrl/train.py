@@ -50,7 +50,7 @@ from klrl.errors import ConfigError
 from klrl.evaluation import FINAL_EVAL_SALT
 from klrl.learner import (Learner, init_learner, make_optimizer, make_update, run_updates, target_due, target_step,
                           updates_due)
-from klrl.sharding import MEMBER, REPLICATED, SHARD
+from klrl.sharding import MEMBER, REPLICATED, SHARD, STATE, STATIC, Signature
 # The engine's configuration (re-exported: klrl.train is where the engine's users look).
 from klrl.static import (COMMON_HPARAMS, HPARAM_TABLE, HPARAMS, StaticConfig, check_members, hparams_used,
                          validate)
@@ -93,6 +93,22 @@ class Trainer(NamedTuple):
     reenter: Callable[[TrainState, tuple[Any, jax.Array]], TrainState]  # continue on freshly reset envs
     final_eval: Callable[..., dict]   # (state, hparams, env_start(keys, FINAL_EVAL_SALT)) -> {name: [M]}
     layout: Callable[[TrainState], TrainState]   # the kind of every leaf (klrl.sharding), see `state_layout`
+    signatures: dict          # function name -> klrl.sharding.Signature: the kinds of its arguments and result
+
+
+# The kinds of the Trainer functions' arguments and results (klrl.sharding shards any of them).
+SIGNATURES = {
+    # (member keys, salt) -> (env state, first obs): one backend instance per shard
+    "env_start": Signature(args=(MEMBER, STATIC), result=SHARD),
+    # (keys, hparams, π_ref's params, env_start's result, active) -> state
+    "init": Signature(args=(MEMBER, MEMBER, REPLICATED, SHARD, MEMBER), result=STATE),
+    # (state, hparams) -> (state, metrics); the old state's buffers are reused
+    "run_chunk": Signature(args=(STATE, MEMBER), result=(STATE, MEMBER), donate=(0,)),
+    # (state, env_start's result) -> state
+    "reenter": Signature(args=(STATE, SHARD), result=STATE),
+    # (state, hparams, env_start's result) -> {name: [M]}
+    "final_eval": Signature(args=(STATE, MEMBER, SHARD), result=MEMBER),
+}
 
 
 def state_layout(state: TrainState) -> TrainState:
@@ -316,10 +332,10 @@ def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, n
 
     return Trainer(init=init, run_chunk=run_chunk, num_chunks=t.total_steps // t.chunk_steps, train=train,
                    spec=spec, traits=traits, reference=reference, env_start=env_start, reenter=reenter,
-                   final_eval=final_eval, layout=state_layout)
+                   final_eval=final_eval, layout=state_layout, signatures=SIGNATURES)
 
 
 __all__ = ["FINAL_EVAL_SALT", "COMMON_HPARAMS", "HPARAM_TABLE", "HPARAMS", "ActorState", "Counters", "EnvSource",
-           "Keys", "Learner", "StaticConfig", "TrainState", "Trainer", "check_members", "env_source",
+           "Keys", "Learner", "SIGNATURES", "StaticConfig", "TrainState", "Trainer", "check_members", "env_source",
            "hparams_used", "make_optimizer", "make_train", "make_update", "over_members", "prepare_hparams",
            "state_layout", "validate"]

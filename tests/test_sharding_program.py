@@ -85,18 +85,18 @@ def test_signatures_match_the_trainer_functions():
     positionally; a program of the state before init is refused."""
     import jax
 
-    from klrl.sharding import SIGNATURES, STATE, ShardedTrainer, population_mesh
+    from klrl.sharding import STATE, ShardedTrainer, population_mesh
     from klrl.train import StaticConfig, Trainer, make_train
 
     cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "dqn", "hidden": (8,)},
                        train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32, "batch_size": 4,
                               "learning_starts": 8, "eval_episodes": 1})
     tr = make_train(cfg)
-    assert set(SIGNATURES) <= set(Trainer._fields)
-    for name, sig in SIGNATURES.items():
+    assert set(tr.signatures) <= set(Trainer._fields)
+    for name, sig in tr.signatures.items():
         inspect.signature(getattr(tr, name)).bind(*range(len(sig.args)))   # TypeError if not
     sharded = ShardedTrainer(tr, 3, mesh=population_mesh(jax.devices()[:1]))
-    for name in (n for n, s in SIGNATURES.items() if STATE in jax.tree.leaves(s)):
+    for name in (n for n, s in tr.signatures.items() if STATE in jax.tree.leaves(s)):
         if name != "init":
             with pytest.raises(RuntimeError, match="call init first"):
                 sharded.program(name)
