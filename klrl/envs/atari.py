@@ -6,10 +6,10 @@ Two backends, one semantics:
 Both are stepped through their XLA interfaces (typed FFI calls registered with `jax.ffi`, run
 inside the compiled program; `envs.xla()` -> `handle, xla_reset, xla_step` for ale-py,
 `env.xla()` -> `handle, recv, send, step` for envpool; the io_callback path of PoolEnv is not
-needed). The handle, a uint8[8] copy of the
-C++ pool's address, is threaded through the env state: each step consumes the previous
-step's handle and returns a new one, which orders the steps of a program as a chain; the
-calls are declared side-effecting, so XLA never drops or merges them.
+needed). The handle, a uint8[8] copy of the C++ pool's address, is threaded through the env
+state: each step consumes the previous step's handle and returns a new one, which orders the
+steps of a program as a chain; the calls are declared side-effecting, so XLA never drops or
+merges them.
 
 Layout. ONE pool of members × envs environments (synchronous: batch_size == num_envs, so
 results come back in env-id order), reshaped row-major to [M, E]: environment (m, e) is env
@@ -63,9 +63,8 @@ every pending computation (the pool must not be stepped and reset at the same ti
 
 The host-pool glue (seeds, [M, E] layout, vmap refusal with `PoolVmapError`, the wait before a
 reset) is klrl.envs.host_pool.HostPoolEnv's. Not checkpointable (the emulator states live in
-C++; a resumed run re-resets), and a stale
-state cannot be detected: the handle is only an address, so replaying an old state steps the
-pool from where it is.
+C++; a resumed run re-resets), and a stale state cannot be detected: the handle is only an
+address, so replaying an old state steps the pool from where it is.
 
 Known differences between the backends (same preset): envpool always plays one more no-op
 frame at a game start than ale-py (its count is 1 + U{0..noop_max-1}, ale-py's U{0..noop_max-1},
@@ -399,7 +398,7 @@ class AtariEnv(HostPoolEnv):
         state, actions = self.guard(state, actions, keys)
         handle, obs, reward, game_over, cap, lives = self.pool.step(
             state.handle, actions.reshape(-1).astype(jnp.int32))
-        shape = lambda x: jnp.reshape(x, self.lead)  # noqa: E731
+        shape = lambda x: self.unflatten(x, ())  # noqa: E731
         game_over, cap, lives = shape(game_over).astype(bool), shape(cap).astype(bool), shape(lives).astype(jnp.int32)
         valid = ~state.game_end                      # the step after a game's end is the pool's autoreset
         raw = jnp.where(valid, shape(reward).astype(jnp.float32), 0.0)
