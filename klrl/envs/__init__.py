@@ -32,7 +32,7 @@ from typing import Any
 from klrl.envs import atari as _atari
 from klrl.envs.atari import ATARI_BACKENDS, DEFAULT_PRESET
 from klrl.envs.base import Backend, Env, EnvSpec, EnvStep, EpisodeStats, Traits, stacked_shape
-from klrl.envs.jax_backend import CLASSIC, JAX, MINATAR, TABULAR
+from klrl.envs.jax_backend import JAX, MINATAR, TABULAR
 from klrl.envs.pool import POOL
 from klrl.errors import ConfigError
 
@@ -41,7 +41,7 @@ PRESETS = tuple(_atari.PRESETS)
 BACKEND_ENVS = {name: b.names() for name, b in BACKENDS.items()}   # Atari's: the installed ROMs, lazily
 TRAITS: dict[str, Traits] = {name: b.traits for name, b in BACKENDS.items()}
 
-__all__ = ["ATARI_BACKENDS", "BACKENDS", "BACKEND_ENVS", "CLASSIC", "DEFAULT_PRESET", "MINATAR", "PRESETS", "TABULAR",
+__all__ = ["ATARI_BACKENDS", "BACKENDS", "BACKEND_ENVS", "DEFAULT_PRESET", "MINATAR", "PRESETS", "TABULAR",
            "TRAITS", "Backend", "Env", "EnvSpec", "EnvStep", "EpisodeStats", "Traits", "backend", "check_env",
            "env_spec", "make_env", "options_from", "stacked_shape"]
 
