@@ -18,8 +18,9 @@ import pytest
 import klrl.envs.atari as atari
 from klrl.envs import (ATARI_BACKENDS, BACKEND_ENVS, PRESETS, TRAITS, EnvStep, check_env, env_spec,
                        make_env)
-from klrl.envs.atari import AtariEnv, AtariState
-from klrl.envs.pool import PoolVmapError
+from klrl.envs.atari import AtariEnv, AtariOptions, AtariState
+from klrl.envs.base import Traits
+from klrl.envs.host_pool import PoolVmapError
 from klrl.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(bool(atari.missing_packages("ale")),
@@ -104,7 +105,7 @@ def test_spec_shapes_and_dtypes_per_preset(preset):
     assert spec == env_spec("Breakout", "ale", preset)
     assert (spec.name, spec.obs_shape, spec.obs_dtype, spec.frame_stack) == ("Breakout", (84, 84, 1), jnp.uint8, 4)
     assert spec.num_actions == (18 if full else 4) and spec.max_episode_steps == 27_000
-    assert (env.members, env.envs, env.in_graph_reset, env.checkpointable) == (M, E, False, False)
+    assert (env.members, env.envs, env.traits) == (M, E, Traits(False, False))
     state, obs = env.reset(_keys(0, (M, E)))
     assert isinstance(state, AtariState) and state.handle.shape == (8,) and state.handle.dtype == jnp.uint8
     assert obs.shape == (M, E, 84, 84, 1) and obs.dtype == jnp.uint8 and int(obs.max()) > 0
@@ -140,7 +141,7 @@ def test_next_step_autoreset_at_the_cap_and_at_game_over():
     `dopamine` (no no-ops) is the frame a reset shows. Random Breakout also ends games by game
     over within 600 steps when the cap is the preset's."""
     M, E, cap = 1, 2, 25
-    env = AtariEnv("Breakout", M, E, backend="ale", preset="dopamine", max_episode_steps=cap)
+    env = AtariEnv("Breakout", M, E, backend="ale", options=AtariOptions(preset="dopamine", max_episode_steps=cap))
     assert env.spec.max_episode_steps == cap
     obs0, st, game_end, _ = _rollout(env, _keys(0, (M, E)), _actions(1, 3 * (cap + 1), (M, E), 4))
     _check_game_stats(st, game_end)
@@ -290,7 +291,7 @@ def test_a_missing_extra_names_the_install_command(monkeypatch):
 
 
 def test_seeds_are_31_bit_ints_derived_from_each_key():
-    from klrl.envs.pool import seeds_from_keys
+    from klrl.envs.host_pool import seeds_from_keys
 
     keys = _keys(0, (4, 8))
     seeds = seeds_from_keys(keys, bits=31)

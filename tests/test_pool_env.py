@@ -11,8 +11,9 @@ import numpy as np
 import pytest
 
 from klrl.envs.base import EnvStep
-from klrl.envs.pool import (POOL_ENVS, THETA_THRESHOLD, X_THRESHOLD, NumpyPool, PoolEnv, PoolState,
-                            PoolVmapError, cartpole_step, seeds_from_keys)
+from klrl.envs.base import Traits
+from klrl.envs.host_pool import PoolVmapError, seeds_from_keys
+from klrl.envs.pool import POOL_ENVS, THETA_THRESHOLD, X_THRESHOLD, NumpyPool, PoolEnv, PoolState, cartpole_step
 from klrl.envs.tabular_env import TABULAR_ENVS, _episode_cap, tabular_mdp
 
 BALANCE = np.array([1.0, 1.0, 10.0, 2.0])  # push right iff BALANCE . obs > 0: keeps the pole up for 500 steps
@@ -128,7 +129,7 @@ def test_autoreset_semantics_in_jit_scan():
     env = PoolEnv("CartPole-v1", M, E)
     assert env.spec.obs_shape == (4,) and env.spec.num_actions == 2
     assert env.spec.max_episode_steps == 500 and env.spec.frame_stack == 1
-    assert env.in_graph_reset is False and env.checkpointable is False
+    assert env.traits == Traits(in_graph_reset=False, checkpointable=False)
     keys = _keys(0, M, E)
     state, obs0 = env.reset(keys)
     assert obs0.shape == (M, E, 4) and obs0.dtype == jnp.float32

@@ -6,10 +6,10 @@ Two backends, one semantics:
 Both are stepped through their XLA interfaces (typed FFI calls registered with `jax.ffi`, run
 inside the compiled program; `envs.xla()` -> `handle, xla_reset, xla_step` for ale-py,
 `env.xla()` -> `handle, recv, send, step` for envpool; the io_callback path of PoolEnv is not
-needed, both interfaces work with jax 0.10.2 on CPU). The handle, a uint8[8] copy of the
-C++ pool's address, is threaded through the env state: each step consumes the previous
-step's handle and returns a new one, which orders the steps of a program as a chain; the
-calls are declared side-effecting, so XLA never drops or merges them.
+needed). The handle, a uint8[8] copy of the C++ pool's address, is threaded through the env
+state: each step consumes the previous step's handle and returns a new one, which orders the
+steps of a program as a chain; the calls are declared side-effecting, so XLA never drops or
+merges them.
 
 Layout. ONE pool of members × envs environments (synchronous: batch_size == num_envs, so
 results come back in env-id order), reshaped row-major to [M, E]: environment (m, e) is env
@@ -17,6 +17,11 @@ id m * E + e. Observations are ONE 84×84 grayscale frame, max-pooled over the l
 4 skipped frames, uint8 with a trailing channel axis `(84, 84, 1)`; the pool's own frame
 stack is set to 1 and the engine stacks `EnvSpec.frame_stack = 4` frames itself (zero
 padding at episode starts, klrl.replay.push_frame).
+
+Options (`AtariOptions`, the backends' own config section): the protocol, a preset of
+`PRESETS`; a cap overriding the preset's; the pools' worker threads. The registry's `ALE` and
+`ENVPOOL` backends (klrl.envs.base.Backend) take them in place of any Atari argument of the
+generic env functions.
 
 Game names (`env.name`): CamelCase ROM names as Dopamine and envpool's task ids write them,
 without any `-v5` suffix (the protocol is the preset's, not gymnasium's v5 defaults):
@@ -56,10 +61,10 @@ FIRST reset and a later reset restarts every game without re-seeding (an XLA pro
 to one envpool object: its address is baked into the compiled call). A reset first waits for
 every pending computation (the pool must not be stepped and reset at the same time).
 
-Not vmappable (`klrl.envs.pool.vmap_guard` raises `PoolVmapError` with a one-line message),
-not checkpointable (the emulator states live in C++; a resumed run re-resets), and a stale
-state cannot be detected: the handle is only an address, so replaying an old state steps the
-pool from where it is.
+The host-pool glue (seeds, [M, E] layout, vmap refusal with `PoolVmapError`, the wait before a
+reset) is klrl.envs.host_pool.HostPoolEnv's. Not checkpointable (the emulator states live in
+C++; a resumed run re-resets), and a stale state cannot be detected: the handle is only an
+address, so replaying an old state steps the pool from where it is.
 
 Known differences between the backends (same preset): envpool always plays one more no-op
 frame at a game start than ale-py (its count is 1 + U{0..noop_max-1}, ale-py's U{0..noop_max-1},
@@ -80,17 +85,19 @@ import functools
 import importlib.util
 import os
 import re
-from typing import Any, NamedTuple
+from dataclasses import dataclass
+from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from klrl.envs.base import EnvSpec, EnvStep
-from klrl.envs.pool import seeds_from_keys, vmap_guard
+from klrl.envs.base import Backend, EnvSpec, EnvStep
+from klrl.envs.host_pool import HostPoolEnv, wait_for_pending_programs
 from klrl.errors import ConfigError
+from klrl.sections import Section, choice, ranged
 
-BACKENDS = ("ale", "envpool")
+ATARI_BACKENDS = ("ale", "envpool")
 FRAME = (84, 84, 1)          # one grayscale frame, trailing channel axis
 SEED_BITS = 31               # the pools' seeds are C ints; negative means "do not re-seed" to ale-py
 EXTRAS = {"ale": ("atari", ("ale_py", "gymnasium")), "envpool": ("envpool", ("envpool", "envpool_assets"))}
@@ -134,6 +141,32 @@ PRESETS: dict[str, AtariPreset] = {
     "fast": AtariPreset("fast", 0.0, False, True, 30, True, 27_000,
                         source="PQN (Gallici et al. 2024) / envpool defaults"),
 }
+
+
+DEFAULT_PRESET = "dopamine"
+
+
+@dataclass(frozen=True)
+class AtariOptions(Section):
+    """[env.atari]: the Atari backends' own keys (frozen and hashable: a spec cache key)."""
+
+    SECTION: ClassVar[str] = "env.atari"
+    preset: str = choice(DEFAULT_PRESET, PRESETS, doc="the protocol (klrl.envs.atari.PRESETS)")
+    max_episode_steps: int = ranged(0, lo=0, doc="cap in agent steps; 0: the preset's")
+    num_threads: int = ranged(0, lo=0, doc="the pool's worker threads; 0: one per core")
+
+    @property
+    def protocol(self) -> AtariPreset:
+        """The preset, with this cap where one is set."""
+        p = PRESETS[self.preset]
+        return p._replace(max_episode_steps=self.max_episode_steps) if self.max_episode_steps else p
+
+
+def preset_options(preset: str) -> AtariOptions:
+    """The options of protocol `preset` (its key is `env.preset` in today's [env] table)."""
+    if preset not in PRESETS:
+        raise ConfigError(f"env.preset: got {preset!r}; allowed {', '.join(PRESETS)}")
+    return AtariOptions(preset=preset)
 
 
 # ---- names, extras, validation (no import of ale_py / envpool) ----------------------------------
@@ -203,9 +236,9 @@ def _normal(name: str) -> str:
     return re.sub(r"-v\d+$", "", str(name)).replace("_", "").replace("-", "").lower()
 
 
-def check(name: str, backend: str, preset: str) -> None:
-    """ConfigError (one line) unless the backend's extra is installed, it ships the game and
-    the preset exists. Nothing is built."""
+def check(name: str, backend: str, options: AtariOptions | None = None) -> None:
+    """ConfigError (one line) unless the backend's extra is installed and it ships the game
+    (`options`, already checked by their section, take no part). Nothing is built."""
     missing = missing_packages(backend)
     if missing:
         extra = EXTRAS[backend][0]
@@ -218,8 +251,6 @@ def check(name: str, backend: str, preset: str) -> None:
         hint = f"did you mean {' or '.join(close)}?" if close else "no close match"
         raise ConfigError(f"env.name: got {name!r}; {hint} (backend {backend}: {len(games)} installed "
                           f"Atari games, CamelCase ROM names as Dopamine's: Pong, Breakout, MsPacman, ...)")
-    if preset not in PRESETS:
-        raise ConfigError(f"env.preset: got {preset!r}; allowed {', '.join(PRESETS)}")
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,12 +269,10 @@ def _minimal_actions(name: str, backend: str) -> int:
     return int(envpool.make_spec(f"{name}-v5", full_action_space=False).action_space.n)
 
 
-@functools.lru_cache(maxsize=None)
-def atari_spec(name: str, backend: str = "ale", preset: str = "dopamine") -> EnvSpec:
-    """The static facts of game `name` under `preset` (loads the ROM once to count the minimal
-    action set; builds no pool)."""
-    check(name, backend, preset)
-    p = PRESETS[preset]
+def atari_spec(name: str, backend: str, options: AtariOptions) -> EnvSpec:
+    """The static facts of game `name` under `options` (loads the ROM once per process to
+    count the minimal action set; builds no pool)."""
+    p = options.protocol
     num_actions = 18 if p.full_action_space else _minimal_actions(name, backend)
     return EnvSpec(name=name, obs_shape=FRAME, obs_dtype=jnp.uint8, num_actions=num_actions,
                    max_episode_steps=p.max_episode_steps, frame_stack=p.frame_stack)
@@ -327,79 +356,49 @@ class AtariState(NamedTuple):
     length: jax.Array    # int32: valid steps of the current game so far
 
 
-def _wait_for_pending_programs() -> None:
-    """Block until every dispatched computation has finished (a pool must not be reset while a
-    program may still step it). FFI calls are not JAX effects, so `effects_barrier` is not
-    enough: wait on every live array as well (errors of earlier programs are theirs to report)."""
-    jax.effects_barrier()
-    for a in jax.live_arrays():
-        try:
-            a.block_until_ready()
-        except Exception:  # noqa: BLE001
-            pass
+class AtariEnv(HostPoolEnv):
+    """Game `name` for [members, envs] on `backend` ("ale" or "envpool") under `options`
+    (default: AtariOptions(); see the module docstring)."""
 
-
-class AtariEnv:
-    """Game `name` for [members, envs] on `backend` ("ale" or "envpool") under `preset`
-    (see the module docstring). `num_threads` = the pool's worker threads (0: one per core);
-    `max_episode_steps` overrides the preset's cap (tests: short episodes)."""
-
-    in_graph_reset = False
-    checkpointable = False
+    seed_bits = SEED_BITS
 
     def __init__(self, name: str, members: int, envs: int, *, backend: str = "ale",
-                 preset: str = "dopamine", num_threads: int = 0, max_episode_steps: int | None = None):
-        if backend not in BACKENDS:
-            raise ConfigError(f"env.backend: got {backend!r}; allowed {', '.join(BACKENDS)}")
-        check(name, backend, preset)
-        for field, v in (("members", members), ("envs", envs), ("max_episode_steps", max_episode_steps or 1)):
-            if not isinstance(v, (int, np.integer)) or v < 1:
-                raise ConfigError(f"{field}: got {v!r}; allowed an integer >= 1")
-        self.members, self.envs = int(members), int(envs)
-        self.backend, self.preset = backend, PRESETS[preset]
-        if max_episode_steps is not None:
-            self.preset = self.preset._replace(max_episode_steps=int(max_episode_steps))
-        self.spec = atari_spec(name, backend, preset)._replace(max_episode_steps=self.preset.max_episode_steps)
+                 options: AtariOptions | None = None):
+        if backend not in ATARI_BACKENDS:
+            raise ConfigError(f"env.backend: got {backend!r}; allowed {', '.join(ATARI_BACKENDS)}")
+        check(name, backend)
+        options = AtariOptions() if options is None else options
+        super().__init__(atari_spec(name, backend, options), members, envs,
+                         label=f"AtariEnv({name!r}, backend {backend})",
+                         factory=f"klrl.envs.backend({backend!r}).make(name, members, envs)")
+        self.backend, self.preset = backend, options.protocol
         N = self.members * self.envs
         if backend == "ale":
-            self.pool: Any = _AlePool(installed_roms(backend)[name], N, self.preset, num_threads)
+            self.pool: Any = _AlePool(installed_roms(backend)[name], N, self.preset, options.num_threads)
             assert self.pool.num_actions == self.spec.num_actions, (self.pool.num_actions, self.spec)
         else:
-            self.pool = _EnvpoolPool(name, N, self.preset, num_threads)
-        self._guard = vmap_guard(
-            f"AtariEnv({name!r}, backend {backend}) cannot be vmapped: an emulator pool steps all its "
-            f"environments in one call; build one make_env(name, members, envs, {backend!r}) for the "
-            f"whole [members, envs] batch instead of vmapping over members or envs")
+            self.pool = _EnvpoolPool(name, N, self.preset, options.num_threads)
 
-    @property
-    def lead(self) -> tuple[int, int]:
-        return (self.members, self.envs)
+    def barrier(self) -> None:
+        """FFI calls are not JAX effects: wait for every live array too."""
+        wait_for_pending_programs()
 
     def reset(self, keys) -> tuple[AtariState, jax.Array]:
         """Host call: keys uint32 [M, E, 2] -> (state, first frames uint8 [M, E, 84, 84, 1])."""
-        seeds = seeds_from_keys(keys, bits=SEED_BITS, caller="AtariEnv.reset")
-        if seeds.shape != self.lead:
-            raise ValueError(f"AtariEnv.reset: keys must have batch shape {list(self.lead)}, "
-                             f"got {list(seeds.shape)}")
-        _wait_for_pending_programs()
-        handle, obs, lives = self.pool.reset(np.asarray(seeds.reshape(-1), np.int64))
+        handle, obs, lives = self.pool.reset(np.asarray(self.host_seeds(keys), np.int64))
         zeros = jnp.zeros(self.lead, jnp.int32)
         state = AtariState(handle=jnp.asarray(handle), game_end=jnp.zeros(self.lead, bool),
-                           lives=jnp.asarray(lives.reshape(self.lead)), ret=jnp.zeros(self.lead, jnp.float32),
+                           lives=jnp.asarray(self.unflatten(lives)), ret=jnp.zeros(self.lead, jnp.float32),
                            length=zeros)
-        return state, jnp.asarray(obs.reshape(self.lead + FRAME))
+        return state, jnp.asarray(self.unflatten(obs, FRAME))
 
     def step(self, state: AtariState, actions: jax.Array, keys: Any = None) -> tuple[AtariState, EnvStep]:
         """Step every environment once (actions int32 [M, E]); traceable, not vmappable; `keys`
         is ignored (it passes the vmap guard only)."""
-        state, actions, keys = self._guard(state, actions, keys)
-        actions = jnp.asarray(actions)
-        if actions.shape != self.lead:
-            raise ValueError(f"AtariEnv.step: actions must have shape {list(self.lead)}, "
-                             f"got {list(actions.shape)}")
+        state, actions = self.guard(state, actions, keys)
         handle, obs, reward, game_over, cap, lives = self.pool.step(
             state.handle, actions.reshape(-1).astype(jnp.int32))
-        shape = lambda x: jnp.reshape(x, self.lead)  # noqa: E731
+        shape = lambda x: self.unflatten(x, ())  # noqa: E731
         game_over, cap, lives = shape(game_over).astype(bool), shape(cap).astype(bool), shape(lives).astype(jnp.int32)
         valid = ~state.game_end                      # the step after a game's end is the pool's autoreset
         raw = jnp.where(valid, shape(reward).astype(jnp.float32), 0.0)
@@ -411,10 +410,21 @@ class AtariEnv:
         ret = jnp.where(valid, state.ret + raw, 0.0)
         length = jnp.where(valid, state.length + 1, 0)
         new = AtariState(handle=handle, game_end=game_over | cap, lives=lives, ret=ret, length=length)
-        return new, EnvStep(obs=jnp.reshape(obs, self.lead + FRAME), reward=jnp.sign(raw), raw_reward=raw,
+        return new, EnvStep(obs=self.unflatten(obs, FRAME), reward=jnp.sign(raw), raw_reward=raw,
                             terminated=terminated, truncated=cap, valid=valid, episode_return=ret,
                             episode_length=length, episode_end=game_over | cap)
 
 
-__all__ = ["AtariEnv", "AtariPreset", "AtariState", "BACKENDS", "GameList", "PRESETS", "atari_spec",
-           "camel", "check", "installed_roms", "missing_packages"]
+def _backend(name: str) -> Backend:
+    """The registry entry of Atari backend `name` (its games: the installed ROMs, read lazily)."""
+    return Backend(name, AtariEnv.traits, functools.partial(GameList, name),
+                   lambda game, options: atari_spec(game, name, options),
+                   lambda game, members, envs, options: AtariEnv(game, members, envs, backend=name, options=options),
+                   options=AtariOptions, check_name=lambda game, options: check(game, name, options))
+
+
+ALE, ENVPOOL = _backend("ale"), _backend("envpool")
+
+__all__ = ["ALE", "ATARI_BACKENDS", "DEFAULT_PRESET", "ENVPOOL", "AtariEnv", "AtariOptions", "AtariPreset",
+           "AtariState", "GameList", "PRESETS", "atari_spec", "camel", "check", "installed_roms",
+           "missing_packages", "preset_options"]

@@ -17,7 +17,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from klrl.envs.base import EnvSpec, EnvStep, EpisodeStats
+from klrl.envs.base import EnvSpec, EnvStep, EpisodeStats, Traits
 
 
 class OneStep(NamedTuple):
@@ -46,8 +46,7 @@ def _where(mask: jax.Array, a: Any, b: Any) -> Any:
 class InGraphEnv:
     """[M, E] copies of one environment given by `reset_one` / `step_one` (see module docstring)."""
 
-    in_graph_reset = True
-    checkpointable = True
+    traits = Traits(in_graph_reset=True, checkpointable=True)
 
     def __init__(self, spec: EnvSpec, members: int, envs: int,
                  reset_one: Callable[[jax.Array], tuple[Any, jax.Array]],

@@ -29,7 +29,8 @@ Semantics (those of `klrl.envs.base`, i.e. envpool's):
 CartPole-v1 is the classic cart-pole (Barto, Sutton & Anderson 1983) with gym's constants
 and Euler integration; it is computed in float64 (as envpool does) and observed in float32.
 
-`PoolEnv` (the `Env` protocol, `in_graph_reset = False`, `checkpointable = False`):
+`PoolEnv` (the `Env` protocol through klrl.envs.host_pool.HostPoolEnv: `in_graph_reset =
+False`, `checkpointable = False`):
 - `reset(keys)` is a HOST call with concrete keys (uint32 [M, E, 2], or typed PRNG keys of
   that batch shape). Environment (m, e) gets the seed `(k0 << 32) | k1` from its key words
   `(k0, k1) = keys[m, e]`: an injective map, so distinct keys give distinct generators. It
@@ -45,8 +46,8 @@ and Euler integration; it is computed in float64 (as envpool does) and observed 
   the steps of one program into a chain, and the host checks it (a count that does not match
   the pool's means a stale state was replayed, which a pool cannot do, and raises).
 - Not vmappable: one pool steps all its environments in one call, so a batch axis over
-  pools has no meaning. `step` passes its arguments through an identity guard (`vmap_guard`,
-  a `jax.custom_batching.custom_vmap`, shared with klrl.envs.atari) whose batching rule
+  pools has no meaning. `step` passes its arguments through the host pools' identity guard
+  (klrl.envs.host_pool.vmap_guard, a `jax.custom_batching.custom_vmap`) whose batching rule
   raises `PoolVmapError` with a one-line message, before shape checks or the callback (whose
   own rule would only say "Cannot `vmap` ordered IO callback."). Build ONE
   `PoolEnv(name, members, envs)` instead.
@@ -66,8 +67,9 @@ import jax.numpy as jnp
 import numpy as np
 from jax.experimental import io_callback
 
-from klrl.envs.base import EnvSpec, EnvStep
-from klrl.envs.tabular_env import TABULAR_ENVS, _episode_cap, tabular_mdp
+from klrl.envs.base import Backend, EnvSpec, EnvStep
+from klrl.envs.host_pool import HostPoolEnv
+from klrl.envs.tabular_env import TABULAR_ENVS, _episode_cap, tabular_mdp, tabular_spec
 
 CARTPOLE = "CartPole-v1"
 POOL_ENVS: tuple[str, ...] = (CARTPOLE,) + tuple(TABULAR_ENVS)
@@ -85,10 +87,6 @@ THETA_THRESHOLD = 12 * 2 * math.pi / 360
 X_THRESHOLD = 2.4
 CARTPOLE_MAX_STEPS = 500
 CARTPOLE_INIT_BOUND = 0.05
-
-
-class PoolVmapError(ValueError):
-    """A pool-backed environment was put under `jax.vmap`."""
 
 
 def cartpole_step(state: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -225,62 +223,6 @@ class NumpyPool:
                        episode_length=self._len.astype(np.int32), episode_end=terminated | truncated)
 
 
-def seeds_from_keys(keys, *, bits: int = 64, caller: str = "PoolEnv.reset") -> np.ndarray:
-    """Concrete keys (uint32 [..., 2] or typed PRNG keys) -> one seed per key, as Python ints in
-    an object array of the keys' batch shape.
-
-    bits = 64 (default): the seed is `(k0 << 32) | k1`, an injective map (distinct keys give
-    distinct seeds). bits < 64: that 64-bit value is mixed by splitmix64's finalizer (a
-    bijection of 64-bit words) and its top `bits` bits are kept, for pools whose seeds are
-    C `int`s (ALE's vector env, envpool: bits = 31, so every seed is in [0, 2**31)). That map
-    is not injective: two distinct keys share a seed with probability 2**-bits.
-    `caller` names the host call in the error raised for traced keys."""
-    if isinstance(keys, jax.core.Tracer):
-        raise TypeError(f"{caller} is a host call (in_graph_reset=False): call it outside "
-                        "jit/scan/vmap with concrete keys")
-    if isinstance(keys, jax.Array) and jax.dtypes.issubdtype(keys.dtype, jax.dtypes.prng_key):
-        keys = jax.random.key_data(keys)
-    k = np.asarray(keys)
-    if k.ndim < 1 or k.shape[-1] != 2 or not np.issubdtype(k.dtype, np.integer):
-        raise ValueError(f"{caller}: keys must be uint32 [..., 2], got {k.dtype} {k.shape}")
-    if not 1 <= bits <= 64:
-        raise ValueError(f"seeds_from_keys: bits must be in [1, 64], got {bits}")
-    k = k.astype(np.uint32).astype(np.uint64)
-    seeds = (k[..., 0] << np.uint64(32)) | k[..., 1]
-    if bits < 64:
-        seeds = _splitmix64_mix(seeds) >> np.uint64(64 - bits)
-    return np.vectorize(int, otypes=[object])(seeds) if seeds.size else seeds.astype(object)
-
-
-def _splitmix64_mix(x: np.ndarray) -> np.ndarray:
-    """splitmix64's output function on uint64 words (Steele, Lea & Flood 2014; a bijection)."""
-    x = np.asarray(x, np.uint64)
-    with np.errstate(over="ignore"):
-        x = x + np.uint64(0x9E3779B97F4A7C15)
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
-
-
-def vmap_guard(message: str):
-    """An identity on `(state, actions, keys)` (any pytrees) whose batching rule raises
-    `PoolVmapError(message)`: a host pool steps all its environments in one call, so a batch
-    axis over pools has no meaning. Pool backends pass their step's arguments through it
-    first, so the refusal comes before any shape check or callback (an ordered io_callback
-    would only say "Cannot `vmap` ordered IO callback.", and an XLA FFI call with
-    vmap_method="broadcast_all" would silently step the pool once per batch element)."""
-
-    @jax.custom_batching.custom_vmap
-    def guard(state, actions, keys):
-        return state, actions, keys
-
-    @guard.def_vmap
-    def _refuse(axis_size, in_batched, state, actions, keys):
-        raise PoolVmapError(message)
-
-    return guard
-
-
 class PoolState(NamedTuple):
     """The traced state of a `PoolEnv`: which pool (its registry id) and its steps since reset."""
 
@@ -292,39 +234,22 @@ _POOLS: dict[int, "PoolEnv"] = {}     # registry id -> pool (this process's pool
 _IDS = itertools.count()
 
 
-class PoolEnv:
+class PoolEnv(HostPoolEnv):
     """`NumpyPool` behind the `Env` protocol for [members, envs] (see the module docstring)."""
-
-    in_graph_reset = False
-    checkpointable = False
 
     def __init__(self, name: str, members: int, envs: int, *, mdp=None,
                  max_episode_steps: int | None = None):
-        self.members, self.envs = int(members), int(envs)
+        super().__init__(pool_spec(name, mdp, max_episode_steps), members, envs, label=f"PoolEnv({name!r})",
+                         factory="PoolEnv(name, members, envs)")
         self.instance = next(_IDS)
         _POOLS[self.instance] = self
-        self.pool = NumpyPool(name, self.members * self.envs, mdp=mdp,
-                              max_episode_steps=max_episode_steps)
-        self.spec = EnvSpec(name=name, obs_shape=self.pool.obs_shape, obs_dtype=jnp.float32,
-                            num_actions=self.pool.num_actions,
-                            max_episode_steps=self.pool.max_episode_steps, frame_stack=1)
-        self._guard = self._make_guard()
-
-    def _make_guard(self):
-        return vmap_guard(f"PoolEnv({self.spec.name!r}) cannot be vmapped: a host pool steps all its "
-                          f"environments in one call; build one PoolEnv(name, members, envs) for the "
-                          f"whole [members, envs] batch instead of vmapping over members or envs")
+        self.pool = NumpyPool(name, self.members * self.envs, mdp=mdp, max_episode_steps=max_episode_steps)
 
     def reset(self, keys) -> tuple[PoolState, jax.Array]:
         """Host call: keys uint32 [M, E, 2] -> (PoolState(this pool, 0), obs float32 [M, E, *obs_shape])."""
-        seeds = seeds_from_keys(keys)
-        if seeds.shape != (self.members, self.envs):
-            raise ValueError(f"PoolEnv.reset: keys must have batch shape "
-                             f"[{self.members}, {self.envs}], got {list(seeds.shape)}")
-        jax.effects_barrier()  # no step of an earlier program may still be pending
-        obs = self.pool.reset(seeds.reshape(-1))
+        obs = self.pool.reset(self.host_seeds(keys))
         state = PoolState(jnp.int32(self.instance), jnp.int32(0))
-        return state, jnp.asarray(obs.reshape((self.members, self.envs) + self.spec.obs_shape))
+        return state, jnp.asarray(self.unflatten(obs))
 
     @staticmethod
     def _host_step(instance, steps, actions) -> tuple[np.ndarray, ...]:
@@ -334,24 +259,19 @@ class PoolEnv:
             raise RuntimeError(f"PoolEnv({env.spec.name!r}): stale state token {steps}, the pool "
                                f"has taken {pool.steps} steps since reset (a pool cannot "
                                f"replay or restore states; checkpointable=False)")
-        lead = (env.members, env.envs)
         a = np.asarray(actions)
-        if a.shape != lead:
-            raise RuntimeError(f"PoolEnv({env.spec.name!r}): pool {int(instance)} serves {list(lead)} envs, "
+        if a.shape != env.lead:
+            raise RuntimeError(f"PoolEnv({env.spec.name!r}): pool {int(instance)} serves {list(env.lead)} envs, "
                                f"got actions {list(a.shape)}")
         out = pool.step(a.reshape(-1))
-        return (np.int32(pool.steps),) + tuple(x.reshape(lead + x.shape[1:]) for x in out)
+        return (np.int32(pool.steps),) + tuple(env.unflatten(x) for x in out)
 
     def step(self, state: PoolState, actions: jax.Array, keys: jax.Array) -> tuple[PoolState, EnvStep]:
         """Step the pool `state.instance` once (actions int32 [M, E]; it must serve the same
         [M, E] and spec as this one); traceable, not vmappable; `keys` is ignored (it passes
         the vmap guard only)."""
-        state, actions, keys = self._guard(state, actions, keys)
-        lead = (self.members, self.envs)
-        actions = jnp.asarray(actions)
-        if actions.shape != lead:
-            raise ValueError(f"PoolEnv.step: actions must have shape {list(lead)}, "
-                             f"got {list(actions.shape)}")
+        state, actions = self.guard(state, actions, keys)
+        lead = self.lead
         f32 = lambda shape=lead: jax.ShapeDtypeStruct(shape, jnp.float32)  # noqa: E731
         b = jax.ShapeDtypeStruct(lead, jnp.bool_)
         result = (jax.ShapeDtypeStruct((), jnp.int32), f32(lead + self.spec.obs_shape), f32(), f32(),
@@ -361,5 +281,18 @@ class PoolEnv:
         return PoolState(state.instance, steps), EnvStep(*fields)
 
 
-__all__ = ["CARTPOLE", "POOL_ENVS", "NumpyPool", "PoolEnv", "PoolState", "PoolVmapError", "cartpole_step",
-           "seeds_from_keys", "vmap_guard"]
+def pool_spec(name: str, mdp=None, max_episode_steps: int | None = None) -> EnvSpec:
+    """The spec of pool env `name` without building a pool (the tabular MDPs' is the in-graph one)."""
+    if name not in POOL_ENVS:
+        raise ValueError(f"pool env: got {name!r}; allowed {', '.join(POOL_ENVS)}")
+    if name != CARTPOLE:
+        return tabular_spec(name, mdp, max_episode_steps)
+    cap = CARTPOLE_MAX_STEPS if max_episode_steps is None else max_episode_steps
+    return EnvSpec(name=name, obs_shape=(4,), obs_dtype=jnp.float32, num_actions=2, max_episode_steps=int(cap))
+
+
+POOL = Backend("pool", PoolEnv.traits, lambda: POOL_ENVS, lambda name, options: pool_spec(name),
+               lambda name, members, envs, options: PoolEnv(name, members, envs))
+
+
+__all__ = ["CARTPOLE", "POOL", "POOL_ENVS", "NumpyPool", "PoolEnv", "PoolState", "cartpole_step", "pool_spec"]

@@ -49,15 +49,24 @@ def _episode_cap(name: str) -> int:
     return kwargs["depth"] if kind == "tree" else kwargs["length"]
 
 
+def tabular_spec(name: str, mdp=None, max_episode_steps: int | None = None) -> EnvSpec:
+    """The spec of MDP `name` (one-hot float32 observations [S], A actions, its episode cap)."""
+    mdp = tabular_mdp(name) if mdp is None else mdp
+    S, A = mdp.r.shape
+    cap = _episode_cap(name) if max_episode_steps is None else max_episode_steps
+    return EnvSpec(name=name, obs_shape=(int(S),), obs_dtype=jnp.float32, num_actions=int(A),
+                   max_episode_steps=int(cap))
+
+
 def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps: int | None = None) -> InGraphEnv:
     """[members, envs] copies of a finite MDP with one-hot observations (in-graph)."""
     mdp = tabular_mdp(name) if mdp is None else mdp
+    spec = tabular_spec(name, mdp, max_episode_steps)
     P = jnp.asarray(mdp.P, jnp.float32)
     r = jnp.asarray(mdp.r, jnp.float32)
     terminal = jnp.asarray(mdp.terminal, bool)
     S, A = r.shape
-    cap = _episode_cap(name) if max_episode_steps is None else max_episode_steps
-    spec = EnvSpec(name=name, obs_shape=(S,), obs_dtype=jnp.float32, num_actions=A, max_episode_steps=int(cap))
+    cap = spec.max_episode_steps
     one_hot = lambda s: jax.nn.one_hot(s, S, dtype=jnp.float32)  # noqa: E731
 
     def reset_one(key):
@@ -78,4 +87,4 @@ def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps:
     return InGraphEnv(spec, members, envs, reset_one, step_one)
 
 
-__all__ = ["TABULAR_ENVS", "tabular_env", "tabular_mdp"]
+__all__ = ["TABULAR_ENVS", "tabular_env", "tabular_mdp", "tabular_spec"]
