@@ -55,11 +55,6 @@ class Signature(NamedTuple):
     donate: tuple = ()   # positions of arguments whose buffers the program may reuse
 
 
-# The trainer's functions that run sharded, by name (fields of klrl.train.Trainer).
-    "final_eval": Signature(args=(STATE, MEMBER, SHARD), result=MEMBER),
-}
-
-
 def population_mesh(devices=None):
     """A 1-D mesh (axis `population`) over `devices` (default: every device of every process)."""
     import jax

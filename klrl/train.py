@@ -45,7 +45,8 @@ from klrl.acting import ActorState, make_acting
 from klrl.agents import AGENTS, Context
 from klrl.agents.base import bind
 from klrl.data import make_data
-from klrl.envs import TRAITS, env_spec, make_env, stacked_shape
+from klrl import envs as envs_lib
+from klrl.envs import stacked_shape
 from klrl.errors import ConfigError
 from klrl.evaluation import FINAL_EVAL_SALT
 from klrl.learner import (Learner, init_learner, make_optimizer, make_update, run_updates, target_due, target_step,
@@ -136,10 +137,12 @@ class EnvSource(NamedTuple):
 
 
 def env_source(cfg: StaticConfig) -> EnvSource:
-    """The env that `cfg` ([env]) names."""
-    e = cfg.env
-    return EnvSource(spec=env_spec(e.name, e.backend, preset=e.preset), traits=TRAITS[e.backend],
-                     make=lambda members, envs: make_env(e.name, members, envs, e.backend, preset=e.preset))
+    """The env that `cfg` ([env]) names, from its backend's registry entry (klrl.envs.backend):
+    the spec is computed once, here, without building an env."""
+    b, name = envs_lib.backend(cfg.env.backend), cfg.env.name
+    options = envs_lib.options_from(cfg.env)
+    return EnvSource(spec=b.spec(name, options), traits=b.traits,
+                     make=lambda members, envs: b.make(name, members, envs, options))
 
 
 def over_members(fn: Callable, in_axes: tuple, mode: str) -> Callable:
