@@ -59,16 +59,11 @@ def test_discount_of_another_shape_is_refused(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
-def test_full_discount_array_equals_the_batched_call(name):
-    """`jnp.full_like(reward, γ)` is the documented way to say "nothing terminates"."""
-    y = _targets(jnp.full_like(REWARD, 0.99))[name]()
-    assert y.shape == (B,) and bool(jnp.all(jnp.isfinite(y)))
-
-
-@pytest.mark.parametrize("name", NAMES)
 def test_single_transition_accepts_a_python_float_discount(name):
-    """A 0-d reward makes a Python float the right shape; the result equals the batched row."""
+    """A 0-d reward makes a Python float the right shape; the result equals the row of the
+    batched call with `jnp.full_like(reward, γ)` (the documented "nothing terminates")."""
     batched = _targets(jnp.full_like(REWARD, 0.99))[name]()
+    assert batched.shape == (B,) and bool(jnp.all(jnp.isfinite(batched)))
     single = _targets(0.99, reward=REWARD[1], q=Q[1], q2=Q2[1], action=ACTION[1])[name]()
     assert single.shape == ()
     np.testing.assert_allclose(single, batched[1], rtol=1e-6)
