@@ -2,7 +2,7 @@
 
 Deep agents see returns in the hundreds with τ ≈ 0.03 (q/τ ≈ 1e4): an operator that forms
 q/τ or projects onto the simplex before removing the row maximum loses ulp(q/τ) per entry and
-then multiplies the normalization error by |q| (issue 7: MVI(2) targets off by 0.1 at q ≈ 100).
+then multiplies the normalization error by |q| (measured before the shift: MVI(2) targets off by 0.1 at q ≈ 100).
 For q = base + c with offsets c up to 1e3, each operator evaluated in float32 must agree with
 its float64 evaluation on the SAME (float32-rounded) inputs to 1e-5·(1 + |q|) (values) or
 1e-5·(1 + |output|) (policies), and the float64 evaluation must obey the shift rule of its kind:
@@ -173,8 +173,8 @@ def test_shift_stable_float32(name, base, offset, tau, lam, seed):
 
 
 @pytest.mark.parametrize("traced", [False, True])
-def test_issue7_reproducers(traced):
-    """The issue's inputs: q ≈ 100, τ = 0.03 and q ≈ 1e3, τ = 1e-3 at index 2 (MVI(2) targets)."""
+def test_shift_reproducers(traced):
+    """The inputs that exposed the unshifted operators: q ≈ 100, τ = 0.03 and q ≈ 1e3, τ = 1e-3 at index 2 (MVI(2) targets)."""
     for q, tau, exact in (
         ([100.03852844238281, 99.95264434814453, 100.02888488769531, 100.02963256835938], 0.03, None),
         ([999.9989624, 999.9989624, 999.9990234], 1e-3, None),

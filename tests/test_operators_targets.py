@@ -1,4 +1,4 @@
-"""klrl.operators targets and values: the identities and limits of ALGORITHMS.md §2."""
+"""klrl.operators targets and values: the identities and limits of docs/algorithms.md."""
 
 import functools
 

@@ -161,7 +161,7 @@ def test_tsallis_index_one_is_m_vi_and_index_two_is_sparse():
 
 
 def test_tsallis_traced_index_matches_static_index():
-    """The entropic index is sweepable as a traced array (ALGORITHMS.md §3)."""
+    """The entropic index is sweepable as a traced array (Zhu et al. 2023's MVI(q) swept in one program)."""
     mdp = _garnet(6)
     gamma, alpha, tau, K = 0.9, 0.6, 0.5, 15
     for index in (1.0, 1.5, 2.0):  # softmax, bisection, sparsemax paths
@@ -227,7 +227,7 @@ def test_noise_statistics_are_the_running_average():
 
 
 def test_kl_bound_holds_on_noisy_runs():
-    """ALGORITHMS.md §5, τ = 0 — on a few noisy runs (the experiment checks many more).
+    """The τ = 0 bound of Vieillard et al. 2020 (klrl.tabular.bounds) on a few noisy runs (the experiment checks many more).
     Also checks that whole schemes vmap over a batch of MDPs."""
     gamma, K = 0.9, 100
     mdps = jax.vmap(lambda k: garnet(k, S, A, B))(jax.random.split(jax.random.key(20), 2))

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Atari on the GPU host (issue 9 §5): `klrl bench atari` on ale with M = 1, 4, 16, 64 members
+# Atari on the GPU host: `klrl bench atari` on ale with M = 1, 4, 16, 64 members
 # (raw emulator pool vs whole training chunks; agent.conv lax vs patches x member_map vmap vs map,
 # both convs being the bench's default --convs; update alone vs inside a scan), then a short Pong
 # M-DQN learning run of 4 members with the fastest (conv, member_map) pair; at most 8 minutes

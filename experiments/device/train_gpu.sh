@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
-# The training bench on the GPU host (issue 10): whole M-DQN runs, population vmapped in one jit,
+# The training bench on the GPU host: whole M-DQN runs, population vmapped in one jit,
 # through `python -m klrl.bench.train --suite gpu` — CartPole-v1 (the bench's reference config,
 # 50k env steps per member) at M = 1, 64, 256, 1024, MinAtar Breakout (minatar_cnn, 50k steps) at
 # M = 1, 16, 64, then one row of 1024 CartPole members x 500k steps if time allows; at most
 # 8 minutes wall in all. The suite's time guard skips a size (and the larger ones after it) that
 # would end past the budget (what is left of the wall time less MARGIN seconds) and lists it in
-# the JSON's skipped_by_budget. The JSON states the issue's goals: 64 members take at most 2x
+# the JSON's skipped_by_budget. The JSON states the bench's goals: 64 members take at most 2x
 # the seconds of one (each env), and 1024 CartPole members x 500k steps run in under 2 minutes.
 #
 #   make device-kit                                         # on a networked machine: .whl/ (kits gym + gymnax)

@@ -1,8 +1,9 @@
 """Regularized Bellman operators on q-arrays with the action axis last (`[..., A]`).
 
 Written once, used by the tabular checks (klrl.tabular) and the deep agents (klrl.agents).
-Conventions and equations: ../shared/docs/ALGORITHMS.md; each function's docstring gives
-its equation and paper.
+Each function's docstring gives its equation, its paper and its arguments' shapes;
+docs/algorithms.md explains the operators together and docs/conventions.md the array
+conventions (discount d = γ·(1 − terminated), shapes, dtypes, shift-stable numerics).
 """
 
 from klrl.operators.distributional import (

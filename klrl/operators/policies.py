@@ -4,7 +4,7 @@ All functions act on arrays with the action axis LAST (`[..., A]`) and any leadi
 Temperatures and indices may be Python floats or traced arrays (they are vmapped over in
 populations); they broadcast against the leading shape of `q`.
 
-Conventions follow ALGORITHMS.md §1-§3 (klrl's fixed reference):
+Conventions (docs/conventions.md, docs/algorithms.md):
   τ ln softmax(q/τ) = q − (max q + τ·lse((q − max q)/τ))   (max subtracted: τ = 1e-3 safe)
   ln_q x = (x^(q−1) − 1)/(q−1),  exp_q x = [1 + (q−1)x]_+^(1/(q−1))   ("sparsemax" convention)
 """
@@ -84,6 +84,13 @@ def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
 
     τ ln π(a) = q(a) − max q − τ·lse((q − max q)/τ). Every term is bounded by the spread of
     q, so τ → 0 with large q stays finite (it tends to q(a) − max q, the action gap).
+
+    Args:
+      q: action values [..., A], float.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+
+    Returns:
+      [..., A]: τ ln π, π = softmax(q/τ).
     """
     tau = _coef(tau, q)
     shifted = q - jnp.max(q, axis=-1, keepdims=True)
@@ -91,7 +98,15 @@ def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
 
 
 def softmax_policy(q: Array, tau: Numeric) -> Array:
-    """π = softmax(q/τ) over the last axis (Boltzmann policy)."""
+    """π = softmax(q/τ) over the last axis (Boltzmann policy).
+
+    Args:
+      q: action values [..., A], float.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+
+    Returns:
+      [..., A]: π, rows summing to 1.
+    """
     tau = _coef(tau, q)
     return jax.nn.softmax(_shift(q)[0] / tau, axis=-1)
 
@@ -102,6 +117,14 @@ def soft_value(q: Array, tau: Numeric, log_prior: Array | None = None) -> Array:
     With a prior this is max_π <π, q> − τ KL(π‖π_ref), attained at π ∝ π_ref·exp(q/τ)
     (Fox et al. 2016; the Q♯ value of Zhou et al. 2025); without, max_π <π, q> + τ H(π)
     (soft Q-learning, Haarnoja et al. 2017). Returns the leading shape of `q`.
+
+    Args:
+      q: action values [..., A], float.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+      log_prior: ln π_ref [..., A], the shape of `q`, or None (no prior).
+
+    Returns:
+      [...]: the soft value.
     """
     tau = _coef(tau, q)
     shifted, m = _shift(q)   # v(q + c) = v(q) + c exactly: only the spread is divided by τ
@@ -117,6 +140,13 @@ def log_q(x: Array, entropic_index: Numeric) -> Array:
 
     For q > 1, ln_q(0) = −1/(q−1) is finite. `entropic_index` may be traced: both branches
     are evaluated and selected, with the unused one made safe.
+
+    Args:
+      x: array ≥ 0, any shape, float.
+      entropic_index: k ≥ 1, a number or an array broadcasting against `x`.
+
+    Returns:
+      ln_k x, the shape of `x`.
     """
     x = jnp.asarray(x)
     k = jnp.asarray(entropic_index, dtype=x.dtype)
@@ -128,7 +158,15 @@ def log_q(x: Array, entropic_index: Numeric) -> Array:
 
 
 def exp_q(x: Array, entropic_index: Numeric) -> Array:
-    """Tsallis q-exponential exp_q x = [1 + (q−1)x]_+^(1/(q−1)); exp x at q = 1."""
+    """Tsallis q-exponential exp_q x = [1 + (q−1)x]_+^(1/(q−1)); exp x at q = 1.
+
+    Args:
+      x: array, any shape, float.
+      entropic_index: k ≥ 1, a number or an array broadcasting against `x`.
+
+    Returns:
+      exp_k x, the shape of `x`.
+    """
     x = jnp.asarray(x)
     k = jnp.asarray(entropic_index, dtype=x.dtype)
     is_one = k == 1.0
@@ -142,8 +180,14 @@ def sparsemax(z: Array) -> Array:
     """Euclidean projection of z onto the simplex (Martins & Astudillo 2016), exact by sorting.
 
     Sort z descending, k = max{k : 1 + k·z_(k) > Σ_{j≤k} z_(j)}, π = [z − (Σ_{j≤k} z_(j) − 1)/k]_+.
-    This is the Tsallis policy with entropic index 2 (ALGORITHMS.md §3). z is shifted by its
+    This is the Tsallis policy with entropic index 2. z is shifted by its
     max first (the projection is shift-invariant), so the threshold is formed near 0.
+
+    Args:
+      z: logits [..., A], float.
+
+    Returns:
+      [..., A]: π, rows summing to 1, possibly with zeros.
     """
     z = _shift(z)[0]
     z_sorted = -jnp.sort(-z, axis=-1)
@@ -178,12 +222,20 @@ def _tsallis_bisection(z: Array, k: Array) -> Array:
 
 
 def tsallis_policy(z: Array, entropic_index: Numeric) -> Array:
-    """Tsallis-regularized greedy policy π = exp_q(z − ψ(z)), Σπ = 1 (ALGORITHMS.md §3).
+    """Tsallis-regularized greedy policy π = exp_q(z − ψ(z)), Σπ = 1 (Zhu et al. 2023, MVI(q)).
 
     π maximizes <π, z> + S_q(π)/q with S_q the Tsallis entropy. Index 1 gives softmax(z),
     index 2 the exact sort-based sparsemax, any other index > 1 a fixed-step bisection on ψ.
     A Python-float index dispatches statically; a traced index evaluates softmax, sparsemax
     and bisection and selects (so q is sweepable inside one compiled population).
+
+    Args:
+      z: logits [..., A], float (q/τ for a q-array).
+      entropic_index: k ≥ 1, a Python number (static dispatch) or an array aligned with the
+        leading axes of `z` (traced).
+
+    Returns:
+      [..., A]: π, rows summing to 1.
     """
     k_static = static_index(entropic_index, z.dtype)
     if k_static is not None:
@@ -201,7 +253,15 @@ def tsallis_policy(z: Array, entropic_index: Numeric) -> Array:
 
 
 def tsallis_entropy(pi: Array, entropic_index: Numeric) -> Array:
-    """S_q(π) = −<π, ln_q π> = (1 − Σ π^q)/(q − 1); Shannon entropy at q = 1."""
+    """S_q(π) = −<π, ln_q π> = (1 − Σ π^q)/(q − 1); Shannon entropy at q = 1.
+
+    Args:
+      pi: a policy [..., A], float, rows summing to 1.
+      entropic_index: k ≥ 1, a number or an array aligned with the leading axes of `pi`.
+
+    Returns:
+      [...]: S_k(π).
+    """
     k = _coef(entropic_index, pi)
     plogp = pi * log_q(jnp.where(pi > 0, pi, 1.0), k)  # 0·ln_q 0 = 0 for every q ≥ 1
     return -jnp.sum(plogp, axis=-1)
@@ -212,6 +272,15 @@ def mirror_descent_log_policy(q: Array, log_pi_prev: Array, *, lam: Numeric, tau
 
     Closed form π₊ ∝ π₋^β exp(β q/λ), β = λ/(λ+τ), i.e.
     ln π₊ = log_softmax((λ ln π₋ + q)/(λ + τ)). Requires λ + τ > 0.
+
+    Args:
+      q: action values [..., A], float.
+      log_pi_prev: ln π₋ [..., A], the shape of `q`.
+      lam: KL weight λ ≥ 0, a number or an array aligned with the leading axes of `q`.
+      tau: entropy weight τ ≥ 0, a number or an array aligned with the leading axes of `q`.
+
+    Returns:
+      [..., A]: ln π₊.
     """
     u = mirror_descent_logits(q, log_pi_prev, lam=lam, tau=tau)
     return u - _lse(u)

@@ -1,6 +1,6 @@
 """Regularized state values v(q) and per-action bonuses: the pieces every target is built from.
 
-A regularized Bellman target is `y(s, a) = r + bonus(q̄(s))[a] + d·v(q̄(s'))` (ALGORITHMS.md §1).
+A regularized Bellman target is `y(s, a) = r + bonus(q̄(s))[a] + d·v(q̄(s'))` (docs/algorithms.md).
 The deep targets (klrl.operators.targets) evaluate `v` at a sampled next state; the tabular
 schemes (klrl.tabular) evaluate it at every state and take the exact expectation `γ P v`.
 Both call the functions below, so the tabular checks test the deep targets' mathematics.
@@ -32,12 +32,26 @@ Numeric = chex.Numeric
 
 
 def greedy_value(q: Array) -> Array:
-    """v(s) = max_a q(s, a): the unregularized (DQN / value iteration) state value."""
+    """v(s) = max_a q(s, a): the unregularized (DQN / value iteration) state value.
+
+    Args:
+      q: action values [..., A], float.
+
+    Returns:
+      [...]: max over the action axis.
+    """
     return jnp.max(q, axis=-1)
 
 
 def action_gap(q: Array) -> Array:
-    """max_b q(b) − q(a) ≥ 0 for every action a: the gap advantage learning penalizes."""
+    """max_b q(b) − q(a) ≥ 0 for every action a: the gap advantage learning penalizes.
+
+    Args:
+      q: action values [..., A], float.
+
+    Returns:
+      [..., A]: max q − q(a), one entry per action.
+    """
     return jnp.max(q, axis=-1, keepdims=True) - q
 
 
@@ -48,6 +62,15 @@ def mirror_descent_value(q: Array, log_pi_prev: Array, *, lam: Numeric, tau: Num
     (λ+τ)·lse(u) on the support, so v = (λ+τ)·lse(q/(λ+τ) + β ln π₋), β = λ/(λ+τ): a soft value
     with temperature λ+τ and "prior" β ln π₋. That form is exact and needs no π₊ (stable when
     π₊ underflows). Requires λ + τ > 0.
+
+    Args:
+      q: action values [..., A], float.
+      log_pi_prev: ln π₋ [..., A], the shape of `q`.
+      lam: KL weight λ ≥ 0, a number or an array aligned with the leading axes of `q`.
+      tau: entropy weight τ ≥ 0, a number or an array aligned with the leading axes of `q`.
+
+    Returns:
+      [...]: v(q).
     """
     # Same u and lse as `mirror_descent_log_policy`, so a program needing both computes it once;
     # u omits max q/(λ+τ), which is added back here exactly.
@@ -60,6 +83,15 @@ def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeri
 
     The clip acts on τ ln π (not on ln π), as in the paper; `clip_min = -inf` gives the
     unclipped Munchausen VI bonus used in tabular checks.
+
+    Args:
+      q: action values [..., A], float.
+      alpha: Munchausen scale α, a number or an array aligned with the leading axes of `q`.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+      clip_min: l0 ≤ 0 (−inf: no clip), a number or an array aligned with the leading axes of `q`.
+
+    Returns:
+      [..., A]: the bonus of every action.
     """
     scaled = scaled_log_softmax(q, tau)
     return _coef(alpha, q) * jnp.clip(scaled, _coef(clip_min, q), 0.0)
@@ -67,11 +99,20 @@ def munchausen_bonus(q: Array, *, alpha: Numeric, tau: Numeric, clip_min: Numeri
 
 def tsallis_greedy_policy(q: Array, *, tau: Numeric, entropic_index: Numeric,
                           consistent_weight: bool = False) -> Array:
-    """The regularized greedy policy of MVI(q) on q-values (ALGORITHMS.md §3).
+    """The regularized greedy policy of MVI(q) on q-values (Zhu et al. 2023).
 
     Literal form (default): π = tsallis_policy(q/τ), greedy for the Tsallis weight τ/k.
     Consistent form: π = tsallis_policy(q/(k τ)), the maximizer of <π, q> + τ S_k(π).
     At k = 1 both are softmax(q/τ).
+
+    Args:
+      q: action values [..., A], float.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+      entropic_index: Tsallis index k ≥ 1 (may be traced), a number or an array aligned with the leading axes of `q`.
+      consistent_weight: static bool, the weight convention above.
+
+    Returns:
+      [..., A]: π, rows summing to 1.
     """
     temperature = _coef(tau, q) * _coef(entropic_index, q) if consistent_weight else _coef(tau, q)
     return tsallis_policy(_shift(q)[0] / temperature, entropic_index)   # shift before dividing by τ
@@ -93,11 +134,20 @@ def _tsallis_scaled_log(q: Array, tau: Numeric, entropic_index: Numeric, consist
 
 
 def tsallis_value(q: Array, *, tau: Numeric, entropic_index: Numeric, consistent_weight: bool = False) -> Array:
-    """v = <π, q − τ ln_q π> with π the Tsallis policy of q̄ (Zhu et al. 2023, MVI(q); ALGORITHMS.md §3).
+    """v = <π, q − τ ln_q π> with π the Tsallis policy of q̄ (Zhu et al. 2023, MVI(q)).
 
     Index 1 gives τ·lse(q/τ) (soft value). The literal form takes π = tsallis_policy(q/τ),
-    which is greedy for the Tsallis weight τ/k while the value uses τ (the table of §2);
+    which is greedy for the Tsallis weight τ/k while the value uses τ (the MVI(q) target);
     `consistent_weight=True` takes π greedy for weight τ, making v = max_π <π,q> + τ S_k(π).
+
+    Args:
+      q: action values [..., A], float.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+      entropic_index: Tsallis index k ≥ 1 (may be traced), a number or an array aligned with the leading axes of `q`.
+      consistent_weight: static bool, the weight convention above.
+
+    Returns:
+      [...]: v(q).
     """
     pi, scaled_logq = _tsallis_scaled_log(q, tau, entropic_index, consistent_weight)
     # max q + <π, (q − max q) − τ ln_q π>: Σπ − 1 (a few ulp) then multiplies the spread of q, not |q|.
@@ -123,6 +173,17 @@ def tsallis_munchausen_bonus(
 
     ln_q π ≤ 0, so max(·, l0) equals the M-DQN clip to [l0, 0]; index 1 reproduces
     `munchausen_bonus` exactly. With index 2, τ ln_2 π = τ(π − 1) ∈ [−τ, 0] is bounded anyway.
+
+    Args:
+      q: action values [..., A], float.
+      alpha: Munchausen scale α, a number or an array aligned with the leading axes of `q`.
+      tau: temperature τ > 0, a number or an array aligned with the leading axes of `q`.
+      entropic_index: Tsallis index k ≥ 1 (may be traced), a number or an array aligned with the leading axes of `q`.
+      clip_min: l0 ≤ 0 (−inf: no clip), a number or an array aligned with the leading axes of `q`.
+      consistent_weight: static bool (see `tsallis_value`).
+
+    Returns:
+      [..., A]: the bonus of every action.
     """
     _, scaled_logq = _tsallis_scaled_log(q, tau, entropic_index, consistent_weight)
     return _coef(alpha, q) * jnp.clip(scaled_logq, _coef(clip_min, q), 0.0)

@@ -1,11 +1,12 @@
-"""The τ = 0 error bound of "Leverage the Average" (Vieillard et al. 2020, Thm. 1; the form
-recalled in ALGORITHMS.md §5, constants unverified) as a function of a run's noise.
+"""The τ = 0 error bound of "Leverage the Average" (Vieillard et al. 2020, Thm. 1) as a
+function of a run's noise (the form of docs/algorithms.md; constants not checked against the paper).
 
 For MD-VI with τ = 0 (KL only) and m = 1, after k noisy iterations
 
     ‖q* − q^{π}‖_∞ ≤ (2/(1−γ))·‖(1/k) Σ_{j≤k} ε_j‖_∞ + (4/(1−γ)²)·(R_max + γ λ ln|A|)/k.
 
-The policy that has seen ε_1 … ε_k is π_{k+1} (greedy w.r.t. q_k); the document writes π_k.
+The policy that has seen ε_1 … ε_k is π_{k+1} (greedy w.r.t. q_k); the bound is also
+written for π_k.
 `kl_bound` returns the right-hand side; the experiments check it against BOTH readings
 (`policy_offset` below) and report the worst ratio measured/bound, never a weakened bound.
 """
@@ -32,8 +33,8 @@ def bound_for_policies(noise_mean_norm, iterations, gamma, lam, r_max, num_actio
 
     `noise_mean_norm` [..., K] (per iteration, from the result), `iterations` [E] (policy
     indices k + 1 of `π_{k+1}`). `policy_offset = 1`: π_{k+1} is bounded with the noises it has
-    seen, ε_1..ε_k (the paper's indexing); `policy_offset = 0`: π_k with ε_1..ε_k, the literal
-    form of ALGORITHMS.md §5 (a stricter check, since π_k has seen only k − 1 noises).
+    seen, ε_1..ε_k (the paper's indexing); `policy_offset = 0`: π_k with ε_1..ε_k, the bound
+    read literally for π_k (a stricter check, since π_k has seen only k − 1 noises).
     Returns [..., E]; +inf where the bound is undefined (no noise term yet, k = 0).
     """
     iterations = jnp.asarray(iterations)

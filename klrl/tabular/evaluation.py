@@ -20,8 +20,8 @@ def q_of_policy(mdp: MDP, pi: jax.Array, gamma) -> jax.Array:
     """Exact action values of a stationary policy `pi` [S, A] (rows sum to one).
 
     `v^π = (I − γ P_π)^{-1} r_π` with `P_π(s, s') = Σ_a π(a|s) P(s'|s, a)(1 − terminal[s'])`
-    and `r_π(s) = <π(s), r(s)>`; then `q^π = r + γ P v^π` (ALGORITHMS.md §5, "solved, not
-    iterated"). Returns [S, A].
+    and `r_π(s) = <π(s), r(s)>`; then `q^π = r + γ P v^π`, solved exactly rather than
+    iterated. Returns [S, A].
     """
     S = mdp.num_states
     P_cont = mdp.P * mdp.continuation()

@@ -1,4 +1,4 @@
-"""The "Leverage the Average" tabular experiments (Vieillard et al. 2020; ALGORITHMS.md §5).
+"""The "Leverage the Average" tabular experiments (Vieillard et al. 2020).
 
 `klrl tabular experiments/leverage_average.toml [--quick] [--out DIR] [--set SECTION.KEY=VALUE]`
 runs, over several Garnets × noise seeds, exact MD-VI / VI with i.i.d. Gaussian noise on every
@@ -21,7 +21,7 @@ Schemes are MD-VI(λ, τ) (entropy only: λ = 0; KL only: τ = 0) and VI. Every 
 jitted program vmapped over garnets × seeds × noise levels × coefficients; runs that share a
 (garnet, seed) share their noise sequence, so schemes are compared on the same noise.
 
-Defaults (chosen here; the paper's exact sizes are unverified, ALGORITHMS.md §5):
+Defaults (chosen here; the paper's exact sizes were not verified, see docs/algorithms.md):
 Garnet(N_S = 50, N_A = 4, N_B = 5): branching at 10% of the states, as is common for Garnets,
 small enough that an exact 50×50 solve per evaluation is cheap. Rewards uniform in [0, 1].
 Noise σ = 1.0 per entry and iteration: the size of the reward range, large enough that VI

@@ -3,7 +3,7 @@
 An MDP is `P[s, a, s']` (transition probabilities, rows sum to one) and `r[s, a]` (expected
 reward), plus a boolean mask `terminal[s]`. A terminal state is absorbing with zero reward
 and is never bootstrapped from: every backup uses the discount `γ(1 − terminal[s'])`, the
-same convention as the deep agents (`d = γ(1 − terminated)`, ALGORITHMS.md notation). With
+same convention as the deep agents (`d = γ(1 − terminated)`, docs/conventions.md). With
 that convention an episodic MDP (every policy reaches a terminal state) is well posed at
 γ = 1, which the Q♯ checks need.
 
@@ -54,7 +54,7 @@ def expected_next(mdp: MDP, v: jax.Array) -> jax.Array:
 def garnet(key: jax.Array, num_states: int, num_actions: int, branching: int,
            *, dtype=None) -> MDP:
     """A random Garnet(N_S, N_A, N_B) MDP (Archibald et al. 1995; the instances of
-    Vieillard et al. 2020, "Leverage the Average", §5 of ALGORITHMS.md).
+    Vieillard et al. 2020, "Leverage the Average").
 
     For every (s, a): `branching` distinct next states drawn uniformly without replacement,
     with probabilities from a flat Dirichlet(1) (normalized Exp(1) draws, each strictly

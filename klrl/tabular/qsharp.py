@@ -8,7 +8,7 @@ whose solution is π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η) with the soft-Q-wit
 
     Q*(s, a) = r(s, a) + Σ_s' P(s'|s, a) V*(s'),    V*(s) = η ln Σ_a π_ref(a|s) exp(Q*(s, a)/η)
 
-(ALGORITHMS.md §2 "KL to a fixed prior", §4). Q♯'s observation: with DETERMINISTIC
+(Fox et al. 2016's soft Q with a prior). Q♯'s observation: with DETERMINISTIC
 transitions and γ = 1, unrolling the recursion gives
 
     Q*(s, a) = η ln E[exp(Z(s, a)/η)],   Z(s, a) = return-to-go of π_ref after (s, a),
@@ -129,7 +129,7 @@ def entropic_value(dist: ReturnDistribution, eta) -> jax.Array:
 
 @partial(jax.jit, static_argnames=("iterations",))
 def soft_q_prior(mdp: MDP, log_pi_ref: jax.Array, eta, gamma=1.0, iterations: int | None = None) -> jax.Array:
-    """The KL-to-π_ref optimum Q* [S, A] by backward induction (ALGORITHMS.md §2).
+    """The KL-to-π_ref optimum Q* [S, A] by backward induction (soft Q with prior, Fox et al. 2016).
 
     Q ← r + γ·P·V(Q), V(s) = η ln Σ_a π_ref(a|s) exp(Q(s, a)/η) = `soft_value(Q, η, ln π_ref)`.
     On an acyclic episodic MDP the k-th iterate is exact for every state within k steps of

@@ -126,7 +126,7 @@ def run_scheme(mdp: MDP, gamma, step: Step, policy_of: PolicyOf, aux0: Any, num_
 
 
 def _backup(mdp: MDP, gamma, v: jax.Array, bonus: jax.Array | float = 0.0) -> jax.Array:
-    """`r + bonus + γ P v`: the tabular regularized Bellman backup (ALGORITHMS.md §1)."""
+    """`r + bonus + γ P v`: the tabular regularized Bellman backup (the exact expectation of a deep target)."""
     return mdp.r + bonus + gamma * expected_next(mdp, v)
 
 
@@ -203,7 +203,7 @@ def vi(mdp: MDP, gamma, num_iterations: int, *, noise_std=0.0, key=None, q_star=
     """(Approximate) value iteration: `π_{k+1} = greedy(q_k)`, `q_{k+1} = r + γ P max q_k + ε`.
 
     The unregularized baseline (AVI error propagation: errors accumulate, bound
-    `(2γ/(1−γ)²)·Σ_j γ^{k−j}‖ε_j‖`, ALGORITHMS.md §5).
+    `(2γ/(1−γ)²)·Σ_j γ^{k−j}‖ε_j‖`, Vieillard et al. 2020).
     """
     check_run_args(num_iterations, eval_every, noise_std, key)
     return _vi(mdp, gamma, num_iterations, noise_std, key, q_star, eval_every)
@@ -211,7 +211,7 @@ def vi(mdp: MDP, gamma, num_iterations: int, *, noise_std=0.0, key=None, q_star=
 
 def md_vi(mdp: MDP, gamma, lam, tau, num_iterations: int, *, noise_std=0.0, key=None,
           q_star=None, eval_every: int = 1) -> SchemeResult:
-    """Mirror-descent VI, MD-MPI(λ, τ, m = 1) of Vieillard et al. 2020 (ALGORITHMS.md §5).
+    """Mirror-descent VI, MD-MPI(λ, τ, m = 1) of Vieillard et al. 2020 ("Leverage the Average").
 
         π_{k+1} = argmax_π <π, q_k> − λ KL(π‖π_k) + τ H(π)       (`mirror_descent_log_policy`)
         q_{k+1} = r + γ P <π_{k+1}, q_k − λ ln(π_{k+1}/π_k) − τ ln π_{k+1}> + ε_{k+1}
@@ -243,7 +243,7 @@ def m_vi(mdp: MDP, gamma, alpha, tau, num_iterations: int, *, noise_std=0.0, key
 def tsallis_m_vi(mdp: MDP, gamma, alpha, tau, entropic_index, num_iterations: int, *,
                  consistent_weight: bool = False, noise_std=0.0, key=None, q_star=None,
                  eval_every: int = 1) -> SchemeResult:
-    """Tsallis Munchausen VI, MVI(q) (Zhu et al. 2023; ALGORITHMS.md §3), unclipped:
+    """Tsallis Munchausen VI, MVI(q) (Zhu et al. 2023), unclipped:
 
         π_{k+1} = tsallis_policy(q_k/τ, q)                  (literal weight; see below)
         q_{k+1} = r + α τ ln_q π_{k+1} + γ P <π_{k+1}, q_k − τ ln_q π_{k+1}> + ε_{k+1}

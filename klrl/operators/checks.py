@@ -1,0 +1,57 @@
+"""Input checks of the targets: one-line `ValueError`s that name the argument.
+
+Shapes are static under `jit`, so the shape checks cost nothing at run time. Action values
+are checked only when they are concrete (eager calls); under `jit` an action outside
+[0, A) is a documented precondition. Nothing here changes a result.
+"""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(np.shape(x))
+
+
+def check_transition(reward, discount, **q_arrays) -> None:
+    """`reward` and `discount` share one shape [...]; each q-array is [..., A] over it.
+
+    Args:
+      reward: rewards [...], float.
+      discount: γ·(1 − terminated) [...], the shape of `reward`. A scalar is refused when
+        `reward` is batched: it would bootstrap through terminal states.
+      **q_arrays: name -> q-array [..., A] (the name is used in the error message).
+
+    Raises:
+      ValueError: naming the first argument whose shape does not fit.
+    """
+    lead = _shape(reward)
+    if _shape(discount) != lead:
+        raise ValueError(
+            f"discount: shape {_shape(discount)} does not match reward's {lead}; pass an array "
+            f"gamma * (1 - terminated) shaped like reward (jnp.full_like(reward, gamma) if nothing terminates)")
+    for name, q in q_arrays.items():
+        if _shape(q)[:-1] != lead or len(_shape(q)) != len(lead) + 1:
+            raise ValueError(
+                f"{name}: shape {_shape(q)} must be reward's shape {lead} plus an action axis [..., A]")
+
+
+def check_action(action, num_actions: int, lead: tuple[int, ...]) -> None:
+    """`action` is an integer array of shape `lead`, with values in [0, num_actions) when concrete.
+
+    Raises:
+      ValueError: on a wrong shape or dtype, or (eager calls only) an out-of-range action.
+    """
+    if _shape(action) != tuple(lead):
+        raise ValueError(f"action: shape {_shape(action)} does not match the leading shape {tuple(lead)}")
+    dtype = np.dtype(action.dtype) if hasattr(action, "dtype") else np.result_type(action)
+    if not np.issubdtype(dtype, np.integer):
+        raise ValueError(f"action: dtype {dtype}; allowed an integer array")
+    if isinstance(action, jax.core.Tracer) or np.size(action) == 0:
+        return
+    values = np.asarray(action)
+    low, high = int(values.min()), int(values.max())
+    if low < 0 or high >= num_actions:
+        raise ValueError(f"action: values in [{low}, {high}]; allowed 0..{num_actions - 1}")
