@@ -220,7 +220,7 @@ def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, n
     evaluator = default_evaluator(cfg, forward, eval_actor, env) if evaluator is None else evaluator
     E_all = E + evaluator.test_envs
     env_instance = functools.lru_cache(maxsize=None)(lambda members, instance: env.make(members, E_all))
-    env_for = functools.partial(env_instance, instance=0)   # a pool's handle lives in the env state
+    env_for = lambda members: env_instance(members, 0)   # noqa: E731 (a pool's handle lives in the env state)
     acting = make_acting(forward, actor, eval_actor, env_for, num_envs=E, test_envs=evaluator.test_envs,
                          frame_stack=spec.frame_stack, in_graph_reset=traits.in_graph_reset)
     data = make_data(cfg, spec, agent.data(cfg, spec) if agent.data is not None else None)
