@@ -221,7 +221,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
     validate(cfg)
     agent = AGENTS[cfg.agent.name]
     E = cfg.env.num_envs
-    E_test = cfg.train.eval_envs if cfg.train.eval_mode == "concurrent" else 0
+    E_test = cfg.eval.envs if cfg.eval.mode == "concurrent" else 0
     steps_per_chunk = cfg.train.chunk_steps // E
     num_chunks = cfg.train.total_steps // cfg.train.chunk_steps
     shared = cfg.train.replay_mode == "shared"
@@ -253,7 +253,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
     actor = (agent.actor(cfg, spec, q_values) if agent.actor is not None
              else act_lib.configured(cfg.agent.acting, q_values, cfg.train.total_steps))
     eval_actor = (agent.eval_actor(cfg, spec, q_values) if agent.eval_actor is not None
-                  else act_lib.evaluation(q_values, cfg.train.eval_epsilon))
+                  else act_lib.evaluation(q_values, cfg.eval.epsilon))
     own_data = agent.data(cfg, spec) if agent.data is not None else None
     update = make_update(cfg, net, agent)
     keeps_prev = "prev_target" in agent.extra_nets
@@ -397,7 +397,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
     def evaluate_episodes(params, eval_key, hp, ctx):
         """Mean return of `eval_episodes` fresh episodes per member (in-graph envs, played to their
         first end or the time limit) and the per-step KL(π‖π_ref) along them."""
-        n = cfg.train.eval_episodes
+        n = cfg.eval.episodes
         M = eval_key.shape[0]
         env = make_env(cfg.env.name, M, n, cfg.env.backend, preset=cfg.env.preset)
         split = jax.vmap(lambda kk: jax.random.split(kk, n + 1))(eval_key)              # [M, n+1, 2]
@@ -440,7 +440,7 @@ def make_train(cfg: StaticConfig) -> Trainer:
         ctx = ctx_of(state.reference)
         env = env_for(M)
         E_all = E + E_test
-        n_per_env = -(-cfg.train.final_eval_episodes // E_all)
+        n_per_env = -(-cfg.eval.final_episodes // E_all)
         env_state, frame = env_start_state
         first = jnp.ones((M, E_all), bool)
         obs = push(jnp.zeros((M, E_all) + obs_shape, spec.obs_dtype), frame, first)
