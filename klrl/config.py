@@ -116,16 +116,14 @@ def split_document(raw: Mapping[str, Any], overrides: Sequence[str], sections: S
             raise ConfigError(f"{sec}: got {raw[sec]!r}; allowed a table [{sec}]")
     base = {k: v for s, t in raw.items() if s != sweep for k, v in _flatten(t, s + ".").items()}
     swept = _flatten(raw.get(sweep, {})) if sweep else {}
-    if renamed:
-        base, swept = hashing.rename(base), hashing.rename(swept)
+    base, swept = hashing.rename(base, renamed), hashing.rename(swept, renamed)
     for text in overrides:
         key, value = parse_override(text)
-        key = renamed.get(key, key)
         if sweep and key.startswith(sweep + "."):
-            key = f"{sweep}.{renamed.get(key[len(sweep) + 1:], key[len(sweep) + 1:])}"
-        if sweep and key.startswith(sweep + "."):
-            swept[key[len(sweep) + 1:]] = value
+            name = key[len(sweep) + 1:]
+            swept[renamed.get(name, name)] = value
         else:
+            key = renamed.get(key, key)
             base[key] = value
             swept.pop(key, None)
     return base, swept

@@ -50,10 +50,10 @@ def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def rename(flat: Mapping[str, Any]) -> dict[str, Any]:
-    """Flat values with every `RENAMED` key under its new name (both names: ConfigError)."""
+def rename(flat: Mapping[str, Any], renamed: Mapping[str, str] = RENAMED) -> dict[str, Any]:
+    """Flat values with every old key of `renamed` under its new name (both names: ConfigError)."""
     out = dict(flat)
-    for old, new in RENAMED.items():
+    for old, new in renamed.items():
         if old in out:
             if new in out:
                 raise ConfigError(f"{old}: got it next to {new}; allowed one of them ({old} is the old name of {new})")

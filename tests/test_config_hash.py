@@ -184,6 +184,8 @@ def test_old_train_eval_keys_are_accepted(schema):
         build_experiment({"train": {"eval_episodes": 3}, "eval": {"episodes": 3}}, schema=schema)
     with pytest.raises(ConfigError, match=r"^eval.episodes: got 0; allowed an integer >= 1$"):
         build_experiment({"train": {"eval_episodes": 0}}, schema=schema)
+    with pytest.raises(ConfigError, match=r"^sweep.eval.epsilon: got a sweep over a static setting"):
+        build_experiment({}, ["sweep.train.eval_epsilon=[0.0, 0.1]"], schema=schema)
 
 
 @pytest.mark.parametrize("raw,message", [
