@@ -4,10 +4,13 @@ A checkpoint (one orbax step per saved chunk count) holds three items:
   state    the engine's TrainState (params, target, optimizer, replay, env states, keys,
            counters): a pytree of arrays only, saved with `StandardSave`;
   history  the metrics of every chunk so far, name -> [chunks_done, M];
-  meta     JSON: config hash, agent, chunks done, population size.
+  meta     JSON: config hash and schema version (klrl.config_hash), agent, chunks done,
+           population size.
 Restoring uses abstract targets built from a freshly initialized state on the current
 devices (so a checkpoint written on another device kind restores here), and refuses a
-checkpoint whose config hash differs from the current resolved config's.
+checkpoint whose config hash is neither the current resolved config's nor one of
+`also_accept` (the hash a run recorded under an earlier schema version's formula, which its
+checkpoints carry; the caller has matched that record to the current config).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ from typing import Any
 
 import numpy as np
 
+from klrl.config_hash import SCHEMA_VERSION
 from klrl.errors import ConfigError
 
 
@@ -29,10 +33,11 @@ def _ocp():
 class PopulationCheckpointer:
     """CheckpointManager for one population (one agent) of a run."""
 
-    def __init__(self, directory: str, config_hash: str, max_to_keep: int = 2):
+    def __init__(self, directory: str, config_hash: str, max_to_keep: int = 2, also_accept: tuple[str, ...] = ()):
         ocp = _ocp()
         self.directory = os.path.abspath(directory)
         self.config_hash = config_hash
+        self.accepted = frozenset((config_hash, *also_accept))
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True)
         self._mngr = ocp.CheckpointManager(self.directory, options=options)
 
@@ -42,7 +47,8 @@ class PopulationCheckpointer:
     def save(self, chunks_done: int, state: Any, history: dict[str, np.ndarray], meta: dict) -> None:
         """Save synchronously (waits for orbax's async write to finish)."""
         ocp = _ocp()
-        meta = {**meta, "config_hash": self.config_hash, "chunks_done": int(chunks_done)}
+        meta = {**meta, "config_hash": self.config_hash, "schema_version": SCHEMA_VERSION,
+                "chunks_done": int(chunks_done)}
         history = {k: np.asarray(v) for k, v in history.items()}
         self._mngr.save(
             chunks_done,
@@ -57,7 +63,7 @@ class PopulationCheckpointer:
     def _check_meta(self, step: int) -> dict:
         ocp = _ocp()
         meta = self._mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        if meta.get("config_hash") != self.config_hash:
+        if meta.get("config_hash") not in self.accepted:
             raise ConfigError(
                 f"--resume: got a checkpoint in {self.directory} from a different config "
                 f"(hash {str(meta.get('config_hash'))[:12]} != {self.config_hash[:12]}); "

@@ -7,6 +7,8 @@ An experiment file has the sections
             (alpha, tau, entropic_index, clip_min, lam, eta, ...)
   [train]   total_steps, chunk_steps, replay/optimizer settings, learning_rate, gamma,
             epsilon schedule, seeds (a count N -> seeds 0..N-1, or an explicit list)
+  [eval]    the evaluation protocol (mode, episodes, envs, epsilon, final_episodes) and the
+            score rule (score, score_k)
   [sweep]   "section.key" = [values ...]   (nested tables `[sweep.agent] alpha = [...]`
             are the same thing). The product of the swept lists x seeds is ONE population.
   [output]  checkpoint_every (chunks), if_exists ("refuse" | "new_subdir")
@@ -26,24 +28,27 @@ one run directory) and `env.name` (one run directory per env, `<out>/<env>/`, ea
 populations of every agent; klrl.runner). A game's run is exactly the run of the same file with
 `--set env.name=<env>` (same resolved config and hash). Any other static field changes shapes
 or the compiled program and is rejected.
+
+Keys that moved keep working under their old names in files and `--set` (klrl.config_hash's
+`RENAMED`, e.g. `train.eval_mode` -> `eval.mode`). `Experiment.config_hash` covers only the
+values that differ from the defaults, plus the schema version (klrl.config_hash).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import hashlib
-import json
 import os
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
+from klrl import config_hash as hashing
 from klrl.errors import ConfigError
 from klrl.output import OutputSection
 from klrl.sections import Hparam, Section, Sections, ranged
 
-SECTIONS = ("env", "agent", "train", "sweep", "output")
+SECTIONS = ("env", "agent", "train", "eval", "sweep", "output")
 SWEEP = "sweep"
 SEEDS = "train.seeds"
 # Keys that belong to the plumbing and are no section's field (their defaults).
@@ -76,15 +81,7 @@ def read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"config: got {path!r} ({str(err).splitlines()[0]}); allowed valid TOML") from None
 
 
-def _flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in table.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = v
-    return out
+_flatten = hashing.flatten
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -105,9 +102,12 @@ def parse_override(text: str) -> tuple[str, Any]:
 
 
 def split_document(raw: Mapping[str, Any], overrides: Sequence[str], sections: Sequence[str],
-                   sweep: str | None = None) -> tuple[dict[str, Any], dict[str, Any]]:
+                   sweep: str | None = None, renamed: Mapping[str, str] | None = None
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
     """(flat "section.key" -> value, flat swept key -> values) from a parsed TOML document and
-    `--set` overrides (applied in order; `--set k=v` replaces a sweep over k by one value)."""
+    `--set` overrides (applied in order; `--set k=v` replaces a sweep over k by one value).
+    `renamed` (old key -> new key) lets the document and the overrides use old names."""
+    renamed = renamed or {}
     raw = copy.deepcopy(dict(raw))
     for sec in raw:
         if sec not in sections:
@@ -116,11 +116,14 @@ def split_document(raw: Mapping[str, Any], overrides: Sequence[str], sections: S
             raise ConfigError(f"{sec}: got {raw[sec]!r}; allowed a table [{sec}]")
     base = {k: v for s, t in raw.items() if s != sweep for k, v in _flatten(t, s + ".").items()}
     swept = _flatten(raw.get(sweep, {})) if sweep else {}
+    base, swept = hashing.rename(base, renamed), hashing.rename(swept, renamed)
     for text in overrides:
         key, value = parse_override(text)
         if sweep and key.startswith(sweep + "."):
-            swept[key[len(sweep) + 1:]] = value
+            name = key[len(sweep) + 1:]
+            swept[renamed.get(name, name)] = value
         else:
+            key = renamed.get(key, key)
             base[key] = value
             swept.pop(key, None)
     return base, swept
@@ -204,6 +207,16 @@ class Schema:
         out.update(PLUMBING_KEYS)
         return out
 
+    def resolved_defaults(self) -> dict[str, Any]:
+        """`defaults()` as a resolved config writes them (tuples as lists, seeds as a list)."""
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in self.defaults().items()}
+        out[SEEDS] = list(_check_seeds(out[SEEDS]))
+        return out
+
+    def record_hash(self, record: Mapping[str, Any]) -> str | None:
+        """Today's hash of the config of a run record (config.json), old records included."""
+        return hashing.record_hash(record, self.resolved_defaults())
+
 
 def engine_schema() -> Schema:
     """The schema of the installed engine (imports klrl.static, hence klrl.agents and klrl.envs)."""
@@ -262,11 +275,9 @@ class Experiment:
         return out
 
     def config_hash(self) -> str:
-        """sha256 of the resolved config, excluding [output] (where/how often to write)."""
-        res = self.resolved()
-        res.pop("output", None)
-        blob = json.dumps(res, sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(blob.encode()).hexdigest()
+        """sha256 of the resolved values that differ from the defaults and the schema version,
+        excluding [output] (where/how often to write); klrl.config_hash."""
+        return hashing.resolved_hash(self.resolved(), self.schema.resolved_defaults())
 
     def for_env(self, name: str) -> "Experiment":
         """One env's experiment of a sweep over env.name (what `--set env.name=<name>` gives)."""
@@ -304,7 +315,7 @@ class Experiment:
 def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), schema: Schema | None = None) -> Experiment:
     """Validate a parsed TOML document plus `--set` overrides into an `Experiment`."""
     schema = schema or engine_schema()
-    base, sweep = split_document(raw, overrides, SECTIONS, sweep=SWEEP)
+    base, sweep = split_document(raw, overrides, SECTIONS, sweep=SWEEP, renamed=hashing.RENAMED)
     defaults = schema.defaults()
     for key in base:
         check_known(key, defaults)

@@ -64,6 +64,15 @@ def find_tasks(out: str) -> list[str]:
     return [found[i] for i in sorted(found)]
 
 
+def _same_config(a: dict, b: dict) -> bool:
+    """Records of one config whose hashes differ only by the schema version that wrote them
+    (a task started after an upgrade; klrl.config_hash)."""
+    from klrl.config import engine_schema
+
+    schema = engine_schema()
+    return schema.record_hash(a) == schema.record_hash(b)
+
+
 def check_tasks(out: str, dirs: Sequence[str], record: str) -> list[dict]:
     """The tasks' records (`record`: config.json, or sweep.json for a sweep over env.name),
     after checking that they are the N finished tasks of one split of one config."""
@@ -80,7 +89,7 @@ def check_tasks(out: str, dirs: Sequence[str], record: str) -> list[dict]:
         if rec["task"]["num_tasks"] != n:
             raise ConfigError(f"merge: got {d!r} of --num-tasks {rec['task']['num_tasks']} next to "
                               f"{dirs[0]!r} of {n}; allowed the tasks of one split")
-        if rec.get("config_hash") != first.get("config_hash"):
+        if rec.get("config_hash") != first.get("config_hash") and not _same_config(rec, first):
             raise ConfigError(f"merge: got {d!r} with config hash {str(rec.get('config_hash'))[:12]}, "
                               f"{dirs[0]!r} with {str(first.get('config_hash'))[:12]}; allowed the tasks of "
                               "one run (same resolved config)")

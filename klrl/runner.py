@@ -35,6 +35,7 @@ from typing import Sequence
 import numpy as np
 
 from klrl.config import Experiment, load_experiment
+from klrl.config_hash import SCHEMA_VERSION
 from klrl.distributed import DistributedError, barrier, is_primary
 from klrl.errors import ConfigError
 from klrl.output import choose_out_dir
@@ -81,7 +82,7 @@ def resolve_out_dir(out_dir: str, exp: Experiment, resume: bool, record: str = "
                               "allowed the directory of an earlier run")
         with open(cfg_path) as fh:
             rec = json.load(fh)
-        old = rec.get("config_hash")
+        old = exp.schema.record_hash(rec)   # an earlier schema version's record: its upgraded config's
         if old != exp.config_hash():
             raise ConfigError(f"--resume: got a config whose hash {exp.config_hash()[:12]} differs from the "
                               f"run's {str(old)[:12]} in {out_dir!r}; allowed the same resolved config "
@@ -108,7 +109,19 @@ def _describe_member(m) -> str:
 def _checkpointer(out: str, pop: Population, exp: Experiment):
     from klrl.checkpoint import PopulationCheckpointer
 
-    return PopulationCheckpointer(os.path.join(out, "checkpoints", pop.agent), exp.config_hash())
+    return PopulationCheckpointer(os.path.join(out, "checkpoints", pop.agent), exp.config_hash(),
+                                  also_accept=_recorded_hash(out, exp))
+
+
+def _recorded_hash(out: str, exp: Experiment) -> tuple[str, ...]:
+    """The hash config.json stored, when it names this config under an earlier schema version's
+    formula (klrl.config_hash): the checkpoints written with that record carry it."""
+    path = os.path.join(out, "config.json")
+    if not os.path.isfile(path):
+        return ()
+    with open(path) as fh:
+        rec = json.load(fh)
+    return (rec["config_hash"],) if exp.schema.record_hash(rec) == exp.config_hash() else ()
 
 
 def _saved(state, trainer):
@@ -140,7 +153,7 @@ class _Discard:
 
 
 class FinalEvalFile:
-    """final_eval.csv of a run with `train.final_eval_episodes > 0`: metrics.csv's header, rows
+    """final_eval.csv of a run with `eval.final_episodes > 0`: metrics.csv's header, rows
     `final_eval_return` and `final_eval_episodes` per member at the last step, one append (fsynced)
     per population. On resume the rows of populations written in full are kept (the file is
     rewritten with them) and only the others are evaluated again."""
@@ -293,7 +306,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         final.append(pop, result)
         timing["final_eval_seconds"] = round(time.perf_counter() - t, 3)
         _log(f"[{pop.agent}] final evaluation: {int(result['final_eval_episodes'].min())}+ episodes per member at "
-             f"eps {static.train.eval_epsilon:g}, median return {_nanmedian(result['final_eval_return']):.1f} "
+             f"eps {static.eval.epsilon:g}, median return {_nanmedian(result['final_eval_return']):.1f} "
              f"({timing['final_eval_seconds']:.0f}s)")
     return timing
 
@@ -337,7 +350,7 @@ def print_summary(summary: list[dict], file=None) -> None:
         print(f"{r['group']:<{w}}  {s['n']:>5}  {s['median']:>7.1f}  {s['iqm']:>7.1f}  {ci:<17}  "
               f"{r['diverged_members']:>8}", file=file)
     if any("final_evaluation" in r for r in summary):
-        print("final evaluation (train.final_eval_episodes after training), over seeds:", file=file)
+        print("final evaluation (eval.final_episodes after training), over seeds:", file=file)
         print(f"{'group':<{w}}  {'seeds':>5}  {'median':>7}  {'IQM':>7}  {'IQM 95% CI':<17}  {'episodes':>8}", file=file)
         for r in summary:
             if "final_evaluation" in r:
@@ -386,13 +399,14 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
     elif primary:
         os.makedirs(out, exist_ok=True)
         record = {
-            "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
+            "config": exp.resolved(), "config_hash": exp.config_hash(), "schema_version": SCHEMA_VERSION,
+            "config_file": config_path,
             "overrides": list(overrides), **members, "provenance": prov,
         }
         _write_json(os.path.join(out, "config.json"), record)
     # Only the primary process writes files (klrl.distributed); the others train their shards.
     writer = MetricsWriter(metrics_path, columns, prefix if resume else None) if primary else _Discard()
-    final = (FinalEvalFile(out, pops, resume, write=primary) if exp.static.train.final_eval_episodes > 0
+    final = (FinalEvalFile(out, pops, resume, write=primary) if exp.static.eval.final_episodes > 0
              else None)
     barrier("klrl: run directory ready")
     _log(f"klrl: run directory {out}")
@@ -479,7 +493,8 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     if not resume and is_primary():
         os.makedirs(root, exist_ok=True)
         _write_json(os.path.join(root, SWEEP_RECORD), {
-            "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": config_path,
+            "config": exp.resolved(), "config_hash": exp.config_hash(), "schema_version": SCHEMA_VERSION,
+            "config_file": config_path,
             "overrides": list(overrides), "runs": {e: e for e in exp.envs},
             **({"task": task.record} if task else {}), "provenance": prov})
     summaries, counter = {}, [0]          # chunks counted over the whole sweep (the kill hook's)

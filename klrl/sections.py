@@ -206,7 +206,7 @@ class Section:
 
     def unused(self) -> tuple[str, ...]:
         """Keys that do not influence this configuration (left out of config.json and its
-        hash, so adding a key that only some setups read keeps earlier runs resumable)."""
+        hash, so a value that no setup of this kind reads never tells two runs apart)."""
         return ()
 
     def fail(self, name: str, value: Any, allowed: str) -> NoReturn:

@@ -6,7 +6,8 @@ as field names:
 
   [env]    EnvConfig      name, backend, num_envs
   [agent]  AgentConfig    the agent, its network, loss, acting rule, atoms, the reference policy
-  [train]  TrainConfig    steps, chunks, replay, updates, target updates, evaluation
+  [train]  TrainConfig    steps, chunks, replay, updates, target updates
+  [eval]   EvalConfig     the evaluation protocol and the score rule
 
 A section checks its own fields when it is constructed (types, choices, ranges, rules between
 its fields); `validate(cfg)` adds the rules between sections (env vs network, pool vs
@@ -34,9 +35,11 @@ from klrl.sections import Hparam, Section, Sections, choice, fail, ranged, secti
 
 TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
+ScoreRule = Literal["last", "mean_last_k"]
 MemberMap = Literal["vmap", "map"]
 TARGET_UPDATES: tuple[str, ...] = TargetUpdate.__args__
 EVAL_MODES: tuple[str, ...] = EvalMode.__args__
+SCORE_RULES: tuple[str, ...] = ScoreRule.__args__
 
 
 @dataclass(frozen=True)
@@ -99,7 +102,7 @@ class AgentConfig(Section):
 
 @dataclass(frozen=True)
 class TrainConfig(Section):
-    """[train]: the schedule, the replay, the updates and the evaluation (periods in env steps per member)."""
+    """[train]: the schedule, the replay and the updates (periods in env steps per member)."""
 
     SECTION: ClassVar[str] = "train"
     total_steps: int = ranged(500_000, lo=1)
@@ -113,27 +116,49 @@ class TrainConfig(Section):
     target_update: TargetUpdate = "hard"
     replay_mode: str = choice("per-member", rb.MODES)
     replay_store: str = choice("frames", rb.STORES, doc="frames (each observation once) | transitions (obs + next_obs)")
-    eval_mode: EvalMode = setting("episodes",
-                                  doc="episodes (fresh in-graph envs per chunk) | concurrent (test envs in the pool)")
-    eval_episodes: int = ranged(10, lo=1, doc="episodes mode: episodes per member per chunk")
-    eval_envs: int = ranged(2, lo=1, doc="concurrent mode: test envs per member")
-    eval_epsilon: float = ranged(0.0, lo=0.0, hi=1.0, doc="ε of evaluation (0 = greedy)")
-    final_eval_episodes: int = ranged(0, lo=0, doc="after training, a final evaluation of at least this many "
-                                      "episodes per member on the whole pool at eval_epsilon (0 = none)")
     member_map: MemberMap = setting("vmap", doc="how the network's forward and update run over members: "
                                     "vmap (one batched program) | map (a sequential lax.map, for platforms "
                                     "where batched convolutions cost more per member, see klrl bench atari)")
 
     def unused(self) -> tuple[str, ...]:
-        # Left out of config.json and the hash at their defaults, so earlier runs still resume.
-        return (("final_eval_episodes",) if self.final_eval_episodes == 0 else ()) + \
-            (("member_map",) if self.member_map == "vmap" else ())
+        # Left out of config.json at its default (as in the records written before it existed).
+        return ("member_map",) if self.member_map == "vmap" else ()
 
     def check(self) -> None:
         if self.total_steps % self.chunk_steps:
             self.fail("chunk_steps", self.chunk_steps, f"a divisor of train.total_steps ({self.total_steps})")
         if self.batch_size > self.buffer_size:
             self.fail("batch_size", self.batch_size, f"at most train.buffer_size ({self.buffer_size})")
+
+
+@dataclass(frozen=True)
+class EvalConfig(Section):
+    """[eval]: the evaluation protocol and the rule that turns its returns into one score.
+
+    Every chunk a member is evaluated at ε = `epsilon`: `episodes` mode plays `episodes` fresh
+    in-graph episodes; `concurrent` mode runs `envs` test envs per member inside the training
+    pool, whose episodes run across chunks. With `final_episodes > 0`, a final evaluation of at
+    least that many episodes per member follows training. `score` turns a member's per-chunk
+    evaluation returns G_1..G_n into one number: `last` gives G_n, `mean_last_k` gives
+    (1/k)·Σ_{i>n−k} G_i with k = `score_k`.
+    """
+
+    SECTION: ClassVar[str] = "eval"
+    mode: EvalMode = setting("episodes",
+                             doc="episodes (fresh in-graph envs per chunk) | concurrent (test envs in the pool)")
+    episodes: int = ranged(10, lo=1, doc="episodes mode: episodes per member per chunk")
+    envs: int = ranged(2, lo=1, doc="concurrent mode: test envs per member")
+    epsilon: float = ranged(0.0, lo=0.0, hi=1.0, doc="ε of evaluation (0 = greedy)")
+    final_episodes: int = ranged(0, lo=0, doc="after training, a final evaluation of at least this many "
+                                 "episodes per member on the whole pool at eval.epsilon (0 = none)")
+    score: ScoreRule = setting("last", doc="last (the last chunk's eval return) | mean_last_k (the mean of "
+                               "the last score_k chunks' eval returns)")
+    score_k: int = ranged(3, lo=1, doc="mean_last_k: how many of the last evaluations are averaged")
+
+    def unused(self) -> tuple[str, ...]:
+        # A final evaluation that is off, and a k that the score rule does not read.
+        return (("final_episodes",) if self.final_episodes == 0 else ()) + \
+            (("score_k",) if self.score != "mean_last_k" else ())
 
 
 @dataclass(frozen=True)
@@ -144,6 +169,7 @@ class StaticConfig(Sections):
     env: EnvConfig = section_field(EnvConfig)
     agent: AgentConfig = section_field(AgentConfig)
     train: TrainConfig = section_field(TrainConfig)
+    eval: EvalConfig = section_field(EvalConfig)
 
 
 # Traced hyperparameters of the trainer (float32 [M] each): section, default, range.
@@ -184,8 +210,8 @@ def validate(cfg: StaticConfig) -> None:
              f"{'mlp' if obs_ndim == 1 else 'minatar_cnn or nature_cnn'} for {env.name}'s {obs_ndim}-D observations")
     if train.chunk_steps % env.num_envs:
         fail("train.chunk_steps", train.chunk_steps, f"a multiple of env.num_envs ({env.num_envs})")
-    if not envs_lib.TRAITS[env.backend].in_graph_reset and train.eval_mode != "concurrent":
-        fail("train.eval_mode", train.eval_mode,
+    if not envs_lib.TRAITS[env.backend].in_graph_reset and cfg.eval.mode != "concurrent":
+        fail("eval.mode", cfg.eval.mode,
              f"concurrent with backend {env.backend} (a host pool cannot start fresh episodes in-graph)")
     refs.check(cfg)
     spec = AGENTS[agent.name]
@@ -207,5 +233,5 @@ def check_members(cfg: StaticConfig, members: int) -> None:
              f"{columns} columns in {mode} mode with {members} members)")
 
 
-__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "TARGET_UPDATES", "AgentConfig", "EnvConfig",
-           "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]
+__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "TARGET_UPDATES", "AgentConfig", "EnvConfig",
+           "EvalConfig", "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]

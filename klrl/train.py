@@ -10,7 +10,7 @@ vector step, for every member at once:
     the target update when its period is crossed klrl.learner  (target_due, target_step)
     evaluation statistics                        klrl.evaluation (Evaluator.observe)
 
-The static config is klrl.static's (sections [env], [agent], [train]); traced hyperparameters
+The static config is klrl.static's (sections [env], [agent], [train], [eval]); traced hyperparameters
 are float32 [M] arrays (klrl.static.HPARAMS), so a grid of them is one compiled population.
 `make_train(cfg, env=, agent=, network=, evaluator=)` takes any of its pieces built elsewhere
 (a bench's env, a test's toy agent) instead of the ones `cfg` names.
@@ -186,10 +186,10 @@ def prepare_hparams(hparams: dict, members: int) -> dict:
 
 
 def default_evaluator(cfg: StaticConfig, forward: Callable, eval_actor, env: EnvSource) -> ev.Evaluator:
-    """The evaluator `cfg.train.eval_mode` names: concurrent test envs, or fresh in-graph episodes."""
-    if cfg.train.eval_mode == "concurrent":
-        return ev.concurrent(cfg.train.eval_envs, cfg.env.num_envs)
-    return ev.episodes(cfg.train.eval_episodes, forward, eval_actor, env.make, env.spec)
+    """The evaluator `cfg.eval.mode` names: concurrent test envs, or fresh in-graph episodes."""
+    if cfg.eval.mode == "concurrent":
+        return ev.concurrent(cfg.eval.envs, cfg.env.num_envs)
+    return ev.episodes(cfg.eval.episodes, forward, eval_actor, env.make, env.spec)
 
 
 def chunk_stats(acted, n_updates, loss_sum, aux_sum, num_envs: int) -> dict:
@@ -214,7 +214,7 @@ def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, n
     actor = (agent.actor(cfg, spec, q_values) if agent.actor is not None
              else act_lib.configured(cfg.agent.acting, q_values, t.total_steps))
     eval_actor = (agent.eval_actor(cfg, spec, q_values) if agent.eval_actor is not None
-                  else act_lib.evaluation(q_values, t.eval_epsilon))
+                  else act_lib.evaluation(q_values, cfg.eval.epsilon))
     forward = over_members(lambda p, obs, key: agent.forward(bind(net, p), obs, key, cfg), (0, 0, 0),
                            t.member_map)
     evaluator = default_evaluator(cfg, forward, eval_actor, env) if evaluator is None else evaluator
@@ -226,7 +226,7 @@ def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, n
     data = make_data(cfg, spec, agent.data(cfg, spec) if agent.data is not None else None)
     member_update = over_members(make_update(cfg, net, agent), (0, None if data.shared_batch else 0, 0, 0, None),
                                  t.member_map)
-    final = ev.make_final_eval(forward, eval_actor, env_for, spec, envs=E_all, episodes=t.final_eval_episodes,
+    final = ev.make_final_eval(forward, eval_actor, env_for, spec, envs=E_all, episodes=cfg.eval.final_episodes,
                                in_graph_reset=traits.in_graph_reset)
     keep_prev = "prev_target" in agent.extra_nets
     reference = refs.for_config(cfg)
@@ -315,7 +315,7 @@ def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, n
         return state._replace(counters=state.counters._replace(chunk=state.counters.chunk + 1)), metrics
 
     def final_eval(state: TrainState, hparams: dict, env_start_state) -> dict:
-        """After training: ⌈final_eval_episodes / E'⌉ episodes on every env of the pool, freshly
+        """After training: ⌈eval.final_episodes / E'⌉ episodes on every env of the pool, freshly
         reset by `env_start_state` (klrl.evaluation.make_final_eval)."""
         M = state.learner.diverged.shape[0]
         key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(state.keys.eval, FINAL_EVAL_SALT)

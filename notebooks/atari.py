@@ -41,8 +41,8 @@
 # `summary.json` exists). Runs in progress are listed and their curves drawn.
 #
 # **Final score of a member**: `final_eval_return` from the run's `final_eval.csv` when it has
-# one (the mean raw game score over at least `train.final_eval_episodes` episodes at
-# `train.eval_epsilon` after training, the protocol's final evaluation); otherwise the mean of
+# one (the mean raw game score over at least `eval.final_episodes` episodes at
+# `eval.epsilon` after training, the protocol's final evaluation); otherwise the mean of
 # the member's **last 3 non-NaN** `eval_return` values (concurrent evaluation: NaN at a chunk
 # where no test episode ended), as in `notebooks/munchausen_minatar.py`. Means over seeds are
 # NaN-aware.
@@ -59,6 +59,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
+from klrl.config_hash import upgrade_resolved  # noqa: E402
 from klrl.results import curves, group_key, group_label, json_safe, read_metrics, swept_columns  # noqa: E402
 from klrl.scores import STATISTICS, aggregate, atari_games, game_key, human_normalized, table  # noqa: E402
 
@@ -115,7 +116,7 @@ def read_json(path):
 def load_run(path):
     """One game's run directory -> curves, members and final scores per group, and progress."""
     record = read_json(os.path.join(path, "config.json"))
-    cfg = record["config"]
+    cfg = upgrade_resolved(record["config"])         # a record's config under today's key names
     metrics = os.path.join(path, "metrics.csv")
     columns = swept_columns(metrics) if os.path.isfile(metrics) else []
     rows = read_metrics(metrics) if os.path.isfile(metrics) else []
@@ -153,8 +154,8 @@ def load_run(path):
         }
     return {"path": path, "record": record, "game": cfg["env"]["name"], "preset": cfg["env"].get("preset"),
             "backend": cfg["env"]["backend"], "total_steps": int(cfg["train"]["total_steps"]),
-            "eval_epsilon": cfg["train"].get("eval_epsilon"),
-            "final_eval_episodes": int(cfg["train"].get("final_eval_episodes", 0)),
+            "eval_epsilon": cfg.get("eval", {}).get("epsilon"),
+            "final_eval_episodes": int(cfg.get("eval", {}).get("final_episodes", 0)),
             "agents": cfg["agent"]["name"] if isinstance(cfg["agent"]["name"], list) else [cfg["agent"]["name"]],
             "seeds": len(cfg["train"]["seeds"]), "groups": groups,
             "complete": os.path.isfile(os.path.join(path, "summary.json"))}

@@ -37,14 +37,16 @@ learning_starts = 100
 target_update_every = 100
 seeds = 3
 replay_mode = "per-member"
+
+[eval]
 {eval}
 
 [output]
 checkpoint_every = 1
 """
 THREE_MEMBERS = {
-    "gymnax": _THREE_MEMBERS.format(backend="", eval="eval_episodes = 2"),
-    "pool": _THREE_MEMBERS.format(backend='backend = "pool"', eval='eval_mode = "concurrent"\neval_envs = 2'),
+    "gymnax": _THREE_MEMBERS.format(backend="", eval="episodes = 2"),
+    "pool": _THREE_MEMBERS.format(backend='backend = "pool"', eval='mode = "concurrent"\nenvs = 2'),
 }
 
 

@@ -80,11 +80,11 @@ def fabricate(toml, out, overrides=(), *, seed=0, finished=True, final_eval=None
 
     finished: write summary.json (the runner's mark of a finished run); stop_after_agent: stop
     after that agent's population (an interrupted run); final_eval: write final_eval.csv
-    (default: when train.final_eval_episodes > 0); nan_every: every k-th chunk's eval_return is
+    (default: when eval.final_episodes > 0); nan_every: every k-th chunk's eval_return is
     NaN (no test episode ended then, as concurrent evaluation reports); scale: returns' size."""
     exp = load_experiment(str(toml), list(overrides))
     if final_eval is None:
-        final_eval = exp.static.train.final_eval_episodes > 0
+        final_eval = exp.static.eval.final_episodes > 0
     kw = dict(finished=finished, final_eval=final_eval, nan_every=nan_every, stop_after_agent=stop_after_agent,
               scale=scale)
     if not exp.envs:

@@ -97,9 +97,10 @@ def test_the_engine_trains_mdqn_on_breakout_through_the_ale_backend():
 
     cfg = StaticConfig(env={"name": "Breakout", "backend": "ale", "num_envs": 2},
                        agent={"name": "mdqn", "torso": "nature_cnn", "obs_scale": 1 / 255},
-                       train={"eval_mode": "concurrent", "eval_envs": 2, "total_steps": 800, "chunk_steps": 400,
+                       train={"total_steps": 800, "chunk_steps": 400,
                               "buffer_size": 1000, "batch_size": 8, "learning_starts": 50, "update_every": 8,
-                              "target_update_every": 100})
+                              "target_update_every": 100},
+                       eval={"mode": "concurrent", "envs": 2})
     tr = make_train(cfg)
     assert not tr.traits.in_graph_reset and not tr.traits.checkpointable
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])

@@ -29,9 +29,9 @@ pytestmark = pytest.mark.skipif(bool(atari.missing_packages("ale")),
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "experiments", "atari100k.toml")
 TINY = ["agent.name=mdqn", "agent.torso=minatar_cnn", "agent.conv=patches", "agent.hidden=[16]", "env.num_envs=2",
-        "train.eval_envs=1",
+        "eval.envs=1",
         "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400", "train.learning_starts=100",
-        "train.batch_size=8", "train.seeds=2", "train.final_eval_episodes=3"]
+        "train.batch_size=8", "train.seeds=2", "eval.final_episodes=3"]
 
 
 def _klrl(*args, env=None):
@@ -86,7 +86,7 @@ def test_pool_that_fails_to_start_leaves_finished_games_intact(tmp_path, monkeyp
 
     monkeypatch.setattr(atari.AtariEnv, "reset", reset)
     out = tmp_path / "sweep"
-    overrides = [*TINY, "train.total_steps=200", "train.final_eval_episodes=0", 'sweep.env.name=["Pong", "Breakout"]']
+    overrides = [*TINY, "train.total_steps=200", "eval.final_episodes=0", 'sweep.env.name=["Pong", "Breakout"]']
     with pytest.raises(RuntimeError, match="failed to start"):
         run_experiment(CONFIG, str(out), overrides)
     pong = out / "Pong"

@@ -86,8 +86,8 @@ def test_train_state_round_trip_and_exact_resume(tmp_path):
     cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2},
                        agent={"name": "mdkl", "hidden": (4,), "loss": "l2"},
                        train={"total_steps": 120, "chunk_steps": 40, "buffer_size": 32, "batch_size": 4,
-                              "learning_starts": 10, "update_every": 2, "target_update_every": 10,
-                              "eval_episodes": 1})
+                              "learning_starts": 10, "update_every": 2, "target_update_every": 10},
+                       eval={"episodes": 1})
     tr = make_train(cfg)
     assert tr.traits.checkpointable
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])

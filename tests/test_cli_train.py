@@ -43,9 +43,11 @@ buffer_size = 256
 batch_size = 16
 learning_starts = 100
 target_update_every = 100
-eval_episodes = 2
 seeds = 2
 replay_mode = "shared"
+
+[eval]
+episodes = 2
 
 [sweep]
 "agent.name" = ["dqn", "mdqn"]
@@ -231,9 +233,11 @@ batch_size = 16
 learning_starts = 100
 update_every = 4
 target_update_every = 100
-eval_mode = "concurrent"
-eval_envs = 2
 seeds = 2
+
+[eval]
+mode = "concurrent"
+envs = 2
 
 [output]
 checkpoint_every = 2
@@ -283,9 +287,11 @@ buffer_size = 64
 batch_size = 8
 learning_starts = 20
 target_update_every = 20
-eval_episodes = 1
-final_eval_episodes = 3
 seeds = 2
+
+[eval]
+episodes = 1
+final_episodes = 3
 
 [sweep]
 "env.name" = ["CartPole-v1", "Acrobot-v1"]

@@ -13,6 +13,7 @@ from klrl import train
 from klrl.config import (
     PLUMBING_KEYS, OutputConfig, build_experiment, engine_schema, load_experiment, parse_override,
 )
+from klrl.config_hash import RENAMED, legacy_hash
 from klrl.errors import ConfigError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -27,12 +28,12 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     """The keys are walked from the declarations: each StaticConfig section's fields under
     its TOML table, each traced hyperparameter under its declared section, [output], seeds."""
     sections = train.StaticConfig.section_classes()
-    assert list(sections) == ["env", "agent", "train"]
+    assert list(sections) == ["env", "agent", "train", "eval"]
     static_keys = [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
     hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
     output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
     keys = static_keys + hparam_keys + output_keys
-    assert len(set(keys)) == len(keys) == 39 + 14 + 2
+    assert len(set(keys)) == len(keys) == 41 + 14 + 2
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
     for n in train.HPARAMS:
@@ -41,7 +42,7 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     # today's TOML mapping of the fields
     assert {k for k in static_keys if k.startswith("env.")} == {"env.name", "env.backend", "env.num_envs", "env.preset"}
     assert {"agent.hidden", "agent.reference_run", "agent.qsharp_switch_horizon", "agent.softmax_temperature",
-            "train.eval_mode", "train.replay_store", "train.learning_rate", "train.polyak"} <= set(defaults)
+            "eval.mode", "train.replay_store", "train.learning_rate", "train.polyak"} <= set(defaults)
     # the keys the issue names explicitly
     for key in ("env.name", "agent.name", "agent.alpha", "agent.tau", "agent.entropic_index",
                 "train.total_steps", "train.learning_rate", "train.seeds"):
@@ -127,7 +128,7 @@ def test_parse_override():
     ({"agent": {"obs_scale": True}}, [], "agent.obs_scale: got True; allowed a number"),
     ({"env": {"num_envs": 0}}, [], "env.num_envs: got 0; allowed an integer >= 1"),
     ({"env": {"backend": "nosuch"}}, [], "env.backend: got 'nosuch'; allowed one of jax, pool"),
-    ({"train": {"eval_mode": "never"}}, [], "train.eval_mode: got 'never'; allowed one of episodes, concurrent"),
+    ({"eval": {"mode": "never"}}, [], "eval.mode: got 'never'; allowed one of episodes, concurrent"),
     ({"agent": {"torso": "minatar_cnn"}}, [], "agent.torso: got 'minatar_cnn'; allowed mlp for CartPole-v1"),
     ({"agent": {"name": "qsharp"}}, [], "agent.reference: got 'none'"),
     ({"output": {"checkpoint_every": 0}}, [], "output.checkpoint_every: got 0; allowed an integer >= 1"),
@@ -179,7 +180,8 @@ def test_shipped_experiment_files_are_valid(schema):
 
 # config_hash() of every shipped experiment, computed with the flat-StaticConfig code before
 # the sectioned config (a run's hash is compared on --resume; quickstart's, mvi_index_sweep's
-# and minatar_breakout's are the ones stored in results/*/config.json).
+# and minatar_breakout's are the ones stored in results/*/config.json). Schema version 2 hashes
+# differently (klrl.config_hash); these are the version 1 hashes of today's values.
 SHIPPED_HASHES = {
     "minatar_breakout": "710b66f6d904e9674b958d65bb44601579b280afd67997f84486d43361033d27",
     "mvi_index_sweep": "94f598f772db6782b8476e88f10c8575896d9a87b86ba20611e6b13969d7a8d7",
@@ -191,17 +193,33 @@ SHIPPED_HASHES = {
 }
 
 
+def _as_version_1(resolved: dict) -> dict:
+    """Today's resolved config in schema version 1's layout: the moved keys under their old
+    names, the keys added since left out (they are at their defaults here)."""
+    out = {s: dict(t) for s, t in resolved.items()}
+    moved = out.pop("eval")
+    assert moved.pop("score") == "last" and "score_k" not in moved
+    for old, new in RENAMED.items():
+        if new.partition(".")[2] in moved:
+            out[old.partition(".")[0]][old.partition(".")[2]] = moved.pop(new.partition(".")[2])
+    assert not moved
+    return out
+
+
 @pytest.mark.parametrize("name", sorted(SHIPPED_HASHES))
 def test_config_hash_of_shipped_experiments_is_unchanged(schema, name):
+    """Every shipped experiment resolves to the values it had (version 1's hash of them is
+    unchanged), and a committed run's record hashes as today's config (--resume accepts it)."""
     exp = load_experiment(os.path.join(ROOT, "experiments", f"{name}.toml"), schema=schema)
-    assert exp.config_hash() == SHIPPED_HASHES[name]
+    assert legacy_hash(_as_version_1(exp.resolved())) == SHIPPED_HASHES[name]
     record = os.path.join(ROOT, "results", name, "config.json")
     if os.path.isfile(record):
         with open(record) as fh:
             stored = json.load(fh)
-        assert stored["config_hash"] == exp.config_hash()
-        # config.json's resolved config is the same, key order included
-        assert json.dumps(stored["config"]) == json.dumps(exp.resolved())
+        assert stored["config_hash"] == SHIPPED_HASHES[name] and "schema_version" not in stored
+        assert schema.record_hash(stored) == exp.config_hash()
+        # config.json's resolved config is the same, in version 1's layout
+        assert stored["config"] == _as_version_1(exp.resolved())
 
 
 def test_env_preset_only_with_an_atari_backend(schema):
@@ -215,7 +233,7 @@ def test_env_preset_only_with_an_atari_backend(schema):
     assert "preset" not in plain.resolved()["env"]
     atari = build_experiment({"env": {"name": "Pong", "backend": "ale", "preset": "atari100k"},
                               "agent": {"torso": "nature_cnn"},
-                              "train": {"eval_mode": "concurrent", "buffer_size": 1000}}, schema=schema)
+                              "train": {"buffer_size": 1000}, "eval": {"mode": "concurrent"}}, schema=schema)
     assert atari.resolved()["env"]["preset"] == "atari100k"
     assert atari.static.env.preset == "atari100k"
 
@@ -226,8 +244,8 @@ def test_atari_and_minatar_experiments_say_what_their_notes_say(schema):
     a100k = load("atari100k")
     assert a100k.agents == ("dqn", "mdqn", "mvi") and len(a100k.seeds) == 5
     s = a100k.static
-    assert (s.env.backend, s.env.preset, s.agent.torso, s.train.eval_mode) == ("ale", "atari100k", "nature_cnn", "concurrent")
-    assert s.train.total_steps == 100_000 and s.train.update_every == 1 and a100k.values["train.eval_epsilon"] == 0.001
+    assert (s.env.backend, s.env.preset, s.agent.torso, s.eval.mode) == ("ale", "atari100k", "nature_cnn", "concurrent")
+    assert s.train.total_steps == 100_000 and s.train.update_every == 1 and a100k.values["eval.epsilon"] == 0.001
     dop = load("atari_dopamine_mdqn")
     d = dop.static
     assert (d.env.preset, d.train.buffer_size, d.train.update_every, d.train.target_update_every) == ("dopamine", 1_000_000, 4, 8000)
@@ -239,7 +257,7 @@ def test_atari_and_minatar_experiments_say_what_their_notes_say(schema):
     roms = {scores_key: name for name, scores_key in ((n, n.lower()) for n in atari.installed_roms("ale"))}
     assert a100k.envs == tuple(roms[game.replace("_", "")] for game in atari_games("atari100k"))
     assert [e.static.env.name for e in a100k.per_env()] == list(a100k.envs)
-    assert s.train.final_eval_episodes == 100
+    assert s.eval.final_episodes == 100
     mun, mvi = load("minatar_munchausen"), load("minatar_mvi_q")
     assert mun.agents == ("dqn", "soft_dqn", "al", "mdqn") and len(mun.seeds) == 5
     assert mvi.swept_hparams() == {"entropic_index": [1.0, 1.5, 2.0, 3.0]} and len(mvi.seeds) == 5

@@ -44,10 +44,10 @@ GAMES = ["Asterix", "Breakout"]                 # the notebook's order (the benc
 AGENTS = ["dqn", "mdqn"]
 REPS = 200
 TINY = ['sweep.env.name=["Breakout", "Asterix"]', 'sweep.agent.name=["dqn", "mdqn"]', "train.seeds=2",
-        "agent.torso=minatar_cnn", "agent.hidden=[16]", "env.num_envs=1", "train.eval_envs=1",
+        "agent.torso=minatar_cnn", "agent.hidden=[16]", "env.num_envs=1", "eval.envs=1",
         "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400", "train.learning_starts=396",
-        "train.batch_size=8", "train.eval_epsilon=1.0", "train.epsilon_fraction=1.0",
-        "train.final_eval_episodes=2", "output.checkpoint_every=2"]
+        "train.batch_size=8", "eval.epsilon=1.0", "train.epsilon_fraction=1.0",
+        "eval.final_episodes=2", "output.checkpoint_every=2"]
 
 
 def _members(path, metric):

@@ -81,17 +81,17 @@ def test_engine_fields_reach_the_static_config(schema):
     raw = {"env": {"backend": "pool", "num_envs": 4},
            "agent": {"name": "dqn", "torso": "mlp", "obs_scale": 2.0},
            "train": {"seeds": 2, "update_every": 8, "max_grad_norm": 10.0, "replay_store": "transitions",
-                     "eval_mode": "concurrent", "eval_envs": 3, "eval_epsilon": 0.05, "total_steps": 40,
-                     "chunk_steps": 20, "learning_starts": 8, "buffer_size": 40, "batch_size": 4}}
+                     "total_steps": 40, "chunk_steps": 20, "learning_starts": 8, "buffer_size": 40, "batch_size": 4},
+           "eval": {"mode": "concurrent", "envs": 3, "epsilon": 0.05}}
     exp = build_experiment(raw, schema=schema)
     cfg = exp.static_config("dqn")
     t = cfg.train
     assert (cfg.env.backend, cfg.env.num_envs, t.update_every, t.max_grad_norm) == ("pool", 4, 8, 10.0)
-    assert (t.replay_store, t.eval_mode, t.eval_envs, t.eval_epsilon) == ("transitions", "concurrent", 3, 0.05)
+    assert (t.replay_store, cfg.eval.mode, cfg.eval.envs, cfg.eval.epsilon) == ("transitions", "concurrent", 3, 0.05)
     assert (cfg.agent.torso, cfg.agent.obs_scale) == ("mlp", 2.0)
     with pytest.raises(ConfigError, match="train.train_every: got an unknown key"):
         build_experiment({"train": {"train_every": 1}}, schema=schema)
-    with pytest.raises(ConfigError, match="^train.eval_mode: got 'episodes'"):
+    with pytest.raises(ConfigError, match="^eval.mode: got 'episodes'"):
         build_experiment({"env": {"backend": "pool"}}, schema=schema)
 
 
@@ -101,7 +101,7 @@ def test_member_keys_seed_every_pool_env_differently(schema):
     from klrl.train import make_train
 
     exp = build_experiment({"env": {"backend": "pool", "num_envs": 4},
-                            "train": {"seeds": 2, "eval_mode": "concurrent", "eval_envs": 2},
+                            "train": {"seeds": 2}, "eval": {"mode": "concurrent", "envs": 2},
                             "sweep": {"train.learning_rate": [1e-4, 1e-3]}}, schema=schema)
     pop = build_population(exp, "dqn")
     assert pop.size == 4

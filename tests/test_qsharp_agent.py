@@ -52,7 +52,8 @@ CFG = StaticConfig(env={"name": "QSharpTree-v0", "num_envs": 8},
                    agent={"name": "qsharp", "hidden": (64,), "num_atoms": 51, "v_min": 0.0, "v_max": 1.0,
                           "reference": "uniform", "loss": "l2"},
                    train={"total_steps": 8000, "chunk_steps": 4000, "buffer_size": 2000, "batch_size": 64,
-                          "learning_starts": 400, "update_every": 8, "target_update_every": 200, "eval_episodes": 32})
+                          "learning_starts": 400, "update_every": 8, "target_update_every": 200},
+                   eval={"episodes": 32})
 S, A = 14, 3
 LOG_U = jnp.full((A,), -jnp.log(3.0))
 

@@ -29,8 +29,9 @@ chunk_steps = 100
 buffer_size = 100
 batch_size = 16
 learning_starts = 50
-eval_episodes = 1
 seeds = 2
+[eval]
+episodes = 1
 """
 
 
@@ -235,9 +236,10 @@ chunk_steps = 100
 buffer_size = 100
 batch_size = 16
 learning_starts = 50
-eval_episodes = 2
 gamma = 1.0
 seeds = 1
+[eval]
+episodes = 2
 [sweep]
 "agent.eta" = [0.5, 5.0]
 """)

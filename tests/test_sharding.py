@@ -118,7 +118,7 @@ def test_layout_is_declared_per_field():
 
     cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "dqn", "hidden": (8,)},
                        train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32, "batch_size": 4,
-                              "learning_starts": 8, "eval_episodes": 1})
+                              "learning_starts": 8}, eval={"episodes": 1})
     tr = make_train(cfg)
     state = jax.eval_shape(tr.init, jax.ShapeDtypeStruct((3, 2), np.uint32), {})
     kinds = tr.layout(state)
@@ -139,9 +139,9 @@ def test_an_emulator_pool_per_shard(tmp_path):
     if atari.missing_packages("ale"):
         pytest.skip("ale-py is not installed (pip install -e '.[atari]')")
     sets = ["env.name=Pong", "agent.name=mdqn", "agent.torso=minatar_cnn", "agent.hidden=[16]", "env.num_envs=2",
-            "train.eval_envs=1", "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400",
+            "eval.envs=1", "train.total_steps=400", "train.chunk_steps=200", "train.buffer_size=400",
             "train.learning_starts=100", "train.batch_size=8", "train.seeds=3", "train.replay_mode=per-member",
-            "train.final_eval_episodes=0"]
+            "eval.final_episodes=0"]
     args = [a for s in sets for a in ("--set", s)]
     for n in (1, 2):
         res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", os.path.join(ROOT, "experiments",

@@ -45,10 +45,12 @@ buffer_size = 64
 batch_size = 8
 learning_starts = 20
 target_update_every = 20
-eval_episodes = 1
-final_eval_episodes = 2
 seeds = 2
 replay_mode = "per-member"
+
+[eval]
+episodes = 1
+final_episodes = 2
 
 [sweep]
 "agent.name" = ["dqn", "mdqn"]

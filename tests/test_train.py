@@ -33,7 +33,8 @@ from klrl.train import (HPARAMS, ActorState, Counters, Keys, Learner, StaticConf
 # update_every=2 with 2 envs: one gradient update per vector step (the old train_every=1).
 TINY = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "mdqn", "hidden": (8,), "loss": "l2"},
                     train={"total_steps": 160, "chunk_steps": 80, "buffer_size": 64, "batch_size": 8,
-                           "learning_starts": 20, "update_every": 2, "target_update_every": 20, "eval_episodes": 2})
+                           "learning_starts": 20, "update_every": 2, "target_update_every": 20},
+                    eval={"episodes": 2})
 BASE_METRICS = {"step", "train_return", "eval_return", "loss", "diverged"}
 METRICS = BASE_METRICS | {"q_mean", "target_mean"}      # + mdqn's loss aux
 
@@ -228,7 +229,7 @@ def test_shared_replay_one_buffer_same_batches():
 # (The probe agent replaces CADENCE's agent in _make_train_with_probe.)
 CADENCE = TINY.replace(env={"num_envs": 4}, train={"update_every": 3, "learning_starts": 60, "total_steps": 144,
                                                    "chunk_steps": 48, "buffer_size": 96, "batch_size": 8,
-                                                   "target_update_every": 24, "eval_episodes": 1})
+                                                   "target_update_every": 24}, eval={"episodes": 1})
 
 
 @pytest.fixture(scope="module")
@@ -404,11 +405,12 @@ def test_evaluation_episodes_and_concurrent():
     episodes to their end after every chunk; `concurrent` steps test envs with the training
     envs, so a chunk in which no test episode ended reports NaN and every episode it reports
     started in an earlier chunk. The test envs never change what the training envs do."""
-    cfg = TINY.replace(agent={"name": "dqn"}, train={"total_steps": 100, "chunk_steps": 10, "eval_episodes": 3})
+    cfg = TINY.replace(agent={"name": "dqn"}, train={"total_steps": 100, "chunk_steps": 10},
+                       eval={"episodes": 3})
     keys = _keys(0, 1, 2)
     runs = {}
     for mode in ("episodes", "concurrent"):
-        tr = make_train(cfg.replace(train={"eval_mode": mode, "eval_envs": 2}))
+        tr = make_train(cfg.replace(eval={"mode": mode, "envs": 2}))
         runs[mode] = _compiled(tr.train, keys, {})(keys, {})
     (se, me), (sc, mc) = runs["episodes"], runs["concurrent"]
     chunk_vsteps = cfg.train.chunk_steps // cfg.env.num_envs
@@ -459,11 +461,11 @@ def test_evaluation_orders_untrained_below_trained():
     cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 10},
                        agent={"name": "dqn", "hidden": (64, 64), "loss": "l2"},
                        train={"total_steps": 50_000, "chunk_steps": 10_000, "buffer_size": 10_000, "batch_size": 64,
-                              "learning_starts": 10_010, "update_every": 10, "target_update_every": 500,
-                              "eval_episodes": 10, "eval_envs": 2})
+                              "learning_starts": 10_010, "update_every": 10, "target_update_every": 500},
+                       eval={"episodes": 10, "envs": 2})
     keys = _keys(0, 1, 2)
     for mode in ("episodes", "concurrent"):
-        train = jax.jit(make_train(cfg.replace(train={"eval_mode": mode})).train)
+        train = jax.jit(make_train(cfg.replace(eval={"mode": mode})).train)
         untrained, trained = (np.asarray(train(keys, {"learning_rate": lr, "epsilon_fraction": 0.2})[1]["eval_return"])
                               for lr in (0.0, 1e-3))
         assert np.all(np.isfinite(untrained)) and np.all(np.isfinite(trained))
@@ -502,16 +504,16 @@ def test_hparams_used_and_validation():
         ({"train": {"update_every": 0}}, "train.update_every: got 0; allowed an integer >= 1"),
         ({"train": {"max_grad_norm": -1.0}}, "train.max_grad_norm: got -1.0; allowed [0, inf)"),
         ({"train": {"replay_store": "pairs"}}, "train.replay_store: got 'pairs'; allowed one of frames, transitions"),
-        ({"train": {"eval_mode": "never"}}, "train.eval_mode: got 'never'"),
-        ({"train": {"eval_envs": 0}}, "train.eval_envs: got 0"),
-        ({"train": {"eval_epsilon": 1.5}}, "train.eval_epsilon: got 1.5; allowed [0, 1]"),
+        ({"eval": {"mode": "never"}}, "eval.mode: got 'never'"),
+        ({"eval": {"envs": 0}}, "eval.envs: got 0"),
+        ({"eval": {"epsilon": 1.5}}, "eval.epsilon: got 1.5; allowed [0, 1]"),
         ({"agent": {"torso": "resnet"}}, "agent.torso: got 'resnet'; allowed one of mlp, minatar_cnn, nature_cnn"),
         ({"agent": {"torso": "nature_cnn"}}, "agent.torso: got 'nature_cnn'; allowed mlp for CartPole-v1's 1-D"),
         ({"agent": {"obs_scale": 0.0}}, "agent.obs_scale: got 0.0; allowed (0, inf)"),
         ({"env": {"backend": "nosuch"}}, "env.backend: got 'nosuch'; allowed one of jax, pool"),
-        ({"env": {"backend": "pool", "name": "Breakout-MinAtar"}, "train": {"eval_mode": "concurrent"}},
+        ({"env": {"backend": "pool", "name": "Breakout-MinAtar"}, "eval": {"mode": "concurrent"}},
          "env.name: got 'Breakout-MinAtar'"),
-        ({"env": {"backend": "pool"}}, "train.eval_mode: got 'episodes'; allowed concurrent with backend pool"),
+        ({"env": {"backend": "pool"}}, "eval.mode: got 'episodes'; allowed concurrent with backend pool"),
         ({"agent": {"name": "qsharp"}}, "agent.reference: got 'none'"),
         ({"agent": {"hidden": ()}}, "agent.hidden: got ()"),
         ({"train": {"buffer_size": 5, "batch_size": 4}}, "train.buffer_size: got 5"),   # < 3 time slots per env column

@@ -41,9 +41,10 @@ def _chunks(tr, state, hp, run_chunk, n=None):
 # metric is finite by construction.
 TREE = StaticConfig(env={"name": "QSharpTree-v0", "backend": "pool", "num_envs": 2},
                     agent={"hidden": (4,), "loss": "l2", "num_atoms": 5, "v_min": 0.0, "v_max": 1.0},
-                    train={"eval_mode": "concurrent", "eval_envs": 1, "total_steps": 48, "chunk_steps": 24,
+                    train={"total_steps": 48, "chunk_steps": 24,
                            "buffer_size": 32, "batch_size": 4, "learning_starts": 8, "update_every": 2,
-                           "target_update_every": 8})
+                           "target_update_every": 8},
+                    eval={"mode": "concurrent", "envs": 1})
 POOL_AGENTS = [(name, "td") for name in AGENTS] + [("qsharp", "rollout")]
 
 
@@ -113,9 +114,10 @@ def test_every_agent_runs_through_the_pool(name, mode):
 
 CARTPOLE = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 2},
                         agent={"name": "mdqn", "hidden": (8,), "loss": "l2"},
-                        train={"eval_mode": "concurrent", "eval_envs": 2, "total_steps": 160, "chunk_steps": 80,
+                        train={"total_steps": 160, "chunk_steps": 80,
                                "buffer_size": 64, "batch_size": 8, "learning_starts": 20, "update_every": 2,
-                               "target_update_every": 20})
+                               "target_update_every": 20},
+                        eval={"mode": "concurrent", "envs": 2})
 
 
 @pytest.fixture(scope="module")
@@ -203,9 +205,10 @@ def test_pool_learns_cartpole(name):
     vector step of 10 envs, 300k env steps)."""
     cfg = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 10},
                        agent={"name": name, "hidden": (120, 84), "loss": "l2"},
-                       train={"eval_mode": "concurrent", "eval_envs": 2, "total_steps": 300_000,
+                       train={"total_steps": 300_000,
                               "chunk_steps": 25_000, "buffer_size": 10_000, "batch_size": 128,
-                              "learning_starts": 10_000, "update_every": 10, "target_update_every": 500})
+                              "learning_starts": 10_000, "update_every": 10, "target_update_every": 500},
+                       eval={"mode": "concurrent", "envs": 2})
     tr = make_train(cfg)
     keys = _keys(0, 1, 2)
     state = jax.jit(tr.init)(keys, {}, (), tr.env_start(keys, 0))
@@ -222,8 +225,9 @@ def test_reenter_restarts_the_rollout_actors_episodes_and_keeps_its_labels():
     cfg = StaticConfig(env={"name": "CartPole-v1", "backend": "pool", "num_envs": 2},
                        agent={"name": "qsharp", "qsharp_mode": "rollout", "qsharp_switch_horizon": 2,
                               "reference": "uniform", "hidden": (4,), "num_atoms": 5},
-                       train={"eval_mode": "concurrent", "total_steps": 40, "chunk_steps": 20, "buffer_size": 32,
-                              "batch_size": 4, "learning_starts": 8, "update_every": 2, "target_update_every": 8})
+                       train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32,
+                              "batch_size": 4, "learning_starts": 8, "update_every": 2, "target_update_every": 8},
+                       eval={"mode": "concurrent"})
     tr = make_train(cfg)
     keys = jnp.stack([jax.random.PRNGKey(0), jax.random.PRNGKey(1)])
     s = tr.init(keys, {}, (), tr.env_start(keys, 0))

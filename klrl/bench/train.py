@@ -59,9 +59,10 @@ REFERENCE = StaticConfig(
     agent={"name": "mdqn", "hidden": (120, 84), "loss": "l2", "acting": "epsilon_greedy"},
     train={"total_steps": 50_000, "chunk_steps": 50_000, "buffer_size": 10_000, "batch_size": 128,
            "learning_starts": 10_000, "update_every": 10, "target_update_every": 500, "target_update": "hard",
-           "replay_mode": "per-member", "eval_episodes": 10})
+           "replay_mode": "per-member"},
+    eval={"episodes": 10})
 QUICK = REFERENCE.replace(train={"total_steps": 2_000, "chunk_steps": 2_000, "buffer_size": 1_000,
-                                 "learning_starts": 500, "eval_episodes": 2})
+                                 "learning_starts": 500}, eval={"episodes": 2})
 
 MINATAR_EXPERIMENT = os.path.join(_ROOT, "experiments", "minatar_munchausen.toml")
 MINATAR_OVERRIDES = ("env.name=Breakout-MinAtar", "train.total_steps=50000", "train.chunk_steps=50000",
