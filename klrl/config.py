@@ -48,7 +48,6 @@ from klrl.errors import ConfigError
 from klrl.output import OutputSection
 from klrl.sections import Hparam, Section, Sections, ranged
 
-SECTIONS = ("env", "agent", "train", "eval", "sweep", "output")
 SWEEP = "sweep"
 SEEDS = "train.seeds"
 # Keys that belong to the plumbing and are no section's field (their defaults).
@@ -160,7 +159,7 @@ def build_config(cls: type[Sections], raw: Mapping[str, Any], overrides: Sequenc
     known = section_keys(classes)
     for key in base:
         check_known(key, known)
-    return cls(**build_sections(classes, base))
+    return cls.from_sections(build_sections(classes, base))
 
 
 def load_config(cls: type[Sections], path: str, overrides: Sequence[str] = ()):
@@ -264,8 +263,11 @@ class Experiment:
         out["train"]["seeds"] = list(self.seeds)
         out["agent"]["name"] = self.agents[0] if len(self.agents) == 1 else list(self.agents)
         for s in self.schema.static_cls.section_classes():
-            for k in getattr(self.static, s).unused():
+            for k in self.static.section(s).unused():
                 out[s].pop(k, None)
+        # An agent's own section is recorded only when one of the run's agents reads it.
+        for s in set.intersection(*(set(self.static_config(a).unused_sections()) for a in self.agents)):
+            out.pop(s, None)
         out[SWEEP] = {k: list(v) for k, v in sorted(self.sweep.items())}
         if len(self.agents) > 1:
             out[SWEEP][AGENT_NAME] = list(self.agents)
@@ -315,7 +317,7 @@ class Experiment:
 def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), schema: Schema | None = None) -> Experiment:
     """Validate a parsed TOML document plus `--set` overrides into an `Experiment`."""
     schema = schema or engine_schema()
-    base, sweep = split_document(raw, overrides, SECTIONS, sweep=SWEEP, renamed=hashing.RENAMED)
+    base, sweep = split_document(raw, overrides, (*schema.sections, SWEEP), sweep=SWEEP, renamed=hashing.RENAMED)
     defaults = schema.defaults()
     for key in base:
         check_known(key, defaults)
@@ -373,7 +375,7 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
 
     values[AGENT_NAME] = agents[0]
     static_sections = {s: sections[s] for s in schema.static_cls.section_classes()}
-    static = schema.static_cls(**static_sections)
+    static = schema.static_cls.from_sections(static_sections)
     if static.agent.name != agents[0]:
         static = static.replace(agent={"name": agents[0]})
     exp = Experiment(values=values, sweep=clean_sweep, agents=agents, seeds=seeds, schema=schema, static=static,

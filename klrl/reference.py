@@ -103,7 +103,7 @@ def _recorded_config(config: dict, agent: str, env: str, run: str):
                        if k in known and not isinstance(v, dict)}
     tables["agent"]["name"], tables["env"]["name"] = agent, env
     try:
-        return StaticConfig(**tables)
+        return StaticConfig.from_sections(tables)
     except ConfigError as err:
         _fail("agent.reference_run", run, f"a run whose recorded config is valid here ({err})")
 

@@ -252,27 +252,71 @@ class Sections:
 
     A field may be given as a mapping (the section's keyword arguments); `replace(**tables)`
     changes keys inside sections, `to_dict()` gives the nested JSON-able tables.
+
+    Open sections: a subclass may also take sections declared elsewhere and read at call time
+    (`extra_sections()`, e.g. the tables of registered agents' own keys). They live in the
+    field `extras` (declared with `extras_field()`), are read with `section(name)`, and are
+    built with the others by `from_sections`.
     """
 
     def __post_init__(self) -> None:
-        for name, cls in self.section_classes().items():
+        for name, cls in _section_classes(type(self)).items():
             value = getattr(self, name)
             if isinstance(value, Mapping):
                 object.__setattr__(self, name, cls(**value))
             elif not isinstance(value, cls):
                 raise TypeError(f"{type(self).__name__}.{name}: got {type(value).__name__}; allowed {cls.__name__}")
+        extra = self.extra_sections()
+        if extra:
+            given = self.extras
+            given = dict(given) if isinstance(given, Mapping) else {sec.SECTION: sec for sec in given}
+            unknown = sorted(set(given) - set(extra))
+            if unknown:
+                raise TypeError(f"{type(self).__name__}: got section {unknown[0]!r}; allowed {', '.join(extra)}")
+            built = tuple(v if isinstance(v, cls) else cls(**v)
+                          for name, cls in extra.items() for v in [given.get(name, {})])
+            object.__setattr__(self, "extras", built)
+
+    @classmethod
+    def extra_sections(cls) -> dict[str, type[Section]]:
+        """Sections declared outside this class: name -> class (none by default)."""
+        return {}
 
     @classmethod
     def section_classes(cls) -> dict[str, type[Section]]:
-        return _section_classes(cls)
+        return {**_section_classes(cls), **cls.extra_sections()}
+
+    @classmethod
+    def from_sections(cls, sections: Mapping[str, Any]):
+        """The config from {name: Section or mapping} covering fixed and open sections."""
+        fixed = _section_classes(cls)
+        extras = {k: v for k, v in sections.items() if k not in fixed}
+        return cls(**{k: v for k, v in sections.items() if k in fixed}, **({"extras": extras} if extras else {}))
+
+    def section(self, name: str) -> Section:
+        """The section `name`, fixed or open."""
+        if name in _section_classes(type(self)):
+            return getattr(self, name)
+        for sec in getattr(self, "extras", ()):
+            if sec.SECTION == name:
+                return sec
+        raise KeyError(f"{type(self).__name__} has no section {name!r}")
 
     def replace(self, **tables: Mapping[str, Any]):
         """A copy with the given keys changed, e.g. `cfg.replace(train={"total_steps": 100})`
         (each changed section is checked again)."""
-        return dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **t) for s, t in tables.items()})
+        fixed = _section_classes(type(self))
+        out = dataclasses.replace(self, **{s: dataclasses.replace(getattr(self, s), **t)
+                                           for s, t in tables.items() if s in fixed})
+        open_ = {s: t for s, t in tables.items() if s not in fixed}
+        if open_:
+            extras = {sec.SECTION: sec for sec in out.extras}
+            extras.update({s: dataclasses.replace(self.section(s), **t) for s, t in open_.items()})
+            out = dataclasses.replace(out, extras=extras)
+        return out
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return {s: getattr(self, s).to_dict() for s in self.section_classes()}
+        return {s: self.section(s).to_dict() for s in self.section_classes()}
 
 
 @functools.lru_cache(maxsize=None)
@@ -280,11 +324,21 @@ def _section_classes(cls: type) -> dict[str, type[Section]]:
     hints = typing.get_type_hints(cls)
     out = {}
     for f in dataclasses.fields(cls):
+        if f.metadata.get(_EXTRAS):
+            continue
         sec = hints[f.name]
         if not (isinstance(sec, type) and issubclass(sec, Section) and sec.SECTION == f.name):
             raise TypeError(f"{cls.__name__}.{f.name}: a Sections field must be a Section with SECTION = {f.name!r}")
         out[f.name] = sec
     return out
+
+
+_EXTRAS = "klrl.sections.extras"
+
+
+def extras_field() -> Any:
+    """The `extras` field of a Sections with open sections (a tuple of them once built)."""
+    return field(default=(), metadata={_EXTRAS: True})
 
 
 def section_field(cls: type[Section]) -> Any:
@@ -313,4 +367,5 @@ class Hparam:
         return self.spec.check(key, value)
 
 
-__all__ = ["Hparam", "Rule", "Section", "Sections", "Spec", "choice", "fail", "ranged", "section_field", "setting"]
+__all__ = ["Hparam", "Rule", "Section", "Sections", "Spec", "choice", "extras_field", "fail", "ranged", "section_field",
+           "setting"]

@@ -31,7 +31,7 @@ from klrl.agents import AGENT_HPARAMS, AGENTS, LOSSES
 from klrl.agents.qsharp import MODES as QSHARP_MODES
 from klrl.errors import ConfigError
 from klrl.networks import CONVS, TORSOS
-from klrl.sections import Hparam, Section, Sections, choice, fail, ranged, section_field, setting
+from klrl.sections import Hparam, Section, Sections, choice, extras_field, fail, ranged, section_field, setting
 
 TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
@@ -170,6 +170,18 @@ class StaticConfig(Sections):
     agent: AgentConfig = section_field(AgentConfig)
     train: TrainConfig = section_field(TrainConfig)
     eval: EvalConfig = section_field(EvalConfig)
+    extras: tuple = extras_field()   # the registered agents' own sections (AgentSpec.options), e.g. [iqn]
+
+    @classmethod
+    def extra_sections(cls) -> dict[str, type[Section]]:
+        from klrl.agents import agent_options
+
+        return agent_options()
+
+    def unused_sections(self) -> tuple[str, ...]:
+        """The agents' own sections that this config's agent does not read."""
+        own = AGENTS[self.agent.name].options
+        return tuple(s for s in self.extra_sections() if own is None or s != own.SECTION)
 
 
 # Traced hyperparameters of the trainer (float32 [M] each): section, default, range.

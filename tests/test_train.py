@@ -544,7 +544,7 @@ def test_every_agent_traces_end_to_end(name):
     gymnax trainer. One agent per trainer path is compiled and run through the stricter host
     pool (test_train_pool.py); mdqn runs here in `per_member_run`, mdkl in the variants below;
     the compiled product is `slow`."""
-    assert len(ENGINE_AGENTS) == 9
+    assert len(ENGINE_AGENTS) == 11
     tr = make_train(TINY.replace(agent={"name": name, "num_atoms": 11}))
     keys = _keys(0, 1)
     state, metrics = jax.eval_shape(tr.train, keys, {})
@@ -556,7 +556,7 @@ def test_every_agent_traces_end_to_end(name):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENGINE_AGENTS)
 def test_every_agent_runs_end_to_end(name):
-    assert len(ENGINE_AGENTS) == 9
+    assert len(ENGINE_AGENTS) == 11
     tr = make_train(TINY.replace(agent={"name": name, "num_atoms": 11}))
     keys = _keys(0, 1)
     _, metrics = _compiled(tr.train, keys, {})(keys, {})

@@ -14,7 +14,7 @@ optimisation, and reads only the fields below (no attribute probing):
   (default `apply(obs)`; IQN averages quantiles at sampled fractions drawn from `key`);
 - `q_values(out, cfg)`: action values from that output;
 - `options`: the Section class of its own config keys (a TOML table of their own, e.g.
-  `[iqn]`, read as `cfg.options(SECTION)`), or None;
+  `[iqn]`, read as `cfg.section(SECTION)`), or None;
 - `loss(nets, batch, hp, cfg, ctx, key) -> (loss, aux)`: `key` is this update's own stream;
   aux metrics (q_mean, target_mean, …) are averaged over a chunk's updates and written to
   metrics.csv as `loss/<name>`; `cfg` is the whole `klrl.static.StaticConfig`;

@@ -52,7 +52,7 @@ class Network(NamedTuple):
 
 def network(cfg, num_actions: int) -> Network:
     """The implicit quantile network of the [agent] torso and hidden layers and the [iqn] embedding."""
-    a, o = cfg.agent, cfg.options("iqn")
+    a, o = cfg.agent, cfg.section("iqn")
     module = ImplicitQuantileNetwork(torso=a.torso, hidden=tuple(a.hidden), num_actions=num_actions,
                                      embedding_dim=o.embedding_dim, obs_scale=float(a.obs_scale), conv=a.conv)
     return Network(init=lambda key, obs: module.init(key, obs, jnp.full((1,), 0.5, jnp.float32)),
@@ -61,13 +61,13 @@ def network(cfg, num_actions: int) -> Network:
 
 def forward(apply, obs, key, cfg):
     """q(s, ·) = the mean of Z_τ(s, ·) over K fractions τ ~ U(0, 1) (shared by a member's envs)."""
-    taus = jax.random.uniform(key, (cfg.options("iqn").num_act_quantiles,))
+    taus = jax.random.uniform(key, (cfg.section("iqn").num_act_quantiles,))
     return jnp.mean(apply(obs, taus), axis=-2)
 
 
 def _loss(munchausen: bool):
     def loss(nets, batch, hp, cfg, ctx, key):
-        o = cfg.options("iqn")
+        o = cfg.section("iqn")
         B = batch.reward.shape[0]
         k_online, k_target = jax.random.split(key)
         taus = jax.random.uniform(k_online, (B, o.num_quantiles))
