@@ -245,5 +245,5 @@ def check_members(cfg: StaticConfig, members: int) -> None:
              f"{columns} columns in {mode} mode with {members} members)")
 
 
-__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "TARGET_UPDATES", "AgentConfig", "EnvConfig",
-           "EvalConfig", "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]
+__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "TARGET_UPDATES", "AgentConfig",
+           "EnvConfig", "EvalConfig", "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]

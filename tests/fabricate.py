@@ -17,6 +17,7 @@ import os
 import numpy as np
 
 from klrl.config import load_experiment
+from klrl.config_hash import SCHEMA_VERSION
 from klrl.population import build_populations
 from klrl.results import MetricsWriter, TidyWriter, format_chunk, header
 from klrl.runner import SWEEP_RECORD, _member_table, summary_rows
@@ -41,7 +42,8 @@ def _run_dir(exp, out, overrides, *, seed, finished, final_eval, nan_every, stop
     columns = pops[0].columns
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, "config.json"), {
-        "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": "fabricated",
+        "config": exp.resolved(), "config_hash": exp.config_hash(), "schema_version": SCHEMA_VERSION,
+        "config_file": "fabricated",
         "overrides": list(overrides), "members": _member_table(pops), "provenance": PROVENANCE})
     t = exp.static.train
     chunks = t.total_steps // t.chunk_steps
@@ -64,7 +66,7 @@ def _run_dir(exp, out, overrides, *, seed, finished, final_eval, nan_every, stop
         if final is not None:
             final.append(format_chunk(pop.members, columns, {
                 "step": np.full(m, t.total_steps), "final_eval_return": _values(rng, (1, m), scale)[0],
-                "final_eval_episodes": np.full(m, t.final_eval_episodes, np.float32)}))
+                "final_eval_episodes": np.full(m, exp.static.eval.final_episodes, np.float32)}))
         if pop.agent == stop_after_agent:
             return None                      # killed after this population: no summary.json
     summary = summary_rows(metrics_path, columns, final.path if final else None)
@@ -91,7 +93,8 @@ def fabricate(toml, out, overrides=(), *, seed=0, finished=True, final_eval=None
         return _run_dir(exp, str(out), overrides, seed=seed, **kw)
     os.makedirs(out, exist_ok=True)
     _write_json(os.path.join(out, SWEEP_RECORD), {
-        "config": exp.resolved(), "config_hash": exp.config_hash(), "config_file": "fabricated",
+        "config": exp.resolved(), "config_hash": exp.config_hash(), "schema_version": SCHEMA_VERSION,
+        "config_file": "fabricated",
         "overrides": list(overrides), "runs": {e: e for e in exp.envs}, "provenance": PROVENANCE})
     summaries = {}
     for i, e in enumerate(exp.per_env()):
