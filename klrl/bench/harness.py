@@ -83,10 +83,11 @@ def population_hparams(hparams: dict[str, float], members: int) -> dict[str, jax
 
 
 class Budget:
-    """The time guard: `seconds` from its creation; None never stops anything."""
+    """The time guard: `seconds` from its creation (or from `start`, a time.perf_counter()
+    value); None never stops anything."""
 
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start = seconds, time.perf_counter()
+    def __init__(self, seconds: float | None, start: float | None = None):
+        self.seconds, self.start = seconds, time.perf_counter() if start is None else start
 
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
