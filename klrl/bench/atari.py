@@ -111,7 +111,6 @@ def sizes(platform: str, quick: bool) -> dict:
                 alone_members=lambda ms: sorted({min(ms), max(ms)}), alone_modes=("vmap",), budget_s=None)
 
 
-
 # ---- driving the run ---------------------------------------------------------------------------
 
 def _available(backend: str) -> str | None:

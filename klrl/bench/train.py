@@ -1,7 +1,7 @@
 """`klrl bench train`: whole-run throughput of M-DQN populations (CartPole-v1 or MinAtar Breakout).
 
 Presets (`env`):
-- `cartpole`, the reference configuration (issue 3 §4): 10 parallel envs per member, buffer
+- `cartpole`, the reference configuration: 10 parallel envs per member, buffer
   10,000, batch 128, one gradient update per vector step (= per 10 env steps) after 10,000
   warm-up steps, hard target update every 500 env steps, lr 2.5e-4, ε 1 → 0.05 over half the
   run, MLP (120, 84), L2 loss, 50k env steps per member.
@@ -12,7 +12,9 @@ Presets (`env`):
 Each population size M runs the same compiled program shape (one chunk = the whole run);
 compilation is timed separately (`lower().compile()`), and the run time is the best of
 `repeats` executions of the compiled program on the same keys. `total_steps` overrides a
-preset's length (still one chunk).
+preset's length (still one chunk). The programs are klrl.bench.harness's: the run is
+`make_train(cfg).train`, and a row's update FLOPs come from one population update built as the
+trainer builds it. How a row is measured is a `Timing` (injected; TIMING by default).
 
 Time guard (`budget_s`, seconds from the start of the bench or of the suite): a size is
 skipped, with the sizes after it, when the time spent plus its estimate (from the measured row
@@ -31,7 +33,7 @@ member of the population costs less than a run on its own.
 
 `bench_suite` (`python -m klrl.bench.train --suite gpu`, run by experiments/device/train_gpu.sh)
 measures several such parts in one process under one budget and writes one JSON with each
-part's rows and the issue's goals (SUITES).
+part's rows and its goals (SUITES).
 """
 
 from __future__ import annotations
@@ -298,7 +300,7 @@ def bench_train(out_path: str | None = None, quick: bool = False, members: tuple
     return result
 
 
-# --- the suite: several parts in one process and one budget, with the issue's goals ---------
+# --- the suite: several parts in one process and one budget, with their goals --------------
 
 @dataclasses.dataclass(frozen=True)
 class Part:
@@ -316,7 +318,7 @@ class Part:
 
 SUITES = {
     # experiments/device/train_gpu.sh: CartPole at 1/64/256/1024 members, MinAtar Breakout at
-    # 1/16/64, then 1024 CartPole members x 500k env steps if time allows (issue 10's goals).
+    # 1/16/64, then 1024 CartPole members x 500k env steps if time allows (the throughput goals).
     "gpu": (Part("cartpole", "cartpole", (1, 64, 256, 1024), ratio_goal=(64, 2.0)),
             Part("minatar", "minatar", (1, 16, 64), ratio_goal=(64, 2.0)),
             Part("cartpole_1024x500k", "cartpole", (1024,), total_steps=500_000, seconds_goal=(1024, 120.0))),
