@@ -88,7 +88,7 @@ def test_quick_bench_writes_positive_finite_numbers(tmp_path):
 
 @needs_ale
 def test_raw_pool_counts_train_envs_as_agent_steps():
-    from klrl.bench.atari import time_raw_pool
+    from klrl.bench.atari_measure import time_raw_pool
 
     r = time_raw_pool("ale", "Pong", 1, 4, 48)
     assert r["vector_steps"] == 8 and _positive(r["seconds"])
@@ -96,22 +96,24 @@ def test_raw_pool_counts_train_envs_as_agent_steps():
 
 
 @needs_ale
-def test_shared_pools_build_one_pool_per_shape_and_restore_make_env():
-    import klrl.train as train_mod
-    from klrl.bench.atari import shared_pools
+def test_shared_pools_build_one_pool_per_shape_and_feed_the_trainer():
+    import klrl.envs
+    import klrl.train
+    from klrl.bench.atari import sizes
+    from klrl.bench.atari_measure import AGENT, _experiment, bench_overrides, pool_source, shared_pools
 
-    before = train_mod.make_env
+    cfg = _experiment(bench_overrides("ale", "Pong", "vmap", 4, sizes("cpu", quick=True), 1)).static_config(AGENT)
     with shared_pools() as make:
-        assert train_mod.make_env is make
         a = make("Pong", 1, 2, "ale", preset="atari100k")
-        assert train_mod.make_env("Pong", 1, 2, "ale", preset="atari100k") is a   # the trainer's call
+        assert pool_source(cfg, make).make(1, 2) is a   # the trainer's call, through its EnvSource
+        assert pool_source(cfg, make).spec == klrl.train.env_source(cfg).spec
         assert make("Pong", 1, 3, "ale", preset="atari100k") is not a
-    assert train_mod.make_env is before
+    assert klrl.train.make_env is klrl.envs.make_env   # nothing patched
 
 
 @needs_ale
 def test_replay_memory_of_the_shipped_experiments():
-    from klrl.bench.atari import replay_memory
+    from klrl.bench.atari_measure import replay_memory
 
     a100k = replay_memory("experiments/atari100k.toml")
     # 84x84 uint8 frame + int32 action + float32 reward + 3 bool flags, from the store's arrays
@@ -129,7 +131,7 @@ def _row(m, mode, pmu, conv="lax", backend="ale", rate=None):
 
 
 def test_compare_maps_picks_the_cheaper_member_map_per_conv():
-    from klrl.bench.atari import compare_maps
+    from klrl.bench.atari_report import compare_maps
 
     rows = [_row(1, "vmap", 1.0), _row(1, "map", 1.0), _row(4, "vmap", 2.0), _row(4, "map", 1.0),
             _row(4, "vmap", 0.1, "patches"), _row(4, "map", 0.2, "patches")]
@@ -146,7 +148,7 @@ def test_compare_maps_picks_the_cheaper_member_map_per_conv():
 
 
 def test_compare_convs_and_the_choice_of_the_fastest_pair():
-    from klrl.bench.atari import choose, compare_convs
+    from klrl.bench.atari_report import choose, compare_convs
 
     rows = [_row(1, "vmap", 0.5, "lax", rate=8.0), _row(1, "vmap", 0.05, "patches", rate=40.0),
             _row(4, "vmap", 2.0, "lax", rate=2.0), _row(4, "map", 0.5, "lax", rate=6.0),
@@ -183,7 +185,8 @@ def test_compare_convs_and_the_choice_of_the_fastest_pair():
 
 
 def test_training_estimate_scales_the_like_rows_update_cost():
-    from klrl.bench.atari import _estimate_training, sizes
+    from klrl.bench.atari import sizes
+    from klrl.bench.atari_report import estimate_training as _estimate_training
 
     size = sizes("cpu", quick=False)
     assert _estimate_training({"training": []}, "ale", 1, "lax", "vmap", size) is None

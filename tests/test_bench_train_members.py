@@ -71,30 +71,28 @@ def test_estimate_scales_the_nearest_smaller_row():
     assert estimate_seconds(rows[1:], 2, 100, 1) == 6.0 + 4.0 * 2 / 64   # no smaller row: the smallest
 
 
-def _fake_timings(monkeypatch, seconds):
-    """Replace compiling and running by rows with `seconds(env, members, steps)` run seconds
-    and 5 compile seconds, so the suite's logic runs without any program."""
-    import klrl.bench.train as bt
+def _fake_timing(seconds):
+    """A Timing whose rows have `seconds(env, members, steps)` run seconds and 5 compile
+    seconds, so the suite's logic runs without any program."""
+    from klrl.bench.train import Timing
 
-    def time_population(cfg, members, repeats=1, seed=0, hparams=None, pop=None):
+    def row(cfg, members, repeats=1, hparams=None, pop=None):
         s = seconds(cfg.env.name, members, cfg.train.total_steps)
         return {"members": members, "total_steps": cfg.train.total_steps, "seconds": s, "compile_seconds": 5.0,
                 "cpu_seconds": s, "all_run_seconds": [s] * repeats, "all_cpu_seconds": [s] * repeats,
                 "agent_steps_per_second": members * cfg.train.total_steps / s, "achieved_update_gflop_per_second": 1.0}
 
-    monkeypatch.setattr(bt, "compile_population", lambda cfg, m, hp=None, seed=0: (cfg.env.name, m))
-    monkeypatch.setattr(bt, "time_population", time_population)
-    monkeypatch.setattr(bt, "run_population", lambda pop, repeats: (
-        [seconds(pop[0], pop[1], 50_000)] * repeats, [1.0] * repeats, {}))
+    return Timing(compile=lambda cfg, m, hp=None: (cfg.env.name, m), row=row,
+                  rerun=lambda pop, repeats: ([seconds(pop[0], pop[1], 50_000)] * repeats, [1.0] * repeats, {}))
 
 
-def test_gpu_suite_cuts_by_budget_and_states_the_goals(tmp_path, monkeypatch):
+def test_gpu_suite_cuts_by_budget_and_states_the_goals(tmp_path):
     from klrl.bench.train import bench_suite
 
     # CartPole: 1 + M/100 s per 50k steps; MinAtar 4x that
-    _fake_timings(monkeypatch, lambda env, m, steps: (1 + m / 100) * steps / 50_000 * (4 if "MinAtar" in env else 1))
+    timing = _fake_timing(lambda env, m, steps: (1 + m / 100) * steps / 50_000 * (4 if "MinAtar" in env else 1))
     out = tmp_path / "train_gpu.json"
-    r = bench_suite(str(out), "gpu", budget_s=100.0)
+    r = bench_suite(str(out), "gpu", budget_s=100.0, timing=timing)
     assert json.loads(out.read_text())["goals"] == r["goals"]
     parts = r["parts"]
     assert [row["members"] for row in parts["cartpole"]["rows"]] == [1, 64, 256, 1024]
@@ -110,11 +108,11 @@ def test_gpu_suite_cuts_by_budget_and_states_the_goals(tmp_path, monkeypatch):
     assert r["errors"] == [] and r["budget_s"] == 100.0
 
 
-def test_suite_without_budget_measures_every_part(tmp_path, monkeypatch):
+def test_suite_without_budget_measures_every_part(tmp_path):
     from klrl.bench.train import bench_suite
 
-    _fake_timings(monkeypatch, lambda env, m, steps: m * steps / 50_000)   # every member costs one run
-    r = bench_suite(str(tmp_path / "s.json"), "gpu")
+    timing = _fake_timing(lambda env, m, steps: m * steps / 50_000)   # every member costs one run
+    r = bench_suite(str(tmp_path / "s.json"), "gpu", timing=timing)
     assert r["skipped_by_budget"] == []
     goals = {(g["part"], g["members"]): g for g in r["goals"]}
     assert goals["cartpole", 64]["ratio"] == 64.0 and goals["cartpole", 64]["met"] is False

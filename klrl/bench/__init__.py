@@ -1,4 +1,5 @@
-"""Benchmarks (`klrl bench tabular | train | atari`) and what they share: the --members option."""
+"""Benchmarks (`klrl bench tabular | train | atari | scale`) and what they share: the --members
+option here; timing, the time guard, provenance, JSON and the timed programs in klrl.bench.harness."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """`klrl bench train`: whole-run throughput of M-DQN populations (CartPole-v1 or MinAtar Breakout).
 
 Presets (`env`):
-- `cartpole`, the reference configuration (issue 3 §4): 10 parallel envs per member, buffer
+- `cartpole`, the reference configuration: 10 parallel envs per member, buffer
   10,000, batch 128, one gradient update per vector step (= per 10 env steps) after 10,000
   warm-up steps, hard target update every 500 env steps, lr 2.5e-4, ε 1 → 0.05 over half the
   run, MLP (120, 84), L2 loss, 50k env steps per member.
@@ -12,7 +12,9 @@ Presets (`env`):
 Each population size M runs the same compiled program shape (one chunk = the whole run);
 compilation is timed separately (`lower().compile()`), and the run time is the best of
 `repeats` executions of the compiled program on the same keys. `total_steps` overrides a
-preset's length (still one chunk).
+preset's length (still one chunk). The programs are klrl.bench.harness's: the run is
+`make_train(cfg).train`, and a row's update FLOPs come from one population update built as the
+trainer builds it. How a row is measured is a `Timing` (injected; TIMING by default).
 
 Time guard (`budget_s`, seconds from the start of the bench or of the suite): a size is
 skipped, with the sizes after it, when the time spent plus its estimate (from the measured row
@@ -31,24 +33,23 @@ member of the population costs less than a run on its own.
 
 `bench_suite` (`python -m klrl.bench.train --suite gpu`, run by experiments/device/train_gpu.sh)
 measures several such parts in one process under one budget and writes one JSON with each
-part's rows and the issue's goals (SUITES).
+part's rows and its goals (SUITES).
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import sys
-import time
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
-from klrl.provenance import provenance
-from klrl.train import StaticConfig, make_train
+from klrl.bench.harness import (Budget, best_of, compile_training, fold_in_keys, header, load_average,
+                                population_hparams, update_flops, write_json)
+from klrl.static import StaticConfig
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 DEFAULT_OUT = os.path.join("results", "bench", "train.json")
@@ -126,35 +127,6 @@ def default_out(env: str, quick: bool) -> str:
     return out.replace(".json", "_quick.json") if quick else out
 
 
-def update_flops(cfg: StaticConfig, members: int) -> float:
-    """FLOPs of one population gradient update (XLA's cost analysis of the compiled vmapped update).
-
-    The whole-run program's cost analysis counts a loop body once, not per iteration, so the
-    achieved rate is computed from this per-update count times the number of updates.
-    """
-    from klrl.agents import AGENTS, Context
-    from klrl.envs import env_spec, stacked_shape
-    from klrl.networks import make_network
-    from klrl.replay import Batch
-    from klrl.train import HPARAMS, Learner, make_optimizer, make_update
-
-    spec = env_spec(cfg.env.name, cfg.env.backend, cfg.env.preset)
-    agent = AGENTS[cfg.agent.name]
-    a = cfg.agent
-    net = make_network(a.torso, a.hidden, spec.num_actions, agent.num_outputs(a), a.obs_scale)
-    obs = jnp.zeros((members, cfg.train.batch_size) + stacked_shape(spec), spec.obs_dtype)
-    params = jax.vmap(lambda k: net.init(k, obs[0, 0]))(jax.random.split(jax.random.PRNGKey(0), members))
-    learner = Learner(params, params, params, jax.vmap(make_optimizer(HPARAMS, cfg.train.max_grad_norm).init)(params),
-                      jnp.zeros((members,), bool))
-    vec = jnp.zeros((members, cfg.train.batch_size), jnp.float32)
-    batch = Batch(obs, vec.astype(jnp.int32), vec, vec, obs, vec + 1.0)
-    hp = {k: jnp.full((members,), v, jnp.float32) for k, v in HPARAMS.items()}
-    update = jax.vmap(make_update(cfg, net, agent), in_axes=(0, 0, 0, None))
-    cost = jax.jit(lambda lr, b, h: update(lr, b, h, Context())).lower(learner, batch, hp).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    return float(cost.get("flops", float("nan")))
-
-
 @dataclasses.dataclass
 class Population:
     """A compiled whole-run program for `members` and its inputs (kept to time it again)."""
@@ -166,24 +138,16 @@ class Population:
 
 
 def compile_population(cfg: StaticConfig, members: int, hparams: dict | None = None, seed: int = 0) -> Population:
-    """Build and compile the whole run of a population of `members` (timed)."""
-    keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.PRNGKey(seed), i))(jnp.arange(members))
-    hp = {k: jnp.full((members,), v, jnp.float32) for k, v in (hparams or {"learning_rate": 2.5e-4}).items()}
-    trainer = make_train(cfg)
-    t0 = time.perf_counter()
-    compiled = jax.jit(trainer.train).lower(keys, hp).compile()
-    return Population(compiled, keys, hp, time.perf_counter() - t0)
+    """Build and compile the whole run of a population of `members` through make_train (timed)."""
+    keys = fold_in_keys(members, seed)
+    hp = population_hparams(hparams or {"learning_rate": 2.5e-4}, members)
+    compiled, seconds = compile_training(cfg, keys, hp)
+    return Population(compiled, keys, hp, seconds)
 
 
 def run_population(pop: Population, repeats: int) -> tuple[list[float], list[float], dict]:
     """Wall and process-CPU seconds of `repeats` runs of the compiled program, and the last metrics."""
-    runs, cpu = [], []
-    for _ in range(repeats):
-        t0, c0 = time.perf_counter(), time.process_time()
-        _, metrics = pop.compiled(pop.keys, pop.hparams)
-        jax.block_until_ready(metrics)
-        runs.append(time.perf_counter() - t0)
-        cpu.append(time.process_time() - c0)
+    runs, cpu, (_, metrics) = best_of(lambda: pop.compiled(pop.keys, pop.hparams), repeats)
     return runs, cpu, metrics
 
 
@@ -191,7 +155,7 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
                     pop: Population | None = None) -> dict:
     """Compile (unless `pop` is given) and run one population of `members`; the timings of one row."""
     pop = pop or compile_population(cfg, members, hparams, seed)
-    load_before = os.getloadavg()[0]
+    load_before = load_average()
     runs, cpu, metrics = run_population(pop, repeats)
     best = min(range(repeats), key=runs.__getitem__)
     seconds = runs[best]
@@ -213,11 +177,24 @@ def time_population(cfg: StaticConfig, members: int, repeats: int = 1, seed: int
         # time to other processes sharing the cores; the 1-min load average says how shared.
         "cpu_seconds": cpu[best],
         "all_cpu_seconds": cpu,
-        "load_average_1min": [load_before, os.getloadavg()[0]],
+        "load_average_1min": [load_before, load_average()],
         # nan-aware: with concurrent evaluation a member may have no finished test episode
         "final_eval_return_mean": float(jnp.nanmean(metrics["eval_return"][-1])),
         "diverged": int(jnp.sum(metrics["diverged"][-1])),
     }
+
+
+class Timing(NamedTuple):
+    """How a row is measured (injected, so the bench's logic can run on fake timings):
+    `compile(cfg, members, hparams)` -> a population; `row(cfg, members, repeats=, hparams=,
+    pop=)` -> the row's dict; `rerun(pop, repeats)` -> (wall seconds, CPU seconds, metrics)."""
+
+    compile: Callable
+    row: Callable
+    rerun: Callable
+
+
+TIMING = Timing(compile=compile_population, row=time_population, rerun=run_population)
 
 
 def _repeats(members: int, repeats: int | None) -> int:
@@ -237,22 +214,6 @@ def estimate_seconds(rows: list[dict], members: int, total_steps: int, repeats: 
     return ref["compile_seconds"] + repeats * run
 
 
-class Budget:
-    """The time guard: `seconds` from its creation; None never skips."""
-
-    def __init__(self, seconds: float | None):
-        self.seconds, self.start = seconds, time.perf_counter()
-
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.start
-
-    def allows(self, estimate: float | None) -> bool:
-        """True while the budget is not spent and the estimate (if any) ends within it."""
-        if self.seconds is None:
-            return True
-        return self.elapsed() + (estimate or 0.0) < self.seconds
-
-
 def add_ratios(rows: list[dict]) -> None:
     """per_member_cost_ratio (wall) and per_member_cpu_cost_ratio of every row, against the
     single-member row (None without one)."""
@@ -266,10 +227,10 @@ def add_ratios(rows: list[dict]) -> None:
 
 def measure(env: str, members: tuple[int, ...], quick: bool = False, total_steps: int | None = None,
             repeats: int | None = None, budget: Budget | None = None, history: tuple[dict, ...] = (),
-            on_row: Callable[[dict], None] = lambda part: None) -> dict:
+            on_row: Callable[[dict], None] = lambda part: None, timing: Timing = TIMING) -> dict:
     """The rows of one preset at each population size (ascending order expected), under the time
     guard (`history`: rows measured before, of the same preset, for the estimates); `on_row(part)`
-    is called after each row (to rewrite the JSON). Returns the part: {"env", "benchmark",
+    is called after each row (to rewrite the JSON); `timing` measures the rows. Returns the part: {"env", "benchmark",
     "config", "hparams", "rows", "skipped_by_budget"}."""
     budget = budget or Budget(None)
     cfg, hparams = preset_config(env, quick, total_steps)
@@ -286,8 +247,8 @@ def measure(env: str, members: tuple[int, ...], quick: bool = False, total_steps
             print(f"budget: {budget.elapsed():.0f}s of {budget.seconds:.0f}s spent; skipping {env} "
                   f"M={list(members[i:])} (estimate for M={m}: {est or 0:.0f}s)", flush=True)
             break
-        pop = compile_population(cfg, m, hparams)
-        rows.append(time_population(cfg, m, repeats=r, hparams=hparams, pop=pop))
+        pop = timing.compile(cfg, m, hparams)
+        rows.append(timing.row(cfg, m, repeats=r, hparams=hparams, pop=pop))
         rows[-1]["estimated_seconds"] = est
         if m == 1:
             single = pop
@@ -297,16 +258,16 @@ def measure(env: str, members: tuple[int, ...], quick: bool = False, total_steps
               f"{rows[-1]['compile_seconds']:.1f}s  {rows[-1]['agent_steps_per_second']:.0f} agent-steps/s  "
               f"{rows[-1]['achieved_update_gflop_per_second']:.1f} GFLOP/s (updates)", flush=True)
     if single is not None and len(rows) > 1 and budget.allows(2 * rows[0]["seconds"]):
-        remeasure_single(rows[0], single)
+        remeasure_single(rows[0], single, timing.rerun)
         add_ratios(rows)
     on_row(part)
     return part
 
 
-def remeasure_single(row: dict, pop: Population) -> None:
+def remeasure_single(row: dict, pop: Population, rerun: Callable = run_population) -> None:
     """Time the single member again after the populations (same compiled program) and keep its
     fastest run: on a shared machine a quiet moment for the baseline can only raise the ratios."""
-    runs, cpus, _ = run_population(pop, 2)
+    runs, cpus, _ = rerun(pop, 2)
     runs, cpus = row["all_run_seconds"] + runs, row["all_cpu_seconds"] + cpus
     best = min(range(len(runs)), key=runs.__getitem__)
     row.update(seconds=runs[best], cpu_seconds=cpus[best], all_run_seconds=runs, all_cpu_seconds=cpus,
@@ -315,45 +276,32 @@ def remeasure_single(row: dict, pop: Population) -> None:
                achieved_update_gflop_per_second=row["achieved_update_gflop_per_second"] * row["seconds"] / runs[best])
 
 
-def _header(benchmark: str, quick: bool) -> dict:
-    """The fields every bench-train JSON starts with: where and with what it ran."""
-    prov = provenance()
-    return {"benchmark": benchmark, "machine": prov["device"], "versions": prov["versions"], "provenance": prov,
-            "platform": prov["device"]["platform"], "device_kind": prov["device"]["device_kind"], "quick": quick}
-
-
 NOTES = ("seconds exclude compilation; per_member_cost_ratio = seconds / (members x seconds of 1 member); "
          "per_member_cpu_cost_ratio is the same with process CPU time (robust to a shared machine)")
 
 
-def _write(path: str, result: dict) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    with open(path, "w") as f:
-        json.dump(result, f, indent=2)
-
-
 def bench_train(out_path: str | None = None, quick: bool = False, members: tuple[int, ...] | None = None,
                 repeats: int | None = None, env: str = "cartpole", total_steps: int | None = None,
-                budget_s: float | None = None) -> dict:
+                budget_s: float | None = None, timing: Timing = TIMING) -> dict:
     """Run the benchmark of one preset and write its JSON (default: the preset's path, e.g.
     results/bench/train.json; with `quick` a `_quick` file so a smoke test never replaces the
     committed measurement). The JSON is rewritten after every size."""
     preset_config(env, quick, total_steps)     # a bad env or length fails before any work
     members = tuple(sorted(set(members or ((1, 2) if quick else PRESETS[env].members))))
     out_path = out_path or default_out(env, quick)
-    header = {**_header(PRESETS[env].benchmark, quick), "notes": NOTES}
+    head = {**header(PRESETS[env].benchmark, quick), "notes": NOTES}
     result = {}
 
     def write(part: dict) -> None:
-        result.update(header, **part)
-        _write(out_path, result)
+        result.update(head, **part)
+        write_json(out_path, result)
 
-    measure(env, members, quick, total_steps, repeats, Budget(budget_s), on_row=write)
+    measure(env, members, quick, total_steps, repeats, Budget(budget_s), on_row=write, timing=timing)
     print(f"wrote {out_path}")
     return result
 
 
-# --- the suite: several parts in one process and one budget, with the issue's goals ---------
+# --- the suite: several parts in one process and one budget, with their goals --------------
 
 @dataclasses.dataclass(frozen=True)
 class Part:
@@ -371,7 +319,7 @@ class Part:
 
 SUITES = {
     # experiments/device/train_gpu.sh: CartPole at 1/64/256/1024 members, MinAtar Breakout at
-    # 1/16/64, then 1024 CartPole members x 500k env steps if time allows (issue 10's goals).
+    # 1/16/64, then 1024 CartPole members x 500k env steps if time allows (the throughput goals).
     "gpu": (Part("cartpole", "cartpole", (1, 64, 256, 1024), ratio_goal=(64, 2.0)),
             Part("minatar", "minatar", (1, 16, 64), ratio_goal=(64, 2.0)),
             Part("cartpole_1024x500k", "cartpole", (1024,), total_steps=500_000, seconds_goal=(1024, 120.0))),
@@ -412,13 +360,15 @@ def goals(spec: tuple[Part, ...], parts: dict[str, dict]) -> list[dict]:
     return out
 
 
-def bench_suite(out_path: str, suite: str = "gpu", quick: bool = False, budget_s: float | None = None) -> dict:
+def bench_suite(out_path: str, suite: str = "gpu", quick: bool = False, budget_s: float | None = None,
+                timing: Timing = TIMING) -> dict:
     """Measure a suite's parts in order under one budget (a part that fails is recorded in
     `errors` and the next one runs) and write one JSON with every part and the goals,
-    rewritten after every row so a run cut short keeps what it measured."""
+    rewritten after every row so a run cut short keeps what it measured; `timing` measures
+    the rows (see Timing)."""
     spec = (QUICK_SUITES if quick else SUITES)[suite]
     budget = Budget(budget_s)
-    result = {**_header(f"bench train suite {suite!r}: " + "; ".join(
+    result = {**header(f"bench train suite {suite!r}: " + "; ".join(
         f"{p.label}: {p.env} at M={','.join(map(str, p.members))}" for p in spec), quick),
         "suite": suite, "budget_s": budget_s, "notes": NOTES, "parts": {}, "goals": [], "errors": []}
 
@@ -427,7 +377,7 @@ def bench_suite(out_path: str, suite: str = "gpu", quick: bool = False, budget_s
         result["skipped_by_budget"] = [{"part": k, **s} for k, v in result["parts"].items()
                                        for s in v["skipped_by_budget"]]
         result["elapsed_seconds"] = budget.elapsed()
-        _write(out_path, result)
+        write_json(out_path, result)
 
     for p in spec:
         history = tuple(r for q in result["parts"].values() if q["env"] == p.env for r in q["rows"])
@@ -437,7 +387,8 @@ def bench_suite(out_path: str, suite: str = "gpu", quick: bool = False, budget_s
             write()
 
         try:
-            measure(p.env, p.members, quick, p.total_steps, budget=budget, history=history, on_row=keep)
+            measure(p.env, p.members, quick, p.total_steps, budget=budget, history=history, on_row=keep,
+                    timing=timing)
         except Exception as err:  # noqa: BLE001  (recorded; the other parts still run)
             result["errors"].append({"part": p.label, "error": f"{type(err).__name__}: {err}"})
             print(f"{p.label}: {type(err).__name__}: {err}", flush=True)
