@@ -20,8 +20,10 @@ agents' in `klrl.agents.AGENT_HPARAMS`. `HPARAMS` maps every name to its default
 
 from __future__ import annotations
 
+import collections
+
 from dataclasses import dataclass
-from typing import ClassVar, Literal
+from typing import ClassVar, Literal, Mapping
 
 from klrl import actors as act_lib
 from klrl import envs as envs_lib
@@ -92,7 +94,7 @@ class AgentConfig(Section):
     qsharp_switch_horizon: int = ranged(0, lo=0, doc="rollout: h ~ U{0..H−1}; 0 = the env's time limit")
 
     def unused(self) -> tuple[str, ...]:
-        # Left out of config.json and the hash at its default, so earlier runs still resume.
+        # Left out of config.json at its default (as in the records written before it existed).
         return ("conv",) if self.conv == "lax" else ()
 
     def check(self) -> None:
@@ -197,8 +199,25 @@ COMMON_HPARAMS: dict[str, Hparam] = {
     "softmax_temperature": Hparam("agent", 0.1, lo=0.0, lo_open=True,
                                   doc='acting = "softmax": a ~ softmax(q / temperature)'),
 }
-HPARAM_TABLE: dict[str, Hparam] = {**COMMON_HPARAMS, **AGENT_HPARAMS}
-HPARAMS: dict[str, float] = {name: h.default for name, h in HPARAM_TABLE.items()}
+class _Defaults(Mapping):
+    """name -> default of a table of Hparams, read at call time."""
+
+    def __init__(self, table: Mapping[str, Hparam]):
+        self._table = table
+
+    def __getitem__(self, name: str) -> float:
+        return self._table[name].default
+
+    def __iter__(self):
+        return iter(self._table)
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+
+# Live views: an agent registered later (klrl.agents.register) adds the hyperparameters it declares.
+HPARAM_TABLE: Mapping[str, Hparam] = collections.ChainMap(AGENT_HPARAMS, COMMON_HPARAMS)
+HPARAMS: Mapping[str, float] = _Defaults(HPARAM_TABLE)
 
 
 def hparams_used(cfg: StaticConfig) -> tuple[str, ...]:

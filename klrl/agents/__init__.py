@@ -19,24 +19,44 @@ from klrl.agents.qsharp import KL_PRIOR, QSHARP, QSHARP_CD
 from klrl.agents.soft_dqn import SOFT_DQN
 from klrl.errors import ConfigError
 
-AGENTS: dict[str, AgentSpec] = {
-    a.name: a for a in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51, QSHARP, QSHARP_CD, KL_PRIOR,
-                        IQN, MIQN)}
-_BUILT_IN = frozenset(AGENTS)
+AGENTS: dict[str, AgentSpec] = {}
+
+
+def _declare(spec: AgentSpec) -> None:
+    """Add the hyperparameters `spec` declares to AGENT_HPARAMS (one declaration per name)."""
+    for name, h in spec.declares.items():
+        if AGENT_HPARAMS.get(name, h) != h:
+            raise ConfigError(f"hparams.{name}: got a second declaration by agent {spec.name}; "
+                              "allowed one declaration per name")
+    AGENT_HPARAMS.update(spec.declares)
 
 
 def register(spec: AgentSpec) -> AgentSpec:
-    """Add `spec` to AGENTS under `spec.name` (a name already taken is a ConfigError)."""
+    """Add `spec` to AGENTS under `spec.name`, with the hyperparameters it declares (a name
+    already taken is a ConfigError)."""
     if spec.name in AGENTS:
         raise ConfigError(f"agent.name: got {spec.name!r}, already registered; allowed a new name")
+    _declare(spec)
     AGENTS[spec.name] = spec
     return spec
 
 
+for _spec in (DQN, DOUBLE_DQN, SOFT_DQN, AL, PAL, MDQN, MVI, MDKL, C51, QSHARP, QSHARP_CD, KL_PRIOR, IQN, MIQN):
+    register(_spec)
+_BUILT_IN = frozenset(AGENTS)
+_SHARED = frozenset(AGENT_HPARAMS)
+
+
 def unregister(name: str) -> None:
-    """Remove an agent added by `register` (built-in agents stay)."""
-    if name not in _BUILT_IN:
-        AGENTS.pop(name, None)
+    """Remove an agent added by `register`, and the hyperparameters only it declared (built-in
+    agents stay)."""
+    if name in _BUILT_IN or name not in AGENTS:
+        return
+    spec = AGENTS.pop(name)
+    still = {n for a in AGENTS.values() for n in a.declares}
+    for n in spec.declares:
+        if n not in still and n not in _SHARED:
+            AGENT_HPARAMS.pop(n, None)
 
 
 def agent_options() -> dict:

@@ -3,9 +3,10 @@ it is not the trainer's configured rule, how it acts and where its data comes fr
 
 Agents hold no loop code: the trainer (klrl.train) owns stepping, replay, target updates and
 optimisation, and reads only the fields below (no attribute probing):
-- `hparams`: the traced hyperparameters its loss or actor uses, declared (section, default,
-  range) in `AGENT_HPARAMS` below (the common ones — learning rate, γ, Adam eps, ε schedule,
-  Polyak rate, softmax temperature — belong to the trainer, `klrl.static.COMMON_HPARAMS`);
+- `hparams`: the traced hyperparameters its loss or actor uses; `declares` gives the section,
+  default and range of those only it reads (those several agents share are in `AGENT_HPARAMS`
+  below; the trainer's — learning rate, γ, Adam eps, ε schedule, Polyak rate, softmax
+  temperature — in `klrl.static.COMMON_HPARAMS`);
 - `network(cfg, num_actions)`: the network it learns, anything with flax's
   `init(key, obs)` / `apply(params, obs, *inputs)` (default: the Q-network of klrl.networks
   with one output per action); a reference run's network is rebuilt by the same function
@@ -29,7 +30,7 @@ optimisation, and reads only the fields below (no attribute probing):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 import jax
@@ -41,15 +42,13 @@ from klrl.sections import Hparam
 
 LOSSES = ("huber", "l2")
 
-# The agents' traced hyperparameters (float32 [M] per member, sweepable in one population).
+# The agents' traced hyperparameters (float32 [M] per member, sweepable in one population): the
+# ones several agents share are declared here; an agent declares those only it reads in its
+# `AgentSpec.declares`, and `klrl.agents` adds them to this table.
 AGENT_HPARAMS: dict[str, Hparam] = {
     "alpha": Hparam("agent", 0.9, lo=0.0, hi=1.0, doc="Munchausen / AL coefficient (M-DQN paper)"),
     "tau": Hparam("agent", 0.03, lo=0.0, lo_open=True, doc="entropy temperature (M-DQN paper)"),
     "clip_min": Hparam("agent", -1.0, hi=0.0, doc="l0, the lower clip of the Munchausen bonus"),
-    "entropic_index": Hparam("agent", 2.0, lo=1.0, doc="Tsallis q of MVI(q); 2 = sparsemax"),
-    "lam": Hparam("agent", 0.27, lo=0.0, doc="KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)"),
-    "eta": Hparam("agent", 1.0, lo=0.0, lo_open=True,
-                  doc="KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)"),
 }
 
 
@@ -107,6 +106,7 @@ class AgentSpec:
     needs_reference: bool = False
     check: Callable[[Any], None] = lambda cfg: None   # agent-specific config rules (ConfigError)
     options: Any = None                                # Section class of its own keys, or None
+    declares: dict = field(default_factory=dict, compare=False)   # name -> Hparam it introduces
 
 
 def discount(batch, hp: dict) -> jax.Array:

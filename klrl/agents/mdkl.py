@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from klrl import operators as ops
 from klrl.agents.base import AgentSpec, discount, value_agent
+from klrl.sections import Hparam
 
 
 def previous_log_policy(q_prev_target_next, hp):
@@ -32,4 +33,5 @@ def _target(nets, batch, hp, cfg, ctx):
                                      discount(batch, hp), lam=hp["lam"], tau=hp["tau"])
 
 
-MDKL: AgentSpec = value_agent("mdkl", ("lam", "tau"), _target, extra_nets=("prev_target",))
+MDKL: AgentSpec = value_agent("mdkl", ("lam", "tau"), _target, extra_nets=("prev_target",), declares={
+    "lam": Hparam("agent", 0.27, lo=0.0, doc="KL weight λ of mdkl (β = λ/(λ+τ) = 0.9 with τ = 0.03)")})

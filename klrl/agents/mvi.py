@@ -8,6 +8,7 @@ convention is the static flag `agent.consistent_weight` (literal form by default
 
 from klrl import operators as ops
 from klrl.agents.base import discount, target_at_s_and_next, value_agent
+from klrl.sections import Hparam
 
 
 def _target(nets, batch, hp, cfg, ctx):
@@ -17,4 +18,5 @@ def _target(nets, batch, hp, cfg, ctx):
         clip_min=hp["clip_min"], consistent_weight=cfg.agent.consistent_weight)
 
 
-MVI = value_agent("mvi", ("alpha", "tau", "clip_min", "entropic_index"), _target)
+MVI = value_agent("mvi", ("alpha", "tau", "clip_min", "entropic_index"), _target, declares={
+    "entropic_index": Hparam("agent", 2.0, lo=1.0, doc="Tsallis q of MVI(q); 2 = sparsemax")})

@@ -62,8 +62,11 @@ from klrl import operators as ops
 from klrl.agents.base import AgentSpec, discount, regression_loss, weighted_mean
 from klrl.agents.c51 import atoms, categorical_network  # the same fixed support as C51
 from klrl.errors import ConfigError
+from klrl.sections import Hparam
 
 MODES = ("td", "rollout")
+ETA = {"eta": Hparam("agent", 1.0, lo=0.0, lo_open=True,
+                     doc="KL weight η toward the fixed π_ref (qsharp, qsharp_cd, kl_prior)")}
 
 
 class LabelBatch(NamedTuple):
@@ -226,7 +229,7 @@ def _critic_agent(name: str, logits_of) -> AgentSpec:
         q_values=lambda out, cfg: ops.categorical_mean(out, atoms(cfg.agent)),
         actor=actor, eval_actor=lambda cfg, spec, q_values: actors.from_logits(logits_of(cfg)),
         data=lambda cfg, spec: sample_labels if cfg.agent.qsharp_mode == "rollout" else None,
-        needs_reference=True, check=lambda cfg: check(cfg, name, distributional=True))
+        needs_reference=True, check=lambda cfg: check(cfg, name, distributional=True), declares=ETA)
 
 
 QSHARP = _critic_agent("qsharp", _entropic_logits)
@@ -254,7 +257,7 @@ KL_PRIOR = AgentSpec(
     name="kl_prior", hparams=("eta",), loss=_kl_prior_loss,
     actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits),
     eval_actor=lambda cfg, spec, q_values: actors.from_logits(_kl_prior_logits), needs_reference=True,
-    check=lambda cfg: check(cfg, "kl_prior", distributional=False))
+    check=lambda cfg: check(cfg, "kl_prior", distributional=False), declares=ETA)
 
 
 __all__ = ["KL_PRIOR", "LabelBatch", "MODES", "QSHARP", "QSHARP_CD", "RolloutCarry", "atoms", "check",
