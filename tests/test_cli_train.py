@@ -19,7 +19,8 @@ import pytest
 from klrl import cli
 from klrl.config import load_experiment
 from klrl.results import read_metrics
-from klrl.runner import KILL_ENV, resolve_out_dir
+from klrl.hooks import KILL_ENV
+from klrl.rundir import resolve_out_dir
 
 from engine_helpers import cli_in_process
 from engine_helpers import run_cli as _klrl
