@@ -160,3 +160,57 @@ def test_a_bad_rule_in_the_record_is_refused_by_merge_before_it_writes(runs, tmp
     with pytest.raises(ConfigError, match="eval.score: got 'best'; allowed 'last', 'mean_last_k'"):
         merge(str(arr))
     assert (sorted(p for p, _, _ in os.walk(arr)), sorted(os.listdir(arr))) == before   # checked before writing
+
+
+RUN_TOML = """
+[env]
+name = "CartPole-v1"
+num_envs = 2
+
+[agent]
+name = "dqn"
+hidden = [8]
+
+[train]
+total_steps = 160
+chunk_steps = 40
+buffer_size = 64
+batch_size = 8
+learning_starts = 20
+target_update_every = 20
+eval_episodes = 1
+seeds = 2
+"""
+SCORE_SETS = ["eval.score=mean_last_k", "eval.score_k=2"]
+
+
+def _schema_has_eval_score(toml) -> bool:
+    from klrl.config import load_experiment
+    from klrl.errors import ConfigError
+
+    try:
+        load_experiment(str(toml), SCORE_SETS)
+    except ConfigError:
+        return False
+    return True
+
+
+def test_a_real_run_reports_by_the_rule_its_config_sets(tmp_path):
+    """`klrl train --set eval.score=mean_last_k --set eval.score_k=2`: summary.json and the
+    printed table follow the rule (needs the engine's [eval] section with `score`, `score_k`)."""
+    from engine_helpers import cli_in_process
+
+    toml = tmp_path / "run.toml"
+    toml.write_text(RUN_TOML)
+    if not _schema_has_eval_score(toml):
+        pytest.skip("the engine config has no eval.score / eval.score_k keys yet")
+    args = ["train", toml, "--out", tmp_path / "run"]
+    for s in SCORE_SETS:
+        args += ["--set", s]
+    res = cli_in_process(*args)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = json.load(open(tmp_path / "run" / "config.json"))
+    assert score_rule(record["config"]) == ("mean_last_k", 2)
+    summary = json.load(open(tmp_path / "run" / "summary.json"))["summary"]
+    np.testing.assert_array_equal(_reported(summary)["dqn"], _expected(tmp_path / "run", "mean_last_k", 2)["dqn"])
+    assert "final greedy evaluation return (mean of the last 2 evaluations), over seeds:" in res.stdout
