@@ -8,7 +8,8 @@ its metrics are on the host, every hook's `on_chunk` runs in the order given.
 
 A hook sees the loop's `LoopRun`: the population, where the run stands (chunks restored
 from a checkpoint, chunks done, seconds and env steps run by this process) and the state and
-history after the chunk. Hooks must not replace the state.
+history after the chunk. Hooks must not replace the state; one may set `run.stop` to end the
+loop after the current chunk (the hooks' `on_end` still run).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ class LoopRun:
     history: dict[str, np.ndarray] = field(default_factory=dict)   # metric -> [done, M]
     ran: int = 0                    # chunks run by this process
     run_seconds: float = 0.0        # seconds in the chunk program, this process
+    stop: bool = False              # set by a hook (on a signal, say): no further chunk is run
 
     @property
     def done(self) -> int:
@@ -67,11 +69,11 @@ def append_chunk(history: Mapping[str, np.ndarray], metrics: Mapping[str, np.nda
 def run_chunks(step_fn: Callable, hparams, run: LoopRun, hooks: Sequence[Hook],
                to_host: Callable = lambda x: x) -> LoopRun:
     """Run chunks `run.done + 1 .. run.num_chunks` of `step_fn(state, hparams) -> (state,
-    metrics)` (`to_host` brings the metrics to numpy), calling the hooks around them; returns
-    `run` at the end."""
+    metrics)` (`to_host` brings the metrics to numpy), calling the hooks around them, until
+    the last chunk or a hook's `run.stop`; returns `run` at the end."""
     for hook in hooks:
         hook.on_start(run)
-    while run.done < run.num_chunks:
+    while run.done < run.num_chunks and not run.stop:
         t = time.perf_counter()
         state, metrics = step_fn(run.state, hparams)
         metrics = to_host(metrics)

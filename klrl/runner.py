@@ -57,7 +57,7 @@ def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparam
     restored, history, meta = ckpt.restore(saved_state(state, trainer))
     start = int(meta["chunks_done"])
     log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}"
-         + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
+        + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
     return resumed_state(restored, state, sharded, pop.keys, keys, start), history, start
 
 
@@ -72,8 +72,8 @@ def _final_evaluation(exp: Experiment, pop: Population, sharded: ShardedTrainer,
     final.append(pop, result)
     seconds = round(time.perf_counter() - t, 3)
     log(f"[{pop.agent}] final evaluation: {int(result['final_eval_episodes'].min())}+ episodes per member at "
-         f"eps {exp.static_config(pop.agent).train.eval_epsilon:g}, median return "
-         f"{nanmedian(result['final_eval_return']):.1f} ({seconds:.0f}s)")
+        f"eps {exp.static_config(pop.agent).train.eval_epsilon:g}, median return "
+        f"{nanmedian(result['final_eval_return']):.1f} ({seconds:.0f}s)")
     return seconds
 
 
@@ -104,21 +104,22 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     on = (f" on {sharded.shards} devices" + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else "")
           if sharded.shards > 1 else "")
     log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
-         f"init+compile {compile_s:.1f}s")
+        f"init+compile {compile_s:.1f}s")
 
     hooks = [MetricsRows(writer), DivergenceLog(), ProgressLog(static.train.total_steps),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),
                          {"agent": pop.agent, "members": M, **layout(M)}),
              KillAfterChunks(chunk_counter, kill_after(), ckpt.close)]
-    run = run_chunks(step_fn, hparams, LoopRun(pop, trainer.num_chunks, static.train.chunk_steps, start, state,
-                                               history), hooks, sharded.to_host)
+    run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
+                  history=history)
+    run = run_chunks(step_fn, hparams, run, hooks, sharded.to_host)
     timing = {
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),
         "run_seconds": round(run.run_seconds, 3), "env_steps_per_member": run.steps_done,
         "agent_steps_per_second": round(M * run.steps_done / max(run.run_seconds, 1e-9), 1),
         "resumed_at_chunk": start,
     }
-    if needs_final:
+    if needs_final and run.done == trainer.num_chunks:     # (a hook may have stopped the loop early)
         timing["final_eval_seconds"] = _final_evaluation(exp, pop, sharded, run.state, keys, hparams, final)
     return timing
 

@@ -17,8 +17,8 @@ on a copy in the one-run-per-game layout (no sweep.json) with Breakout's final_e
 (its final scores then are its eval_return scored by the run's rule, which the copy's
 config.json sets to the mean of the last 3 non-NaN evaluations: `eval.score = "mean_last_k"`)
 and Asterix's summary.json removed (so it is in progress and enters no table or aggregate);
-then once more on Breakout's run directory alone, its rule set back to the default (`last`). Every number the test checks is recomputed here from the CSV
-files and klrl.scores.
+then once more on Breakout's run directory alone, its rule set back to the default (`last`).
+Every number the test checks is recomputed here from the CSV files and klrl.scores.
 """
 
 from __future__ import annotations

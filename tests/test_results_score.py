@@ -24,8 +24,8 @@ import numpy as np
 import pytest
 
 from klrl.merge import merge
-from klrl.summary import print_summary, run_summary
 from klrl.results import score_rule
+from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task
 
 from fabricate import fabricate

@@ -127,3 +127,13 @@ def test_fmt_eta(seconds, text):
 
 def test_nanmedian():
     assert nanmedian([1.0, np.nan, 3.0]) == 2.0 and np.isnan(nanmedian([np.nan]))
+
+
+def test_a_hook_can_stop_the_loop_after_a_chunk():
+    class StopAt(Hook):
+        def on_chunk(self, run, metrics):
+            run.stop = run.done == 2
+
+    calls = []
+    run = run_chunks(_step, None, LoopRun(_pop(), 5, 10, 0, 0), [StopAt(), Recorder(calls, "a")])
+    assert (run.done, run.state) == (2, 2) and calls[-1] == ("a", "end", 2)
