@@ -6,8 +6,8 @@ A run directory holds
     metrics.csv       tidy rows, one chunk appended at a time (klrl.results)
     final_eval.csv    with `train.final_eval_episodes > 0`: the final evaluation's rows
     checkpoints/      one orbax checkpointer per agent (klrl.checkpoint)
-    summary.json      written last: the mark of a finished run (klrl.summary)
-    timing.json       (timing_resume.json for a resumed run)
+    summary.json      at the end: the mark of a finished run (klrl.summary)
+    timing.json       at the end (timing_resume.json for a resumed run)
 
 and a sweep over env.name one such directory per env under its root, which holds sweep.json
 (the sweep's resolved config and hash) and summary.json.
