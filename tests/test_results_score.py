@@ -49,6 +49,7 @@ replay_mode = "per-member"
 "agent.name" = ["dqn", "mdqn"]
 """
 RULES = [("last", 3), ("mean_last_k", 3), ("mean_last_k", 2)]
+pytestmark = pytest.mark.xdist_group("results_score")     # one worker: the `runs` fixture is built once
 
 
 def _expected(run_dir, rule, k) -> dict[str, list[float]]:
