@@ -10,7 +10,8 @@ unsplit run writes:
 - metrics.csv (and final_eval.csv when the tasks have one): the tasks' rows, text unchanged,
   in the unsplit run's order: population by population in agent order, chunk by chunk, the
   members in member order within a chunk, the metrics in their order (klrl.results.format_chunk);
-- summary.json from those rows (klrl.runner.summary_rows), the figures (klrl.plotting);
+- summary.json from those rows, scored by the run's rule (klrl.summary.run_summary with the
+  tasks' recorded config, its `eval.score`), the figures (klrl.plotting);
 - timing.json listing each task's timing files;
 - config.json: the tasks' record (resolved config, hash, full member table) less the split,
   with the training provenance of task 0 and `merged_from` (the task directories, relative
@@ -32,11 +33,11 @@ from collections import Counter
 from typing import Sequence
 
 from klrl.errors import ConfigError
-from klrl.results import TidyWriter, swept_columns
+from klrl.results import TidyWriter, score_rule
+from klrl.rundir import FINAL_EVAL, METRICS, RUN_RECORD, SUMMARY, SWEEP_RECORD, write_json
+from klrl.summary import print_summary, run_summary
 from klrl.tasks import TASK_PREFIX
 
-RUN_RECORD = "config.json"
-FINAL_EVAL = "final_eval.csv"
 SPLIT_KEYS = ("task", "task_members")        # what a task's record adds to an unsplit run's
 
 
@@ -108,7 +109,8 @@ def check_tasks(out: str, dirs: Sequence[str], record: str) -> list[dict]:
 
 def check_run(dirs: Sequence[str], records: Sequence[dict]) -> None:
     """The tasks of one run directory fit together: they trained every member of the run's
-    table exactly once, and have a final_eval.csv all or none."""
+    table exactly once, and have a final_eval.csv all or none; their score rule is valid."""
+    score_rule(records[0]["config"])
     ran = [m for rec in records for m in rec["task_members"]]
     table = [m["member"] for m in records[0]["members"]]
     if sorted(ran) != sorted(table):
@@ -170,7 +172,6 @@ def merge_run(task_dirs: Sequence[str], records: Sequence[dict], out: str) -> li
     summary rows. `records` are the tasks' config.json contents (checked by the caller:
     check_tasks, check_run)."""
     from klrl.plotting import plot_run
-    from klrl.runner import _write_json, print_summary, summary_rows
 
     members = records[0]["members"]
     os.makedirs(out, exist_ok=True)
@@ -180,21 +181,19 @@ def merge_run(task_dirs: Sequence[str], records: Sequence[dict], out: str) -> li
         _log(f"klrl merge: note: the tasks ran on different commits ({', '.join(commits)}); "
              "config.json records task 0's provenance, timing.json every task's")
 
-    metrics_path = os.path.join(out, "metrics.csv")
-    head, text = ordered_rows([os.path.join(d, "metrics.csv") for d in task_dirs], members)
-    TidyWriter(metrics_path, head, text)
-    final_path = None
-    if os.path.isfile(os.path.join(task_dirs[0], FINAL_EVAL)):
-        final_path = os.path.join(out, FINAL_EVAL)
-        TidyWriter(final_path, *ordered_rows([os.path.join(d, FINAL_EVAL) for d in task_dirs], members))
+    TidyWriter(os.path.join(out, METRICS), *ordered_rows([os.path.join(d, METRICS) for d in task_dirs], members))
+    if os.path.isfile(os.path.join(task_dirs[0], FINAL_EVAL)):      # then every task has one (check_run)
+        TidyWriter(os.path.join(out, FINAL_EVAL), *ordered_rows([os.path.join(d, FINAL_EVAL) for d in task_dirs],
+                                                                 members))
 
-    summary = summary_rows(metrics_path, swept_columns(metrics_path), final_path)
-    _write_json(os.path.join(out, "summary.json"), {"summary": summary, "provenance": prov})
-    _write_json(os.path.join(out, "timing.json"),
+    config = records[0]["config"]                  # the run's resolved config: its score rule too
+    summary = run_summary(out, config)
+    write_json(os.path.join(out, SUMMARY), {"summary": summary, "provenance": prov})
+    write_json(os.path.join(out, "timing.json"),
                 {"tasks": [_timing(d, i, out) for i, d in enumerate(task_dirs)], "provenance": prov})
-    _write_json(os.path.join(out, RUN_RECORD), merged_record(records, task_dirs, out))   # last: complete
+    write_json(os.path.join(out, RUN_RECORD), merged_record(records, task_dirs, out))   # last: complete
     _log(f"klrl merge: {len(task_dirs)} tasks -> run directory {out} ({len(members)} members)")
-    print_summary(summary)
+    print_summary(summary, score=score_rule(config))
     for path in plot_run(out):
         _log(f"klrl merge: wrote {path}")
     return summary
@@ -202,8 +201,6 @@ def merge_run(task_dirs: Sequence[str], records: Sequence[dict], out: str) -> li
 
 def merge(out: str) -> str:
     """Merge the array job in `out` (see the module docstring); returns `out`."""
-    from klrl.runner import SWEEP_RECORD, _write_json
-
     dirs = find_tasks(out)
     sweep = os.path.isfile(os.path.join(dirs[0], SWEEP_RECORD))
     for name in (RUN_RECORD, SWEEP_RECORD):
@@ -228,8 +225,8 @@ def merge(out: str) -> str:
         summaries[os.path.basename(target)] = merge_run(run_dirs, run_records, target)
     if sweep:
         prov = records[0]["provenance"]
-        _write_json(os.path.join(out, "summary.json"), {"summary": summaries, "provenance": prov})
-        _write_json(os.path.join(out, SWEEP_RECORD), merged_record(records, dirs, out))   # last: complete
+        write_json(os.path.join(out, SUMMARY), {"summary": summaries, "provenance": prov})
+        write_json(os.path.join(out, SWEEP_RECORD), merged_record(records, dirs, out))   # last: complete
     return out
 
 

@@ -12,6 +12,10 @@ Values are written with the shortest decimal that round-trips the float32 (`nan`
 missing), so the same arrays always give the same bytes: a resumed run's file can be
 compared byte for byte with an uninterrupted one.
 
+A member's reported final score has one definition, `final_score`, whose rule (the value at
+the last step, or the mean of the last k evaluations) each run's config names (`score_rule`):
+the run's summary, `klrl merge` and the notebooks all score through it.
+
 Aggregates follow Agarwal et al. (2021), "Deep RL at the Edge of the Statistical Precipice":
 the interquartile mean (IQM, the mean of the middle 50% of scores, i.e. a 25%-trimmed mean)
 and stratified bootstrap percentile confidence intervals (runs are resampled with
@@ -23,9 +27,11 @@ from __future__ import annotations
 import csv
 import math
 import os
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
+
+from klrl.errors import ConfigError
 
 FIXED_HEAD = ("member", "seed")
 FIXED_TAIL = ("agent", "step", "metric", "value")
@@ -209,9 +215,67 @@ def curves(rows: Iterable[Mapping], metric: str, columns: Sequence[str]) -> dict
     return out
 
 
-def final_scores(rows: Iterable[Mapping], metric: str, columns: Sequence[str]) -> dict[tuple, np.ndarray]:
-    """group -> values [seeds] of `metric` at each member's last step."""
-    return {k: v[:, -1] for k, (_, v) in curves(rows, metric, columns).items()}
+# ---------------------------------------------------------------------------------------
+# The reported final score of a member: ONE definition, chosen by the run's config.
+
+SCORE_RULES: tuple[str, ...] = ("last", "mean_last_k")
+
+
+class ScoreRule(NamedTuple):
+    """How a member's evaluation curve becomes its final score (`eval.score`, `eval.score_k`).
+
+    - `last`: the value at the last step (NaN when no evaluation episode ended in the last
+      chunk, as concurrent evaluation reports);
+    - `mean_last_k`: the mean of the last `k` evaluations, NaN ones skipped (a NaN is a chunk
+      where no evaluation ended); NaN if there is none. Machado et al. (2018, "Revisiting the
+      Arcade Learning Environment") report this average over the last evaluations.
+    """
+
+    rule: str = "last"
+    k: int = 3
+
+    def describe(self) -> str:
+        """The rule in words, for tables and figure captions."""
+        return "last chunk" if self.rule == "last" else f"mean of the last {self.k} evaluations"
+
+
+def check_score_rule(rule: str, k: int) -> ScoreRule:
+    """ScoreRule(rule, k), or a one-line ConfigError naming the key (`eval.score`, `eval.score_k`)."""
+    if rule not in SCORE_RULES:
+        raise ConfigError(f"eval.score: got {rule!r}; allowed {', '.join(map(repr, SCORE_RULES))}")
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise ConfigError(f"eval.score_k: got {k!r}; allowed an integer >= 1")
+    return ScoreRule(rule, int(k))
+
+
+def score_rule(config: Mapping) -> ScoreRule:
+    """The score rule of a run from its resolved config (config.json's "config"): the
+    `[eval]` keys `score` and `score_k`, defaults `last` and 3 where absent (older runs)."""
+    section, default = config.get("eval") or {}, ScoreRule()
+    return check_score_rule(section.get("score", default.rule), section.get("score_k", default.k))
+
+
+def final_score(values, rule: str = "last", k: int = 3) -> np.ndarray:
+    """Final scores of curves `values` [..., T] (time last, in step order) -> [...] by `rule`
+    (see ScoreRule): the value at the last step, or the mean of the last k non-NaN values."""
+    rule, k = check_score_rule(rule, k)
+    x = np.asarray(values, dtype=float)
+    if rule == "last":
+        return x[..., -1]
+    flat = x.reshape(-1, x.shape[-1])
+    out = np.full(flat.shape[0], math.nan)
+    for i, row in enumerate(flat):
+        row = row[~np.isnan(row)]
+        if row.size:
+            out[i] = np.mean(row[-k:])
+    return out.reshape(x.shape[:-1])
+
+
+def final_scores(rows: Iterable[Mapping], metric: str, columns: Sequence[str], rule: str = "last",
+                 k: int = 3) -> dict[tuple, np.ndarray]:
+    """group -> final scores [seeds] of `metric` by `rule` (final_score; default: the value
+    at each member's last step)."""
+    return {key: final_score(v, rule, k) for key, (_, v) in curves(rows, metric, columns).items()}
 
 
 # ---------------------------------------------------------------------------------------

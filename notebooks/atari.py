@@ -42,10 +42,12 @@
 #
 # **Final score of a member**: `final_eval_return` from the run's `final_eval.csv` when it has
 # one (the mean raw game score over at least `eval.final_episodes` episodes at
-# `eval.epsilon` after training, the protocol's final evaluation); otherwise the mean of
-# the member's **last 3 non-NaN** `eval_return` values (concurrent evaluation: NaN at a chunk
-# where no test episode ended), as in `notebooks/munchausen_minatar.py`. Means over seeds are
-# NaN-aware.
+# `eval.epsilon` after training, the protocol's final evaluation); otherwise its
+# `eval_return` curve scored by the run's own rule (`eval.score` in its config:
+# `klrl.results.final_score`, the one definition the runner's summary and `klrl merge` use):
+# the value at the last step (the default), or the mean of the last `eval.score_k` non-NaN
+# evaluations (concurrent evaluation: NaN at a chunk where no test episode ended). Means over
+# seeds are NaN-aware.
 
 # %%
 import json
@@ -60,7 +62,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from klrl.config_hash import upgrade_resolved  # noqa: E402
-from klrl.results import curves, group_key, group_label, json_safe, read_metrics, swept_columns  # noqa: E402
+from klrl.results import (  # noqa: E402
+    curves, final_score, group_key, group_label, json_safe, read_metrics, score_rule, swept_columns,
+)
 from klrl.scores import STATISTICS, aggregate, atari_games, game_key, human_normalized, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
@@ -70,7 +74,6 @@ BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
 WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
 ATARI_BACKENDS = ("ale", "envpool")
-LAST_EVALS = 3                                   # fallback final score: mean of the last 3 non-NaN evals
 SHOW_TRAIN_RETURN = True                         # training-episode return as a dashed line
 ANCHOR_STEPS = 100_000                           # the published Atari-100k scores: after 100k agent steps
 ANCHORS = ("DER", "DrQ", "SPR")                  # columns of klrl/data/atari100k_published.csv
@@ -85,11 +88,9 @@ def save(fig, name):
         fig.savefig(os.path.join(FIGURES, name), dpi=110)
 
 
-def final_score(row, last=LAST_EVALS):
-    """Mean of the last `last` non-NaN evaluations of one member (NaN if it has none)."""
-    x = np.asarray(row, dtype=float)
-    x = x[~np.isnan(x)]
-    return float(np.mean(x[-last:])) if x.size else math.nan
+def score_source(score):
+    """What a final score not from final_eval.csv is: `last_eval` or `mean_last_<k>_evals`."""
+    return "last_eval" if score.rule == "last" else f"mean_last_{score.k}_evals"
 
 
 def nanmean(x):
@@ -132,6 +133,7 @@ def load_run(path):
             fe.setdefault(r["member"], {})[r["metric"]] = r["value"]
         final_eval = {m: (d["final_eval_return"], d.get("final_eval_episodes", math.nan))
                       for m, d in fe.items() if "final_eval_return" in d}
+    score = score_rule(cfg)                       # the run's own rule (eval.score; default: last)
     evals = curves(rows, "eval_return", columns)
     trains = curves(rows, "train_return", columns)
     groups = {}
@@ -144,8 +146,8 @@ def load_run(path):
                 sources.append("final_eval")
                 episodes.append(final_eval[m][1])
             else:
-                finals.append(final_score(row))
-                sources.append(f"last_{LAST_EVALS}_evals")
+                finals.append(float(final_score(row, *score)))
+                sources.append(score_source(score))
         groups[group_label(key, columns)] = {
             "steps": steps, "values": vals, "train": trains.get(key), "members": [m for m, _ in mem],
             "seeds": [s for _, s in mem], "finals": np.array(finals, dtype=float), "sources": sources,
@@ -487,8 +489,8 @@ SUMMARY = json_safe({
     "layout": LAYOUT,
     "note": "human-normalized with DQN Zoo's random/human table; anchors are published per-game means at "
             f"{ANCHOR_STEPS:,} steps (no CI); budgets here: {BUDGETS}",
-    "final_score": f"final_eval_return from final_eval.csv when present, else the mean of each member's "
-                   f"last {LAST_EVALS} non-NaN eval_return values",
+    "final_score": "final_eval_return from final_eval.csv when present, else the member's eval_return "
+                   "scored by its run's eval.score rule (klrl.results.final_score)",
     "bootstrap_reps": BOOTSTRAP_REPS,
     "games": COMPLETE,
     "in_progress": IN_PROGRESS,

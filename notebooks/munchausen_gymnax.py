@@ -25,7 +25,7 @@
 # Statistics: per group (agent + swept values) the interquartile mean (IQM) over seeds with a
 # stratified-bootstrap 95% confidence interval (Agarwal et al. 2021), computed by
 # `klrl.results`. With few seeds these intervals are wide; the seed count is printed with
-# every number.
+# every number. `KLRL_WRITE_SUMMARY` names a JSON file for the final-score table.
 
 # %%
 import json
@@ -38,13 +38,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from klrl.results import (  # noqa: E402
-    curves, final_scores, group_label, iqm, read_metrics, stratified_bootstrap_ci, summarize, swept_columns,
+    curves, final_scores, group_label, iqm, json_safe, read_metrics, score_rule, stratified_bootstrap_ci,
+    summarize, swept_columns,
 )
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
 RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results"))
 FIGURES = os.environ.get("KLRL_FIGURES_DIR")
 BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "1000"))
+WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
 
 def save(fig, name):
@@ -138,8 +140,11 @@ if RUNS:
 
 # %% [markdown]
 # ## Final scores
-# Evaluation return at the last evaluation point of each member; IQM [95% CI] and median
-# over seeds, and the number of diverged members (non-finite loss, flagged by the engine).
+# Each member's evaluation return scored by its run's own rule (`eval.score` in the run's
+# config, `klrl.results.final_score`, as the run's summary.json and `klrl merge` score it: the
+# value at the last evaluation point by default, or the mean of the last `eval.score_k`);
+# IQM [95% CI] and median over seeds, and the number of diverged members (non-finite loss,
+# flagged by the engine).
 
 # %%
 TABLE = []
@@ -147,15 +152,20 @@ for path, record in RUNS:
     metrics_path = os.path.join(path, "metrics.csv")
     rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
     div = final_scores(rows, "diverged", columns)
-    for key, scores in final_scores(rows, "eval_return", columns).items():
+    score = score_rule(record["config"])
+    for key, scores in final_scores(rows, "eval_return", columns, *score).items():
         s = summarize(scores)
         TABLE.append({"env": record["config"]["env"]["name"], "group": group_label(key, columns), **s,
+                      "score": score.describe(), "scores": [float(x) for x in scores],
                       "diverged": int(np.nansum(div.get(key, np.zeros(0)) > 0))})
 
 print(f"{'env':<22} {'group':<34} {'n':>3} {'median':>8} {'IQM':>8}  {'95% CI':<18} {'div':>3}")
 for r in TABLE:
     print(f"{r['env']:<22} {r['group']:<34} {r['n']:>3} {r['median']:>8.1f} {r['iqm']:>8.1f}  "
           f"[{r['iqm_ci_low']:7.1f}, {r['iqm_ci_high']:7.1f}] {r['diverged']:>3}")
+if WRITE_SUMMARY:
+    with open(WRITE_SUMMARY, "w") as fh:
+        json.dump(json_safe({"final_scores": TABLE}), fh, indent=2)
 
 # %% [markdown]
 # ## Final-score distributions
@@ -171,7 +181,8 @@ if TABLE:
                 continue
             metrics_path = os.path.join(path, "metrics.csv")
             rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
-            finals = sorted(final_scores(rows, "eval_return", columns).items(), key=lambda kv: str(kv[0]))
+            finals = sorted(final_scores(rows, "eval_return", columns, *score_rule(record["config"])).items(),
+                            key=lambda kv: str(kv[0]))
             for i, (key, scores) in enumerate(finals):
                 ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14)
                 ax.hlines(iqm(scores), i - 0.25, i + 0.25, color="k")

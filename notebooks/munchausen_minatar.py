@@ -32,8 +32,11 @@
 #
 # **Final score of a member**: evaluation is concurrent (2 test envs per member at ε = 0.01
 # inside the training batch), so `eval_return` at a chunk is NaN when no test episode ended
-# in that chunk. A member's final score is the mean of its **last 3 non-NaN** evaluations
-# (fewer if it has fewer; NaN if none). All means over seeds here are NaN-aware.
+# in that chunk. A member's final score is its `eval_return` curve scored by its run's own
+# rule (`eval.score` in the run's config; `klrl.results.final_score`, the one definition the
+# runner's summary and `klrl merge` use): the value at the last step (the default; NaN if no
+# test episode ended in the last chunk), or the mean of the last `eval.score_k` non-NaN
+# evaluations (fewer if it has fewer; NaN if none). All means over seeds here are NaN-aware.
 
 # %%
 import json
@@ -47,7 +50,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from klrl.results import curves, iqm, json_safe, read_metrics, stratified_bootstrap_ci, swept_columns  # noqa: E402
+from klrl.results import (  # noqa: E402
+    curves, final_score, iqm, json_safe, read_metrics, score_rule, stratified_bootstrap_ci, swept_columns,
+)
 from klrl.scores import aggregate, minmax_normalized  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
@@ -57,7 +62,6 @@ BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
 WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
 GAMES = ("Breakout", "SpaceInvaders", "Asterix")       # the games of the protocol, in this order
-LAST_EVALS = 3                                         # final score: mean of the last 3 non-NaN evals
 RANDOM_EPISODES, RANDOM_SEED = 100, 0
 EXPERIMENTS = {
     "munchausen": {"dir": "minatar_munchausen", "title": "Munchausen ablation", "figure": "munchausen_minatar"},
@@ -80,13 +84,6 @@ def group_name(key, columns):
     return agent
 
 
-def final_score(row, last=LAST_EVALS):
-    """Mean of the last `last` non-NaN evaluations of one member (NaN if it has none)."""
-    x = np.asarray(row, dtype=float)
-    x = x[~np.isnan(x)]
-    return float(np.mean(x[-last:])) if x.size else math.nan
-
-
 def load_run(path):
     """One run directory -> its record, per-group curves and final scores, and progress."""
     with open(os.path.join(path, "config.json")) as fh:
@@ -94,14 +91,14 @@ def load_run(path):
     metrics = os.path.join(path, "metrics.csv")
     columns = swept_columns(metrics)
     rows = read_metrics(metrics)
+    cfg = record["config"]
+    score = score_rule(cfg)                               # the run's own rule (eval.score; default: last)
     groups = {}
     for key, (steps, vals) in curves(rows, "eval_return", columns).items():
-        groups[group_name(key, columns)] = {
-            "steps": steps, "values": vals, "finals": np.array([final_score(v) for v in vals])}
-    cfg = record["config"]
+        groups[group_name(key, columns)] = {"steps": steps, "values": vals, "finals": final_score(vals, *score)}
     agents = cfg["agent"]["name"] if isinstance(cfg["agent"]["name"], list) else [cfg["agent"]["name"]]
     done = {a: max([r["step"] for r in rows if r["agent"] == a], default=0) for a in agents}
-    return {"path": path, "record": record, "groups": groups, "agents": agents, "steps_done": done,
+    return {"path": path, "record": record, "groups": groups, "agents": agents, "steps_done": done, "score": score,
             "total_steps": cfg["train"]["total_steps"], "seeds": len(cfg["train"]["seeds"]),
             "complete": os.path.exists(os.path.join(path, "summary.json"))}
 
@@ -298,7 +295,7 @@ for name in EXPERIMENTS:
 
 # %% [markdown]
 # ## Final scores per game
-# Raw final scores (mean of each member's last 3 non-NaN evaluations) per group and game:
+# Raw final scores (each member's, by its run's score rule) per group and game:
 # n seeds, mean, interquartile mean (IQM) and its percentile bootstrap 95% CI over seeds.
 # With 5 seeds these intervals are wide.
 
@@ -400,7 +397,9 @@ plot_aggregates("mvi_q")
 
 
 SUMMARY = json_safe({
-    "final_score": f"mean of each member's last {LAST_EVALS} non-NaN eval_return values",
+    "final_score": "each member's eval_return scored by its run's eval.score rule (klrl.results.final_score)",
+    "score_rules": {name: {game: RUNS[name][game]["score"].describe() for game in COMPLETE[name]}
+                    for name in EXPERIMENTS},
     "normalization": "(s - r_g) / (d_g - r_g); r_g uniform random policy, d_g mean final score of DQN's seeds",
     "bootstrap_reps": BOOTSTRAP_REPS,
     "random_policy": {"episodes": RANDOM_EPISODES, "seed": RANDOM_SEED},

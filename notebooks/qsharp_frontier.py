@@ -28,8 +28,10 @@
 # π_ref is a deliberately weak DQN (experiments/qsharp_reference.toml), softened to
 # `softmax(Q_ref/1.0)`. Each point is one (method, η): x = per-step KL(π‖π_ref) measured along
 # the evaluation episodes of the policy itself (metric `kl_ref`), y = their undiscounted
-# return (`eval_return`); both are the mean of the last two evaluations (10 episodes each) of
-# a member, then the IQM over seeds with a stratified-bootstrap 95% CI (`klrl.results`).
+# return (`eval_return`); both are a member's final score by its run's own rule (`eval.score`
+# in the run's config, `klrl.results.final_score`, as the run's summary.json scores it: the
+# last evaluation (10 episodes) by default, or the mean of the last `eval.score_k`), then the
+# IQM over seeds with a stratified-bootstrap 95% CI (`klrl.results`).
 # With 3 seeds the IQM is the mean and the CIs are wide; the seed count is printed.
 #
 # The notebook never trains. It reads every run directory under `KLRL_RESULTS_DIR` (default
@@ -56,12 +58,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from klrl.provenance import provenance  # noqa: E402
-from klrl.results import curves, iqm, read_metrics, stratified_bootstrap_ci, swept_columns  # noqa: E402
+from klrl.results import (  # noqa: E402
+    final_scores, iqm, read_metrics, score_rule, stratified_bootstrap_ci, swept_columns,
+)
 
 RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join("results", "qsharp_frontier"))
 FIGURES = os.environ.get("KLRL_FIGURES_DIR", RESULTS)
 REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
-LAST = 2   # evaluations averaged per member
 os.makedirs(FIGURES, exist_ok=True)
 
 # %% [markdown]
@@ -79,14 +82,6 @@ def method_of(agent: str, config: dict) -> str:
     return f"{name} ({mode})" if agent in ("qsharp", "qsharp_cd", "kl_prior") else name
 
 
-def member_finals(rows, metric, columns):
-    """(group key, member) -> mean of the last LAST values of `metric`."""
-    out = {}
-    for key, (_, vals) in curves(rows, metric, columns).items():
-        out[key] = np.nanmean(vals[:, -LAST:], axis=1)
-    return out
-
-
 runs, points = [], []
 for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
     run = os.path.join(RESULTS, name)
@@ -98,12 +93,13 @@ for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
     rows = read_metrics(os.path.join(run, "metrics.csv"))
     columns = swept_columns(os.path.join(run, "metrics.csv"))
     has_kl = any(r["metric"] == "kl_ref" for r in rows)
+    score = score_rule(config)               # the run's own rule (eval.score; default: last)
     runs.append({"run": name, "env": config["env"]["name"], "agents": config["agent"]["name"],
-                 "has_kl_ref": has_kl, "provenance": record.get("provenance", {})})
+                 "has_kl_ref": has_kl, "score": score.describe(), "provenance": record.get("provenance", {})})
     if not has_kl:
         continue
-    ret = member_finals(rows, "eval_return", columns)
-    kl = member_finals(rows, "kl_ref", columns)
+    ret = final_scores(rows, "eval_return", columns, *score)
+    kl = final_scores(rows, "kl_ref", columns, *score)
     for key in sorted(ret, key=lambda k: (k[0], [v if v is not None else -1 for v in k[1:]])):
         agent, *vals = key
         eta = dict(zip(columns, vals)).get("agent.eta", dict(zip(columns, vals)).get("eta"))
@@ -138,8 +134,7 @@ with open(os.path.join(RESULTS, "frontier.csv"), "w", newline="") as fh:
         w.writerow([p["run"], p["method"], p["agent"], p["eta"], p["seeds"], p["return_iqm"], *p["return_ci"],
                     p["kl_iqm"], *p["kl_ci"]])
 with open(os.path.join(RESULTS, "frontier.json"), "w") as fh:
-    json.dump({"points": points, "runs": runs, "last_evaluations_averaged": LAST,
-               "provenance": provenance()}, fh, indent=2)
+    json.dump({"points": points, "runs": runs, "provenance": provenance()}, fh, indent=2)
     fh.write("\n")
 
 # %% [markdown]

@@ -19,7 +19,8 @@ import pytest
 from klrl import cli
 from klrl.config import load_experiment
 from klrl.results import read_metrics
-from klrl.runner import KILL_ENV, resolve_out_dir
+from klrl.hooks import KILL_ENV
+from klrl.rundir import resolve_out_dir
 
 from engine_helpers import cli_in_process
 from engine_helpers import run_cli as _klrl
@@ -245,7 +246,7 @@ checkpoint_every = 2
 
 
 def test_pool_resume_restores_learner_exactly_and_re_resets_the_pool(tmp_path):
-    """A host pool cannot be checkpointed. What --resume means for it (klrl.runner._resumed):
+    """A host pool cannot be checkpointed. What --resume means for it (klrl.rundir.resumed_state):
     the run restarts from the last checkpoint with learner, optimizer, replay, keys and counters
     exactly as saved, the pool re-reset from derived seeds, and it finishes with the same step
     count. The killed run is uninterrupted up to its kill (chunk 3; checkpoint at chunk 2): the

@@ -14,10 +14,11 @@ persistent JAX compilation cache in pytest's cache folder, so only a first run p
 
 The notebook runs twice: on the sweep as written (every final score from final_eval.csv), and
 on a copy in the one-run-per-game layout (no sweep.json) with Breakout's final_eval.csv removed
-(its final scores then are the mean of the last 3 non-NaN evaluations) and Asterix's
-summary.json removed (so it is in progress and enters no table or aggregate); then once more on
-Breakout's run directory alone. Every number the test checks is recomputed here from the CSV
-files and klrl.scores.
+(its final scores then are its eval_return scored by the run's rule, which the copy's
+config.json sets to the mean of the last 3 non-NaN evaluations: `eval.score = "mean_last_k"`)
+and Asterix's summary.json removed (so it is in progress and enters no table or aggregate);
+then once more on Breakout's run directory alone, its rule set back to the default (`last`).
+Every number the test checks is recomputed here from the CSV files and klrl.scores.
 """
 
 from __future__ import annotations
@@ -61,18 +62,31 @@ def _members(path, metric):
 
 
 def _finals(run_dir):
-    """{agent: {seed: final score}}: final_eval_return if final_eval.csv exists, else the mean of
-    the last 3 non-NaN eval_return values in step order."""
+    """{agent: {seed: final score}}: final_eval_return if final_eval.csv exists, else the
+    eval_return values in step order scored by the run's rule (config.json's eval.score: the
+    last value by default, or the mean of the last eval.score_k non-NaN values)."""
     fe = os.path.join(run_dir, "final_eval.csv")
     out = {}
     if os.path.isfile(fe):
         for (agent, seed), d in _members(fe, "final_eval_return").items():
             out.setdefault(agent, {})[seed] = next(iter(d.values()))
         return out
+    rule = json.load(open(os.path.join(run_dir, "config.json")))["config"].get("eval", {})
     for (agent, seed), d in _members(os.path.join(run_dir, "metrics.csv"), "eval_return").items():
+        if rule.get("score", "last") == "last":
+            out.setdefault(agent, {})[seed] = d[max(d)]
+            continue
         x = [d[s] for s in sorted(d) if not math.isnan(d[s])]
-        out.setdefault(agent, {})[seed] = float(np.mean(x[-3:])) if x else math.nan
+        out.setdefault(agent, {})[seed] = float(np.mean(x[-rule.get("score_k", 3):])) if x else math.nan
     return out
+
+
+def _set_rule(run_dir, **rule):
+    """Set the run's score rule in its config record (config.json's "config" -> "eval")."""
+    path = os.path.join(run_dir, "config.json")
+    record = json.load(open(path))
+    record["config"]["eval"] = rule
+    json.dump(record, open(path, "w"))
 
 
 def _run_notebook(results, tmp_path, tag, env):
@@ -88,7 +102,7 @@ def _run_notebook(results, tmp_path, tag, env):
     return res.stdout, json.loads(summary.read_text())
 
 
-def _check_numbers(s, results, games):
+def _check_numbers(s, results, games, finite=True):
     """Per-game finals, their human normalization, the aggregates and the anchors, recomputed."""
     assert s["games"] == games and s["aggregate_games"] == games
     assert s["groups"] == AGENTS and list(s["aggregate"]) == AGENTS
@@ -103,10 +117,14 @@ def _check_numbers(s, results, games):
             g = e["groups"][agent]
             mine = [finals[game][agent][seed] for seed in g["seeds"]]
             assert sorted(g["seeds"]) == [0, 1] and g["n"] == 2
-            assert all(math.isfinite(v) for v in mine), (game, agent, mine)
-            np.testing.assert_allclose(g["finals"], mine, rtol=1e-12)
-            np.testing.assert_allclose(g["human_normalized"], human_normalized(game, mine), rtol=1e-12)
-            assert g["mean"] == pytest.approx(np.mean(mine), rel=1e-12)
+            assert all(math.isfinite(v) for v in mine) or not finite, (game, agent, mine)
+            np.testing.assert_allclose(np.array(g["finals"], dtype=float), mine, rtol=1e-12)
+            np.testing.assert_allclose(np.array(g["human_normalized"], dtype=float), human_normalized(game, mine),
+                                       rtol=1e-12)
+            if finite:
+                assert g["mean"] == pytest.approx(np.mean(mine), rel=1e-12)
+    if not finite:                          # a NaN final score (no evaluation ended in the last chunk)
+        return
     for agent in AGENTS:
         x = np.array([[human_normalized(g, finals[g][agent][seed]) for g in games] for seed in (0, 1)])
         want = aggregate(x, reps=REPS)
@@ -158,15 +176,19 @@ def _check_notebook_on(results, tmp_path, env):
         shutil.copytree(results / game, per_game / game, ignore=shutil.ignore_patterns("checkpoints"))
     os.remove(per_game / "Breakout" / "final_eval.csv")
     os.remove(per_game / "Asterix" / "summary.json")
+    _set_rule(per_game / "Breakout", score="mean_last_k", score_k=3)
     out, s = _run_notebook(per_game, tmp_path, "per_game", env)
     assert "one run directory per game" in out and "Asterix: in progress" in out
     assert s["layout"] == "one run directory per game"
     assert s["in_progress"] == ["Asterix"] and set(s["per_game"]) == {"Breakout"}
-    assert all(g["final_source"] == "last_3_evals" for g in s["per_game"]["Breakout"]["groups"].values())
+    assert all(g["final_source"] == "mean_last_3_evals" for g in s["per_game"]["Breakout"]["groups"].values())
     _check_numbers(s, str(per_game), ["Breakout"])
 
+    _set_rule(per_game / "Breakout")                  # the default rule: the last evaluation
     out, s = _run_notebook(per_game / "Breakout", tmp_path, "single", env)   # one game's run directory
     assert s["layout"] == "a single game's run directory" and s["games"] == ["Breakout"]
+    assert all(g["final_source"] == "last_eval" for g in s["per_game"]["Breakout"]["groups"].values())
+    _check_numbers(s, str(per_game), ["Breakout"], finite=False)
 
 
 def test_notebook_on_a_fabricated_atari_sweep(tmp_path):

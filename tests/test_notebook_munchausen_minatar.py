@@ -35,7 +35,8 @@ TINY = ["env.num_envs=2", "agent.hidden=[16]", "train.total_steps=2000", "train.
 
 DRIVER = """
 import json, os, sys
-from klrl.runner import KILL_ENV, run_experiment
+from klrl.hooks import KILL_ENV
+from klrl.runner import run_experiment
 for toml, out, overrides, kill_after in json.loads(sys.argv[1]):
     if kill_after:
         os.environ[KILL_ENV] = str(kill_after)

@@ -16,19 +16,21 @@ import sys
 import numpy as np
 
 from klrl.population import Member
-from klrl.results import MetricsWriter, format_chunk
+from klrl.results import MetricsWriter, format_chunk, read_metrics
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "qsharp_frontier.py")
 
 
-def _tiny_run(run_dir: str, agents, mode: str, etas, kl: bool = True) -> None:
+def _tiny_run(run_dir: str, agents, mode: str, etas, kl: bool = True, score=None) -> None:
     os.makedirs(run_dir)
     members = [Member(i, s, g, a, {"agent.eta": e} if etas else {})
                for i, (a, g, e, s) in enumerate((a, g, e, s) for a in agents for g, e in enumerate(etas or [None])
                                                 for s in range(3))]
     record = {"config": {"env": {"name": "CartPole-v1"}, "agent": {"name": list(agents), "qsharp_mode": mode}},
               "provenance": {"commit": "test"}}
+    if score is not None:                        # the run's score rule (config.json's "config" -> "eval")
+        record["config"]["eval"] = score
     with open(os.path.join(run_dir, "config.json"), "w") as fh:
         json.dump(record, fh)
     columns = ["agent.eta"] if etas else []
@@ -46,7 +48,8 @@ def _tiny_run(run_dir: str, agents, mode: str, etas, kl: bool = True) -> None:
 def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
     results = tmp_path / "results"
     _tiny_run(str(results / "td"), ["qsharp", "qsharp_cd", "kl_prior"], "td", [1.0, 10.0])
-    _tiny_run(str(results / "rollout"), ["qsharp"], "rollout", [1.0, 10.0])
+    _tiny_run(str(results / "rollout"), ["qsharp"], "rollout", [1.0, 10.0], score={"score": "mean_last_k",
+                                                                                    "score_k": 2})
     _tiny_run(str(results / "c51"), ["c51"], "td", None)
     _tiny_run(str(results / "reference"), ["dqn"], "td", None, kl=False)
     env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_BOOTSTRAP_REPS": "50", "MPLBACKEND": "Agg"}
@@ -63,7 +66,17 @@ def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
     assert len(rows) == 3 * 2 + 2 + 1           # (method, η) points; the reference run has no kl_ref
     assert all(int(r["seeds"]) == 3 for r in rows)
     meta = json.loads((results / "frontier.json").read_text())
-    assert "provenance" in meta and meta["last_evaluations_averaged"] == 2
+    assert "provenance" in meta
+    assert {r["run"]: r["score"] for r in meta["runs"]} == {
+        "c51": "last chunk", "reference": "last chunk", "rollout": "mean of the last 2 evaluations", "td": "last chunk"}
+    for p in meta["points"]:                     # each run's points by its own rule, per member
+        vals = {}
+        for r in read_metrics(str(results / p["run"] / "metrics.csv")):
+            if r["agent"] == p["agent"] and r.get("agent.eta") in (p["eta"], None):
+                vals.setdefault(r["metric"], {}).setdefault(r["member"], []).append(r["value"])
+        k = 2 if p["run"] == "rollout" else 1
+        assert p["returns"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["eval_return"].items())]
+        assert p["kls"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["kl_ref"].items())]
 
 
 def test_notebook_is_a_jupytext_percent_script():

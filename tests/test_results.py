@@ -1,15 +1,17 @@
-"""Tidy CSV writing/reading and the aggregates (klrl.results)."""
+"""Tidy CSV writing/reading, the final score and the aggregates (klrl.results)."""
 
 from __future__ import annotations
 
 import math
 
 import numpy as np
+import pytest
 
+from klrl.errors import ConfigError
 from klrl.population import Member
 from klrl.results import (
-    MetricsWriter, final_scores, format_chunk, format_history, format_value, header, iqm, read_metrics,
-    stratified_bootstrap_ci, summarize,
+    MetricsWriter, ScoreRule, final_score, final_scores, format_chunk, format_history, format_value, header, iqm,
+    read_metrics, score_rule, stratified_bootstrap_ci, summarize,
 )
 
 
@@ -95,3 +97,55 @@ def test_json_safe_makes_strict_json():
     x = json_safe({1: np.float32(np.nan), "b": (np.int64(3), 1.5, float("inf")), "c": "s"})
     assert x == {"1": None, "b": [3, 1.5, None], "c": "s"}
     assert json.loads(json.dumps(x, allow_nan=False)) == x
+
+
+def test_final_score_last_is_the_value_at_the_last_step():
+    curves_ = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.nan]])
+    np.testing.assert_array_equal(final_score(curves_), [3.0, np.nan])    # NaN: no episode ended at the end
+    np.testing.assert_array_equal(final_score(curves_[0], "last"), 3.0)
+
+
+def test_final_score_mean_last_k_skips_nan_evaluations():
+    curves_ = np.array([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, np.nan, 8.0], [np.nan, 6.0, np.nan, np.nan],
+                        [np.nan] * 4])
+    got = final_score(curves_, "mean_last_k", 2)
+    np.testing.assert_array_equal(got, [3.5, 5.0, 6.0, np.nan])         # fewer than k: their mean; none: NaN
+    np.testing.assert_array_equal(final_score(curves_[:2], "mean_last_k", 3), [3.0, 11 / 3])
+    np.testing.assert_array_equal(final_score(curves_[:2, None], "mean_last_k", 9), [[2.5], [11 / 3]])   # [..., T]
+
+
+def test_score_rule_reads_the_eval_section_with_defaults():
+    assert score_rule({}) == ScoreRule("last", 3) == score_rule({"eval": {}})     # runs from before [eval]
+    assert score_rule({"eval": {"score": "mean_last_k"}}) == ("mean_last_k", 3)
+    assert score_rule({"eval": {"score": "mean_last_k", "score_k": 5, "episodes": 10}}) == ("mean_last_k", 5)
+    assert ScoreRule().describe() == "last chunk"
+    assert ScoreRule("mean_last_k", 5).describe() == "mean of the last 5 evaluations"
+
+
+@pytest.mark.parametrize("section, needle", [
+    ({"score": "median"}, "eval.score: got 'median'; allowed 'last', 'mean_last_k'"),
+    ({"score": "mean_last_k", "score_k": 0}, "eval.score_k: got 0; allowed an integer >= 1"),
+    ({"score_k": 2.5}, "eval.score_k: got 2.5; allowed an integer >= 1"),
+])
+def test_a_bad_score_rule_is_one_config_error(section, needle):
+    with pytest.raises(ConfigError) as err:
+        score_rule({"eval": section})
+    assert str(err.value) == needle
+    with pytest.raises(ConfigError):
+        final_score([1.0], section.get("score", "last"), section.get("score_k", 3))
+
+
+def test_final_scores_by_rule(tmp_path):
+    members = _members()
+    path = str(tmp_path / "metrics.csv")
+    w = MetricsWriter(path, ["alpha"])
+    for c, ev in enumerate(([1.0, 2.0, 3.0], [5.0, np.nan, 7.0], [9.0, 10.0, np.nan])):
+        w.append(format_chunk(members, ["alpha"], {"step": np.full(3, 10 * (c + 1)),
+                                                   "eval_return": np.array(ev, np.float32)}))
+    rows = read_metrics(path)
+    last = final_scores(rows, "eval_return", ["alpha"])
+    np.testing.assert_array_equal(last[("mdqn", 0.9)], [9.0, 10.0])
+    np.testing.assert_array_equal(last[("dqn", None)], [np.nan])
+    mean2 = final_scores(rows, "eval_return", ["alpha"], *ScoreRule("mean_last_k", 2))
+    np.testing.assert_array_equal(mean2[("mdqn", 0.9)], [7.0, 6.0])
+    np.testing.assert_array_equal(mean2[("dqn", None)], [5.0])
