@@ -137,7 +137,7 @@ def test_a_version_1_checkpoint_restores_under_its_verified_record(schema, tmp_p
     """The committed reference run's checkpoint carries the version 1 hash: refused against
     today's hash alone, restored once config.json (matched to this config) vouches for it."""
     from klrl.checkpoint import PopulationCheckpointer
-    from klrl.runner import _recorded_hash
+    from klrl.rundir import recorded_hash as _recorded_hash
 
     run = tmp_path / "reference"
     shutil.copytree(os.path.join(RESULTS, "qsharp_frontier", "reference"), run)

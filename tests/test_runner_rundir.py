@@ -56,7 +56,8 @@ def test_member_table_and_run_record(exp):
         (0, "dqn", 0, None), (1, "dqn", 1, None), (2, "mdqn", 0, 0.5), (3, "mdqn", 1, 0.5),
         (4, "mdqn", 0, 0.9), (5, "mdqn", 1, 0.9)]
     record = run_record(exp, "run.toml", ["train.seeds=2"], {"members": table}, {"commit": "c"})
-    assert list(record) == ["config", "config_hash", "config_file", "overrides", "members", "provenance"]
+    assert list(record) == ["config", "config_hash", "schema_version", "config_file", "overrides", "members",
+                            "provenance"]
     assert record["config"] == exp.resolved() and record["config_hash"] == exp.config_hash()
 
 
