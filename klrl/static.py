@@ -56,11 +56,12 @@ class EnvConfig(Section):
 
     def check(self) -> None:
         envs_lib.check_env(self.name, self.backend, self.preset)
-        if self.backend not in envs_lib.ATARI_BACKENDS and self.preset != envs_lib.DEFAULT_PRESET:
-            self.fail("preset", self.preset, f"only with an Atari backend ({', '.join(envs_lib.ATARI_BACKENDS)})")
+        if not envs_lib.takes_preset(self.backend) and self.preset != envs_lib.DEFAULT_PRESET:
+            atari = [b for b in envs_lib.BACKENDS if envs_lib.takes_preset(b)]
+            self.fail("preset", self.preset, f"only with an Atari backend ({', '.join(atari)})")
 
     def unused(self) -> tuple[str, ...]:
-        return () if self.backend in envs_lib.ATARI_BACKENDS else ("preset",)
+        return () if envs_lib.takes_preset(self.backend) else ("preset",)
 
 
 @dataclass(frozen=True)
