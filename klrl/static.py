@@ -37,8 +37,6 @@ TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
 ScoreRule = Literal["last", "mean_last_k"]
 MemberMap = Literal["vmap", "map"]
-TARGET_UPDATES: tuple[str, ...] = TargetUpdate.__args__
-EVAL_MODES: tuple[str, ...] = EvalMode.__args__
 SCORE_RULES: tuple[str, ...] = ScoreRule.__args__
 
 
@@ -246,5 +244,5 @@ def check_members(cfg: StaticConfig, members: int) -> None:
              f"{columns} columns in {mode} mode with {members} members)")
 
 
-__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "TARGET_UPDATES", "AgentConfig",
+__all__ = ["COMMON_HPARAMS", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "AgentConfig",
            "EnvConfig", "EvalConfig", "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]

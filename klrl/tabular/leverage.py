@@ -45,10 +45,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-# The config lives in klrl.tabular.leverage_config; its names stay importable from here.
+# The config lives in klrl.tabular.leverage_config; the names its users read stay importable here.
 from klrl.tabular.leverage_config import (  # noqa: F401
-    DEFAULT_OUT_DIR, QUICK, LeverageConfig, heatmap_grid, load_config, quick_config,
-    scheme_coefficients, SCHEMES,
+    QUICK, SCHEMES, LeverageConfig, heatmap_grid, load_config, quick_config, scheme_coefficients,
 )
 
 
