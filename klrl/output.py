@@ -17,7 +17,6 @@ from klrl.errors import ConfigError
 from klrl.sections import Section
 
 IfExists = Literal["refuse", "new_subdir"]
-IF_EXISTS: tuple[str, ...] = IfExists.__args__
 
 
 @dataclass(frozen=True)
@@ -55,4 +54,4 @@ def choose_out_dir(out_dir: str, if_exists: str, *, flag: str = "--out", refuse_
     return out_dir
 
 
-__all__ = ["IF_EXISTS", "IfExists", "OutputSection", "choose_out_dir"]
+__all__ = ["IfExists", "OutputSection", "choose_out_dir"]

@@ -1,10 +1,10 @@
 """Seeds x hyperparameter grid -> one population: stacked hparams, member keys, member table.
 
-A population is the unit of work (DESIGN.md principle 3): every member is one training run
+A population is the unit of work: every member is one training run
 with its own hyperparameters and its own key, and the whole population is vmapped inside one
 jitted program. The member axis M is the leading axis of every per-member array.
 
-Member keys: `key_m = fold_in(PRNGKey(seed_m), grid_index_m)` (train_contract.md). Two
+Member keys: `key_m = fold_in(PRNGKey(seed_m), grid_index_m)`. Two
 members differ in seed or in grid point, so no two members of a population share a key; the
 same (seed, grid point) gives the same key in every run. The engine splits each member key
 into its init / exploration / sampling / eval streams.

@@ -84,8 +84,6 @@ class Replay(NamedTuple):
     add: Callable[[ReplayState, jax.Array, jax.Array, jax.Array, EnvStep], ReplayState]
     sample: Callable[[ReplayState, jax.Array, int], tuple[Batch, Any]]
     bytes_per_transition: int  # bytes stored per time slot of one env column
-    mode: str
-    store: str
 
 
 # ----------------------------------------------------------------------------- frame stacks
@@ -232,6 +230,22 @@ def _slot_spec(store: str, obs_shape: tuple[int, ...], obs_dtype: Any) -> dict[s
     return spec
 
 
+def _check_args(store: str, mode: str, k: int, candidates: int) -> None:
+    """Raises ValueError for an unknown store/mode, frame_stack k < 1, k > 1 with the
+    transitions store, or candidates < 1."""
+    if store not in STORES:
+        raise ValueError(f"replay_store: got {store!r}; allowed {', '.join(STORES)}")
+    if mode not in MODES:
+        raise ValueError(f"replay_mode: got {mode!r}; allowed {', '.join(MODES)}")
+    if k < 1:
+        raise ValueError(f"frame_stack: got {k}; must be >= 1")
+    if store == "transitions" and k != 1:
+        raise ValueError(f"frame_stack: got {k} with replay_store 'transitions', which only "
+                         "supports frame_stack 1; use replay_store 'frames'")
+    if candidates < 1:
+        raise ValueError(f"replay candidates: got {candidates}; must be >= 1")
+
+
 def make_replay(store: str, *, obs_shape: tuple[int, ...], obs_dtype: Any, frame_stack: int,
                 members: int, envs: int, capacity: int, mode: str, candidates: int = 4) -> Replay:
     """Build the replay for a population of `members` x `envs` environments.
@@ -242,18 +256,8 @@ def make_replay(store: str, *, obs_shape: tuple[int, ...], obs_dtype: Any, frame
     Raises ValueError for an unknown store/mode, frame_stack > 1 with the transitions store,
     candidates < 1, or a capacity that leaves fewer than frame_stack + 2 time slots.
     """
-    if store not in STORES:
-        raise ValueError(f"replay_store: got {store!r}; allowed {', '.join(STORES)}")
-    if mode not in MODES:
-        raise ValueError(f"replay_mode: got {mode!r}; allowed {', '.join(MODES)}")
     k = int(frame_stack)
-    if k < 1:
-        raise ValueError(f"frame_stack: got {k}; must be >= 1")
-    if store == "transitions" and k != 1:
-        raise ValueError(f"frame_stack: got {k} with replay_store 'transitions', which only "
-                         "supports frame_stack 1; use replay_store 'frames'")
-    if candidates < 1:
-        raise ValueError(f"replay candidates: got {candidates}; must be >= 1")
+    _check_args(store, mode, k, candidates)
     M, E = int(members), int(envs)
     obs_shape = tuple(int(d) for d in obs_shape)
     obs_dtype = jnp.dtype(obs_dtype)
@@ -312,5 +316,4 @@ def make_replay(store: str, *, obs_shape: tuple[int, ...], obs_dtype: Any, frame
         return jax.vmap(lambda d, kk: sample_one(d, state.pos, state.size, kk, batch_size))(
             state.data, key)
 
-    return Replay(init=init, add=add, sample=sample, bytes_per_transition=bytes_per_transition,
-                  mode=mode, store=store)
+    return Replay(init=init, add=add, sample=sample, bytes_per_transition=bytes_per_transition)

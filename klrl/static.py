@@ -39,8 +39,6 @@ TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
 ScoreRule = Literal["last", "mean_last_k"]
 MemberMap = Literal["vmap", "map"]
-TARGET_UPDATES: tuple[str, ...] = TargetUpdate.__args__
-EVAL_MODES: tuple[str, ...] = EvalMode.__args__
 SCORE_RULES: tuple[str, ...] = ScoreRule.__args__
 
 
@@ -58,11 +56,12 @@ class EnvConfig(Section):
 
     def check(self) -> None:
         envs_lib.check_env(self.name, self.backend, self.preset)
-        if self.backend not in envs_lib.ATARI_BACKENDS and self.preset != envs_lib.DEFAULT_PRESET:
-            self.fail("preset", self.preset, f"only with an Atari backend ({', '.join(envs_lib.ATARI_BACKENDS)})")
+        if not envs_lib.takes_preset(self.backend) and self.preset != envs_lib.DEFAULT_PRESET:
+            atari = [b for b in envs_lib.BACKENDS if envs_lib.takes_preset(b)]
+            self.fail("preset", self.preset, f"only with an Atari backend ({', '.join(atari)})")
 
     def unused(self) -> tuple[str, ...]:
-        return () if self.backend in envs_lib.ATARI_BACKENDS else ("preset",)
+        return () if envs_lib.takes_preset(self.backend) else ("preset",)
 
 
 @dataclass(frozen=True)
@@ -264,5 +263,5 @@ def check_members(cfg: StaticConfig, members: int) -> None:
              f"{columns} columns in {mode} mode with {members} members)")
 
 
-__all__ = ["COMMON_HPARAMS", "EVAL_MODES", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "TARGET_UPDATES", "AgentConfig",
+__all__ = ["COMMON_HPARAMS", "HPARAMS", "HPARAM_TABLE", "SCORE_RULES", "AgentConfig",
            "EnvConfig", "EvalConfig", "StaticConfig", "TrainConfig", "check_members", "hparams_used", "validate"]

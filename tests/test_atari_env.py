@@ -7,6 +7,7 @@ Breakout loses a game (5 balls) in about 150-250 agent steps; SpaceInvaders scor
 per invader, so its raw rewards exceed the clipped ones early.
 """
 
+import dataclasses
 import subprocess
 import sys
 
@@ -17,7 +18,7 @@ import pytest
 
 import klrl.envs.atari as atari
 from klrl.envs import (ATARI_BACKENDS, BACKEND_ENVS, PRESETS, TRAITS, EnvStep, check_env, env_spec,
-                       make_env)
+                       make_env, register_backend, takes_preset, unregister_backend)
 from klrl.envs.atari import AtariEnv, AtariOptions, AtariState
 from klrl.envs.base import Traits
 from klrl.envs.host_pool import PoolVmapError
@@ -257,34 +258,67 @@ def test_vmap_is_refused_with_a_one_line_error():
 
 # ---- bad input ------------------------------------------------------------------------------------
 
-def test_bad_input_is_a_one_line_config_error_before_any_pool_is_built(monkeypatch):
-    def no_pool(*args, **kwargs):
-        raise AssertionError("a pool was built for bad input")
+def _no_pool(*args, **kwargs):
+    raise AssertionError("a pool was built for bad input")
 
-    monkeypatch.setattr(atari, "_AlePool", no_pool)
-    monkeypatch.setattr(atari, "_EnvpoolPool", no_pool)
+
+def _probe(name, **fields):
+    """The `ale` backend's declaration under another name, with some fields replaced, registered
+    for the duration of a test (klrl.envs.register_backend: injected, nothing patched)."""
+    b = dataclasses.replace(atari.ALE, name=name, **fields)
+    register_backend(b)
+    return b
+
+
+@pytest.fixture
+def probes():
+    names = []
+    yield lambda name, **fields: names.append(name) or _probe(name, **fields)
+    for name in names:
+        unregister_backend(name)
+
+
+def test_bad_input_is_a_one_line_config_error_before_any_pool_is_built(probes):
+    # `ale` with an emulator pool factory that fails: every case must fail before it is called.
+    probes("ale_nopool", build=lambda game, members, envs, options: AtariEnv(
+        game, members, envs, backend="ale", options=options, pool_factory=_no_pool))
     cases = [
-        (lambda: make_env("Pongg", 1, 1, "ale"), r"^env\.name: got 'Pongg'; did you mean Pong\? \(backend ale: \d+ installed"),
-        (lambda: make_env("ms_pacman", 1, 1, "ale"), r"^env\.name: got 'ms_pacman'; did you mean MsPacman\?"),
-        (lambda: env_spec("Breakout-v5", "ale"), r"^env\.name: got 'Breakout-v5'; did you mean Breakout\?"),
-        (lambda: check_env("Zork", "ale"), r"^env\.name: got 'Zork'; no close match \(backend ale"),
-        (lambda: make_env("Pong", 1, 1, "ale", preset="nature"),
+        (lambda: make_env("Pongg", 1, 1, "ale_nopool"), r"^env\.name: got 'Pongg'; did you mean Pong\? \(backend ale: \d+ installed"),
+        (lambda: make_env("ms_pacman", 1, 1, "ale_nopool"), r"^env\.name: got 'ms_pacman'; did you mean MsPacman\?"),
+        (lambda: env_spec("Breakout-v5", "ale_nopool"), r"^env\.name: got 'Breakout-v5'; did you mean Breakout\?"),
+        (lambda: check_env("Zork", "ale_nopool"), r"^env\.name: got 'Zork'; no close match \(backend ale"),
+        (lambda: make_env("Pong", 1, 1, "ale_nopool", preset="nature"),
          r"^env\.preset: got 'nature'; allowed dopamine, machado, atari100k, fast$"),
-        (lambda: env_spec("Pong", "ale", "v5"), r"^env\.preset: got 'v5'; allowed dopamine"),
-        (lambda: make_env("Pong", 0, 1, "ale"), r"^members: got 0; allowed an integer >= 1"),
-        (lambda: make_env("Pong", 1, 1, "atari"), r"^env\.backend: got 'atari'; allowed jax, pool, ale, envpool$"),
+        (lambda: env_spec("Pong", "ale_nopool", "v5"), r"^env\.preset: got 'v5'; allowed dopamine"),
+        (lambda: make_env("Pong", 0, 1, "ale_nopool"), r"^members: got 0; allowed an integer >= 1"),
+        (lambda: make_env("Pong", 1, 1, "atari"), r"^env\.backend: got 'atari'; allowed jax, pool, ale, envpool, ale_nopool$"),
     ]
     for fn, pattern in cases:
         with pytest.raises(ConfigError, match=pattern) as err:
             fn()
         assert "\n" not in str(err.value)
+    with pytest.raises(AssertionError, match="a pool was built"):   # the probe does reach its factory
+        make_env("Pong", 1, 1, "ale_nopool")
 
 
-def test_a_missing_extra_names_the_install_command(monkeypatch):
-    monkeypatch.setattr(atari, "missing_packages", lambda b: {"ale": ("ale_py",), "envpool": ("envpool",)}[b])
-    monkeypatch.setattr(atari, "_AlePool", None)
+def test_registered_backends_come_and_go_and_built_ins_stay(probes):
+    probes("ale_extra")
+    assert "ale_extra" in TRAITS and "ale_extra" in BACKEND_ENVS and takes_preset("ale_extra")
+    with pytest.raises(ConfigError, match=r"^env\.backend: got 'ale_extra', already registered; allowed a new name$"):
+        register_backend(dataclasses.replace(atari.ALE, name="ale_extra"))
+    unregister_backend("ale_extra")
+    assert "ale_extra" not in TRAITS and "ale_extra" not in BACKEND_ENVS and not takes_preset("ale_extra")
+    unregister_backend("ale")
+    assert "ale" in TRAITS and takes_preset("ale") and not takes_preset("jax")
+
+
+def test_a_missing_extra_names_the_install_command(probes):
+    # Both extras reported missing (ale-py is installed here: its check is told otherwise).
+    for backend in ATARI_BACKENDS:
+        probes(f"{backend}_missing", build=_no_pool, check_name=lambda game, options, backend=backend: atari.check(
+            game, backend, options, missing=atari.EXTRAS[backend][1][:1]))
     for backend, extra in (("ale", "atari"), ("envpool", "envpool")):
-        for fn in (lambda: make_env("Pong", 1, 1, backend), lambda: check_env("Pong", backend)):
+        for fn in (lambda: make_env("Pong", 1, 1, f"{backend}_missing"), lambda: check_env("Pong", f"{backend}_missing")):
             with pytest.raises(ConfigError, match=rf"^env\.backend: got '{backend}', which needs \w+ \(not installed\); "
                                                   rf"install with pip install -e '\.\[{extra}\]'$"):
                 fn()

@@ -9,6 +9,7 @@ Nature CNN (compile time), its convolutions as patches (XLA:CPU's convolution is
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -72,21 +73,35 @@ def test_sigkill_then_resume_on_an_emulator_pool(tmp_path):
     assert json.load(open(out / "timing_resume.json"))["populations"][0]["resumed_at_chunk"] == 1
 
 
-def test_pool_that_fails_to_start_leaves_finished_games_intact(tmp_path, monkeypatch):
+class _PoolThatFailsToStart(atari.AtariEnv):
+    def reset(self, keys):
+        raise RuntimeError("emulator pool failed to start (test)")
+
+
+def _flaky_ale(game, members, envs, options):
+    """The `ale` factory, except that Breakout's pool fails to start."""
+    cls = _PoolThatFailsToStart if game == "Breakout" else atari.AtariEnv
+    return cls(game, members, envs, backend="ale", options=options)
+
+
+@pytest.fixture
+def flaky_ale():
+    """`ale` under the name `ale_flaky` with `_flaky_ale` as its factory (registered, not patched)."""
+    from klrl.envs import register_backend, unregister_backend
+
+    register_backend(dataclasses.replace(atari.ALE, name="ale_flaky", build=_flaky_ale))
+    yield "ale_flaky"
+    unregister_backend("ale_flaky")
+
+
+def test_pool_that_fails_to_start_leaves_finished_games_intact(tmp_path, flaky_ale):
     """A sweep over two games whose second pool fails to start: the first game's run directory
     is complete and untouched, the sweep has no summary, and the error propagates."""
     from klrl.runner import run_experiment
 
-    real_reset = atari.AtariEnv.reset
-
-    def reset(self, keys):
-        if self.spec.num_actions == 4:          # Breakout's minimal action set (Pong has 6)
-            raise RuntimeError("emulator pool failed to start (test)")
-        return real_reset(self, keys)
-
-    monkeypatch.setattr(atari.AtariEnv, "reset", reset)
     out = tmp_path / "sweep"
-    overrides = [*TINY, "train.total_steps=200", "eval.final_episodes=0", 'sweep.env.name=["Pong", "Breakout"]']
+    overrides = [*TINY, "train.total_steps=200", "eval.final_episodes=0", f"env.backend={flaky_ale}",
+                 'sweep.env.name=["Pong", "Breakout"]']
     with pytest.raises(RuntimeError, match="failed to start"):
         run_experiment(CONFIG, str(out), overrides)
     pong = out / "Pong"

@@ -1,4 +1,4 @@
-"""Exact Q♯ identities on tabular MDPs (klrl.tabular.qsharp; ALGORITHMS.md §4).
+"""Exact Q♯ identities on tabular MDPs (klrl.tabular.qsharp; docs/algorithms.md §4).
 
 Deterministic chain/tree MDPs, γ = 1, a fixed random π_ref: the entropic value of π_ref's
 exact return distribution equals the exact KL-regularized Q* and the guided policy equals

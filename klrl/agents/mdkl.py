@@ -10,7 +10,7 @@ regularized greedy step applied to the previous target's values with a uniform p
 policy, i.e. ln π₋ = log_softmax(q̄₋(s')/(λ+τ)) — `mirror_descent_log_policy` with a uniform
 prior. Storing only one previous network truncates the recursion π_k(π_{k−1}(…)) at depth one.
 Defaults λ = 0.27, τ = 0.03 give β = λ/(λ+τ) = 0.9, the mirror-descent twin of
-M-DQN(α = 0.9, τ_M = λ + τ = 0.3) (ALGORITHMS.md §5).
+M-DQN(α = 0.9, τ_M = λ + τ = 0.3) (Vieillard et al. 2020, "Leverage the Average"; docs/algorithms.md §5).
 """
 
 import jax.numpy as jnp

@@ -1,7 +1,7 @@
 """Tsallis Munchausen value iteration MVI(q) (Zhu et al., NeurIPS 2023), deep version.
 
 y = r + α·max(τ ln_q π̄(a|s), l0) + d·<π̄, q̄ − τ ln_q π̄>(s'), π̄ the Tsallis policy of q̄/τ
-(ALGORITHMS.md §3, "sparsemax" convention). The entropic index q is a TRACED hyperparameter
+(docs/algorithms.md §3, "sparsemax" convention). The entropic index q is a TRACED hyperparameter
 (`entropic_index`), so a population can sweep it; q = 1 reproduces M-DQN. The Tsallis weight
 convention is the static flag `agent.consistent_weight` (literal form by default).
 """

@@ -2,8 +2,8 @@
 
 The optimum of max_π E_π[Σ r] − η·Σ KL(π‖π_ref) is π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η);
 on a deterministic MDP with γ = 1, Q*(s, a) = η ln E[exp(Z(s, a)/η)] with Z the return of
-π_ref after (s, a) (ALGORITHMS.md §4; the exact identity and its biases are documented and
-tested in `klrl.tabular.qsharp`). So Q♯ never improves a policy inside its critic: it
+π_ref after (s, a) (docs/algorithms.md §4; the exact identity and its biases are documented
+and tested in `klrl.tabular.qsharp`). So Q♯ never improves a policy inside its critic: it
 learns π_ref's return DISTRIBUTION on fixed atoms and acts with the guided policy
 
     π(·|s) = softmax(ln π_ref(·|s) + Q_η(s, ·)/η),   Q_η = η·lse_i(ln p_i + z_i/η)

@@ -94,12 +94,62 @@ def numpy_md_vi(P, r, gamma, lam, tau, num_iterations, *, noise=None, q_star=Non
 # The benchmark.
 
 
-def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: int = 3,
-                  numpy_runs: int = 24) -> dict[str, Any]:
-    """Times the default (λ, τ) grid in JAX and numpy; writes and returns the JSON record."""
+def _time_jax(cfg, L, T, x64: bool, repeats: int):
+    """Compiles part (b)'s sweep (AOT) and times `repeats` executions; -> (times, compile
+    seconds, final errors [G, R, C], the Garnets)."""
     import jax
     import jax.numpy as jnp
 
+    from klrl.tabular import leverage
+
+    h, sigma = cfg.heatmap, cfg.noise.std
+    K = h.num_iterations
+    with jax.enable_x64(x64):
+        md_sweep, _, optimal_qs, _ = leverage._sweep_fns()
+        mdps, keys = leverage.make_instances(cfg)
+        gamma = jnp.asarray(h.gamma)
+        args = (jnp.array([sigma]), jnp.asarray(L, mdps.r.dtype), jnp.asarray(T, mdps.r.dtype))
+        static = dict(num_iterations=K, eval_every=K)
+        t0 = time.perf_counter()
+        q_c = optimal_qs.lower(mdps, gamma).compile()
+        q_stars = q_c(mdps, gamma)
+        sweep_c = md_sweep.lower(mdps, q_stars, keys, gamma, *args, **static).compile()
+        compile_s = time.perf_counter() - t0
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            q_stars = q_c(mdps, gamma)
+            errors, _ = sweep_c(mdps, q_stars, keys, gamma, *args)
+            jax.block_until_ready(errors)
+            times.append(time.perf_counter() - t0)
+        return times, compile_s, np.asarray(errors)[:, :, 0, :, -1], mdps
+
+
+def _time_numpy(cfg, P_np, r_np, L, T, chosen, repeats: int):
+    """q* per Garnet, noise per (Garnet, seed) (the setup), then the loop over the `chosen`
+    runs × iterations, best of `repeats`; -> (setup seconds, loop seconds, all loop times)."""
+    g, h, sigma = cfg.garnet, cfg.heatmap, cfg.noise.std
+    G, R, K = g.num_garnets, cfg.noise.num_seeds, h.num_iterations
+    rng = np.random.default_rng(cfg.experiment.seed)
+    t0 = time.perf_counter()
+    q_np = [numpy_optimal_q(P_np[i], r_np[i], h.gamma) for i in range(G)]
+    noise = [[sigma * rng.standard_normal((K, g.num_states, g.num_actions)) for _ in range(R)]
+             for _ in range(G)]
+    setup_seconds = time.perf_counter() - t0
+    loop_times = []
+    for _ in range(repeats):  # best of `repeats`, like the JAX timing
+        t0 = time.perf_counter()
+        for run in chosen:
+            i, rest = divmod(int(run), R * len(L))
+            j, c = divmod(rest, len(L))
+            numpy_md_vi(P_np[i], r_np[i], h.gamma, L[c], T[c], K, noise=noise[i][j], q_star=q_np[i])
+        loop_times.append(time.perf_counter() - t0)
+    return setup_seconds, min(loop_times), loop_times
+
+
+def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: int = 3,
+                  numpy_runs: int = 24) -> dict[str, Any]:
+    """Times the default (λ, τ) grid in JAX and numpy; writes and returns the JSON record."""
     from klrl.provenance import provenance
     from klrl.tabular import leverage
 
@@ -118,51 +168,15 @@ def bench_tabular(out_path: str | None = None, quick: bool = False, *, repeats: 
     L, T = (a.ravel() for a in np.meshgrid(lams, taus, indexing="ij"))
     num_runs = G * R * len(L)
 
-    def time_jax(x64: bool):
-        with jax.enable_x64(x64):
-            md_sweep, _, optimal_qs, _ = leverage._sweep_fns()
-            mdps, keys = leverage.make_instances(cfg)
-            gamma = jnp.asarray(h.gamma)
-            args = (jnp.array([sigma]), jnp.asarray(L, mdps.r.dtype), jnp.asarray(T, mdps.r.dtype))
-            static = dict(num_iterations=K, eval_every=K)
-            t0 = time.perf_counter()
-            q_c = optimal_qs.lower(mdps, gamma).compile()
-            q_stars = q_c(mdps, gamma)
-            sweep_c = md_sweep.lower(mdps, q_stars, keys, gamma, *args, **static).compile()
-            compile_s = time.perf_counter() - t0
-            times = []
-            for _ in range(repeats):
-                t0 = time.perf_counter()
-                q_stars = q_c(mdps, gamma)
-                errors, _ = sweep_c(mdps, q_stars, keys, gamma, *args)
-                jax.block_until_ready(errors)
-                times.append(time.perf_counter() - t0)
-            return times, compile_s, np.asarray(errors)[:, :, 0, :, -1], mdps
-
-    times, compile_seconds, errors, mdps = time_jax(True)
+    times, compile_seconds, errors, mdps = _time_jax(cfg, L, T, True, repeats)
     P_np, r_np = np.asarray(mdps.P), np.asarray(mdps.r)
     # The same grid in float32, for information only (the experiment and the speedup use float64).
     # (skipped in quick mode: it would only add a compilation to the smoke test)
-    times32, compile32, _, _ = time_jax(False) if not quick else (None, None, None, None)
+    times32, compile32, _, _ = _time_jax(cfg, L, T, False, repeats) if not quick else (None,) * 4
 
-    # numpy: q* per Garnet, noise per (Garnet, seed), then the loop over runs × iterations.
     measure_all = quick or numpy_runs >= num_runs
     chosen = range(num_runs) if measure_all else np.linspace(0, num_runs - 1, numpy_runs).round().astype(int)
-    rng = np.random.default_rng(cfg.experiment.seed)
-    t0 = time.perf_counter()
-    q_np = [numpy_optimal_q(P_np[i], r_np[i], h.gamma) for i in range(G)]
-    noise = [[sigma * rng.standard_normal((K, g.num_states, g.num_actions)) for _ in range(R)]
-             for _ in range(G)]
-    setup_seconds = time.perf_counter() - t0
-    loop_times = []
-    for _ in range(repeats):  # best of `repeats`, like the JAX timing
-        t0 = time.perf_counter()
-        for run in chosen:
-            i, rest = divmod(int(run), R * len(L))
-            j, c = divmod(rest, len(L))
-            numpy_md_vi(P_np[i], r_np[i], h.gamma, L[c], T[c], K, noise=noise[i][j], q_star=q_np[i])
-        loop_times.append(time.perf_counter() - t0)
-    loop_seconds = min(loop_times)
+    setup_seconds, loop_seconds, loop_times = _time_numpy(cfg, P_np, r_np, L, T, chosen, repeats)
     numpy_seconds = setup_seconds + loop_seconds * num_runs / len(chosen)
 
     seconds = min(times)

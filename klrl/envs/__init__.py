@@ -3,7 +3,9 @@
 Backends are a registry, `BACKENDS` (`env.backend` -> `klrl.envs.base.Backend`): each
 declares the names it serves, its traits, its own options (a config section, or none), the
 spec of a name computed without building anything (cached per process) and its factory.
-`backend(name)` looks one up.
+`backend(name)` looks one up; `register_backend(b)` adds one (a test's, a user's) and
+`unregister_backend(name)` removes it again (the built-in ones stay). A backend reads the Atari
+`preset` exactly when its options section is `AtariOptions` (`takes_preset`).
 - `jax` (klrl.envs.jax_backend): in-graph, vmappable, checkpointable: the gymnax 1.0.1
   classic-control and MinAtar games (MinAtar's binary planes stored as uint8) and the tabular
   MDPs of klrl.tabular with one-hot observations (`QSharpTree-v0`, `QSharpChain-v0`).
@@ -37,13 +39,15 @@ from klrl.envs.pool import POOL
 from klrl.errors import ConfigError
 
 BACKENDS: dict[str, Backend] = {b.name: b for b in (JAX, POOL, _atari.ALE, _atari.ENVPOOL)}
+_BUILT_IN = frozenset(BACKENDS)
 PRESETS = tuple(_atari.PRESETS)
 BACKEND_ENVS = {name: b.names() for name, b in BACKENDS.items()}   # Atari's: the installed ROMs, lazily
 TRAITS: dict[str, Traits] = {name: b.traits for name, b in BACKENDS.items()}
 
 __all__ = ["ATARI_BACKENDS", "BACKENDS", "BACKEND_ENVS", "DEFAULT_PRESET", "MINATAR", "PRESETS", "TABULAR",
            "TRAITS", "Backend", "Env", "EnvSpec", "EnvStep", "EpisodeStats", "Traits", "backend", "check_env",
-           "env_spec", "make_env", "options_from", "stacked_shape"]
+           "env_spec", "make_env", "options_from", "register_backend", "stacked_shape", "takes_preset",
+           "unregister_backend"]
 
 
 def backend(name: str) -> Backend:
@@ -53,17 +57,40 @@ def backend(name: str) -> Backend:
     return BACKENDS[name]
 
 
+def register_backend(b: Backend) -> Backend:
+    """Add `b` to the registry under `b.name` (a name already taken is a ConfigError)."""
+    if b.name in BACKENDS:
+        raise ConfigError(f"env.backend: got {b.name!r}, already registered; allowed a new name")
+    BACKENDS[b.name] = b
+    BACKEND_ENVS[b.name] = b.names()
+    TRAITS[b.name] = b.traits
+    return b
+
+
+def unregister_backend(name: str) -> None:
+    """Remove a backend added by `register_backend` (the built-in ones stay)."""
+    if name not in _BUILT_IN:
+        for registry in (BACKENDS, BACKEND_ENVS, TRAITS):
+            registry.pop(name, None)
+
+
+def takes_preset(name: str) -> bool:
+    """Whether backend `name` reads the Atari `preset` (its options are `AtariOptions`)."""
+    b = BACKENDS.get(name)
+    return b is not None and b.options is _atari.AtariOptions
+
+
 def options_from(env: Any) -> Any:
     """The options of `env.backend` from an [env] section (anything with `backend` and
     `preset`): the Atari backends' from its key `env.preset`; None for the others."""
-    return _atari.preset_options(env.preset) if env.backend in ATARI_BACKENDS else None
+    return _atari.preset_options(env.preset) if takes_preset(env.backend) else None
 
 
 def _addressed(name: str, backend_name: str, preset: str) -> tuple[Backend, Any]:
     """(backend, options) of the string address (name, backend, preset): the name is checked
     before the preset, which only the Atari backends read."""
     b = backend(backend_name)
-    if backend_name not in ATARI_BACKENDS:
+    if not takes_preset(backend_name):
         return b, None
     b.check(name)
     return b, _atari.preset_options(preset)

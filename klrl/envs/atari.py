@@ -86,7 +86,7 @@ import importlib.util
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, ClassVar, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -236,10 +236,12 @@ def _normal(name: str) -> str:
     return re.sub(r"-v\d+$", "", str(name)).replace("_", "").replace("-", "").lower()
 
 
-def check(name: str, backend: str, options: AtariOptions | None = None) -> None:
+def check(name: str, backend: str, options: AtariOptions | None = None, *,
+          missing: tuple[str, ...] | None = None) -> None:
     """ConfigError (one line) unless the backend's extra is installed and it ships the game
-    (`options`, already checked by their section, take no part). Nothing is built."""
-    missing = missing_packages(backend)
+    (`options`, already checked by their section, take no part). Nothing is built. `missing`:
+    the extra's packages to report as not installed (default: `missing_packages(backend)`)."""
+    missing = missing_packages(backend) if missing is None else missing
     if missing:
         extra = EXTRAS[backend][0]
         raise ConfigError(f"env.backend: got {backend!r}, which needs {', '.join(missing)} (not installed); "
@@ -346,6 +348,13 @@ class _EnvpoolPool:
 
 # ---- the Env --------------------------------------------------------------------------------
 
+def make_pool(name: str, backend: str, num_envs: int, preset: AtariPreset, num_threads: int) -> Any:
+    """The emulator pool of game `name` on `backend` (AtariEnv's default `pool_factory`)."""
+    if backend == "ale":
+        return _AlePool(installed_roms(backend)[name], num_envs, preset, num_threads)
+    return _EnvpoolPool(name, num_envs, preset, num_threads)
+
+
 class AtariState(NamedTuple):
     """The traced env state, every field but `handle` of shape [M, E]."""
 
@@ -358,12 +367,13 @@ class AtariState(NamedTuple):
 
 class AtariEnv(HostPoolEnv):
     """Game `name` for [members, envs] on `backend` ("ale" or "envpool") under `options`
-    (default: AtariOptions(); see the module docstring)."""
+    (default: AtariOptions(); see the module docstring). `pool_factory(name, backend, num_envs,
+    preset, num_threads)` builds the emulator pool (default `make_pool`)."""
 
     seed_bits = SEED_BITS
 
     def __init__(self, name: str, members: int, envs: int, *, backend: str = "ale",
-                 options: AtariOptions | None = None):
+                 options: AtariOptions | None = None, pool_factory: Callable[..., Any] | None = None):
         if backend not in ATARI_BACKENDS:
             raise ConfigError(f"env.backend: got {backend!r}; allowed {', '.join(ATARI_BACKENDS)}")
         check(name, backend)
@@ -373,11 +383,9 @@ class AtariEnv(HostPoolEnv):
                          factory=f"klrl.envs.backend({backend!r}).make(name, members, envs)")
         self.backend, self.preset = backend, options.protocol
         N = self.members * self.envs
+        self.pool: Any = (pool_factory or make_pool)(name, backend, N, self.preset, options.num_threads)
         if backend == "ale":
-            self.pool: Any = _AlePool(installed_roms(backend)[name], N, self.preset, options.num_threads)
             assert self.pool.num_actions == self.spec.num_actions, (self.pool.num_actions, self.spec)
-        else:
-            self.pool = _EnvpoolPool(name, N, self.preset, options.num_threads)
 
     def barrier(self) -> None:
         """FFI calls are not JAX effects: wait for every live array too."""
@@ -427,4 +435,4 @@ ALE, ENVPOOL = _backend("ale"), _backend("envpool")
 
 __all__ = ["ALE", "ATARI_BACKENDS", "DEFAULT_PRESET", "ENVPOOL", "AtariEnv", "AtariOptions", "AtariPreset",
            "AtariState", "GameList", "PRESETS", "atari_spec", "camel", "check", "installed_roms",
-           "missing_packages", "preset_options"]
+           "make_pool", "missing_packages", "preset_options"]

@@ -5,7 +5,8 @@
   schemes     VI, MD-VI(λ, τ), M-VI(α, τ), Tsallis M-VI: lax.scan over noisy iterations,
               built from the same klrl.operators functions as the deep agents
   bounds      the τ = 0 error bound of Vieillard et al. 2020
-  leverage    the experiment (config, grid, run, write); `klrl tabular <toml>`
+  leverage    the experiment (grid, run, summaries, tidy rows); `klrl tabular <toml>`
+  leverage_config  its config sections and `--quick` sizes
   plots       its figures (shared by the CLI and notebooks/leverage_average.py)
 """
 

@@ -41,198 +41,15 @@ from __future__ import annotations
 import functools
 import math
 import time
-from dataclasses import dataclass
-from typing import Any, ClassVar, Sequence
+from typing import Any, NamedTuple
 
 import numpy as np
 
-from klrl.output import OutputSection
-from klrl.sections import Section, Sections, ranged, section_field, setting
+# The config lives in klrl.tabular.leverage_config; the names its users read stay importable here.
+from klrl.tabular.leverage_config import (  # noqa: F401
+    QUICK, SCHEMES, LeverageConfig, heatmap_grid, load_config, quick_config, scheme_coefficients,
+)
 
-# ----------------------------------------------------------------------------------------
-# Config: one self-checking section per TOML table (klrl.sections), read by klrl.config's
-# walker (pure Python: nothing is compiled here).
-
-DEFAULT_OUT_DIR = "results/leverage_average"
-
-
-@dataclass(frozen=True)
-class ExperimentSection(Section):
-    SECTION: ClassVar[str] = "experiment"
-    out_dir: str = setting(DEFAULT_OUT_DIR, doc="output directory unless --out is given")
-    seed: int = ranged(0, lo=0, doc="root of the Garnets' and the noise's keys")
-
-    def check(self) -> None:
-        if not self.out_dir:
-            self.fail("out_dir", self.out_dir, "a non-empty path")
-
-
-@dataclass(frozen=True)
-class GarnetSection(Section):
-    """Garnet(N_S, N_A, N_B): branching = 10% of the states, rewards U[0, 1]."""
-
-    SECTION: ClassVar[str] = "garnet"
-    num_garnets: int = ranged(5, lo=1)
-    num_states: int = ranged(50, lo=1)
-    num_actions: int = ranged(4, lo=1)
-    branching: int = ranged(5, lo=1)
-
-    def check(self) -> None:
-        if self.branching > self.num_states:
-            self.fail("branching", self.branching, f"1..garnet.num_states={self.num_states}")
-
-
-@dataclass(frozen=True)
-class NoiseSection(Section):
-    SECTION: ClassVar[str] = "noise"
-    std: float = ranged(1.0, lo=0.0, lo_open=True, doc="per entry and iteration")
-    num_seeds: int = ranged(3, lo=1, doc="noise seeds per Garnet")
-
-
-def _positive(default: float):
-    return ranged(default, lo=0.0, lo_open=True)
-
-
-def _discount(default):
-    return ranged(default, lo=0.0, hi=1.0, lo_open=True, hi_open=True)
-
-
-@dataclass(frozen=True)
-class SchemesSection(Section):
-    """(λ, τ) of the MD-VI schemes of parts (a) and (c)."""
-
-    SECTION: ClassVar[str] = "schemes"
-    entropy_tau: float = _positive(0.01)
-    kl_lam: float = _positive(1.0)
-    kl_entropy_lam: float = _positive(1.0)
-    kl_entropy_tau: float = _positive(0.01)
-
-
-class _Iterations(Section):
-    """num_iterations and an evaluation period that divides it (fields of the subclasses)."""
-
-    def check(self) -> None:
-        if self.num_iterations % self.eval_every:
-            self.fail("eval_every", self.eval_every,
-                      f"a divisor of {self.SECTION}.num_iterations={self.num_iterations}")
-
-
-@dataclass(frozen=True)
-class CurvesSection(_Iterations):
-    SECTION: ClassVar[str] = "curves"
-    gamma: float = _discount(0.9)
-    num_iterations: int = ranged(1000, lo=1)
-    eval_every: int = ranged(20, lo=1)
-
-
-@dataclass(frozen=True)
-class HeatmapSection(Section):
-    SECTION: ClassVar[str] = "heatmap"
-    gamma: float = _discount(0.9)
-    num_iterations: int = ranged(1000, lo=1)
-    lam_min: float = _positive(1e-2)
-    lam_max: float = _positive(1e2)
-    num_lam: int = ranged(9, lo=1)
-    tau_min: float = _positive(1e-4)
-    tau_max: float = _positive(1.0)
-    num_tau: int = ranged(9, lo=1)
-
-    def check(self) -> None:
-        for name in ("lam", "tau"):
-            lo, hi = getattr(self, f"{name}_min"), getattr(self, f"{name}_max")
-            if lo > hi:
-                self.fail(f"{name}_min", lo, f"<= heatmap.{name}_max={hi}")
-
-
-@dataclass(frozen=True)
-class HorizonSection(_Iterations):
-    SECTION: ClassVar[str] = "horizon"
-    gammas: tuple[float, ...] = _discount((0.8, 0.9, 0.95, 0.975, 0.9875))
-    num_iterations: int = ranged(1000, lo=1)
-    eval_every: int = ranged(20, lo=1)
-
-
-@dataclass(frozen=True)
-class BoundSection(_Iterations):
-    SECTION: ClassVar[str] = "bound"
-    gamma: float = _discount(0.9)
-    num_iterations: int = ranged(1000, lo=1)
-    eval_every: int = ranged(20, lo=1)
-    lams: tuple[float, ...] = _positive((0.1, 1.0, 10.0))
-    noise_stds: tuple[float, ...] = _positive((0.3, 1.0))
-
-
-@dataclass(frozen=True)
-class LeverageConfig(Sections):
-    """The whole experiment file (experiments/leverage_average.toml lists every key)."""
-
-    experiment: ExperimentSection = section_field(ExperimentSection)
-    garnet: GarnetSection = section_field(GarnetSection)
-    noise: NoiseSection = section_field(NoiseSection)
-    schemes: SchemesSection = section_field(SchemesSection)
-    curves: CurvesSection = section_field(CurvesSection)
-    heatmap: HeatmapSection = section_field(HeatmapSection)
-    horizon: HorizonSection = section_field(HorizonSection)
-    bound: BoundSection = section_field(BoundSection)
-    output: OutputSection = section_field(OutputSection)
-
-
-# --quick: tiny sizes for smoke tests (same code path, a few seconds of compute). Parts (a),
-# (c) and (d) then have identical shapes (2 noise levels × 3 coefficient pairs, same K and
-# evaluation period), as with the defaults, so they share one compiled program.
-QUICK: dict[str, dict[str, Any]] = {
-    "garnet": {"num_garnets": 2, "num_states": 8, "num_actions": 3, "branching": 2},
-    "noise": {"num_seeds": 2},
-    "curves": {"num_iterations": 60, "eval_every": 10},
-    "heatmap": {"num_iterations": 60, "num_lam": 3, "num_tau": 3},
-    "horizon": {"gammas": [0.8, 0.9, 0.95], "num_iterations": 60, "eval_every": 10},
-    "bound": {"num_iterations": 60, "eval_every": 10},
-}
-
-
-def _with_quick(raw: dict[str, Any]) -> dict[str, Any]:
-    out = {s: dict(t) if isinstance(t, dict) else t for s, t in raw.items()}
-    for section, table in QUICK.items():
-        out[section] = {**out.get(section, {}), **table}
-    return out
-
-
-def load_config(config_path: str, quick: bool = False, overrides: Sequence[str] = ()) -> LeverageConfig:
-    """Reads and checks a TOML experiment file plus `--set` overrides (klrl.config's walker);
-    `quick` then shrinks it (`QUICK`, under the overrides). Nothing is written."""
-    from klrl import config
-
-    raw = config.read_toml(config_path)
-    cfg = config.build_config(LeverageConfig, raw, overrides)
-    if quick:
-        cfg = config.build_config(LeverageConfig, _with_quick(raw), overrides)
-    return cfg
-
-
-def quick_config(cfg: LeverageConfig) -> LeverageConfig:
-    """`cfg` with the `QUICK` sizes."""
-    return cfg.replace(**QUICK)
-
-
-def heatmap_grid(cfg) -> tuple[np.ndarray, np.ndarray]:
-    """The (λ, τ) log grids of part (b)."""
-    h = cfg.heatmap
-    lams = np.geomspace(h.lam_min, h.lam_max, h.num_lam)
-    taus = np.geomspace(h.tau_min, h.tau_max, h.num_tau)
-    return lams, taus
-
-
-def scheme_coefficients(cfg) -> dict[str, tuple[float, float]]:
-    """(λ, τ) of the MD-VI schemes of parts (a) and (c); VI is separate."""
-    s = cfg.schemes
-    return {
-        "entropy": (0.0, s.entropy_tau),
-        "kl": (s.kl_lam, 0.0),
-        "kl_entropy": (s.kl_entropy_lam, s.kl_entropy_tau),
-    }
-
-
-SCHEMES = ("vi", "entropy", "kl", "kl_entropy")
 
 # ----------------------------------------------------------------------------------------
 # Computation: one jitted, vmapped program per part.
@@ -306,6 +123,112 @@ def _optimal_qs(mdps, gamma):
     return _sweep_fns()[2](mdps, gamma)
 
 
+class _Shared(NamedTuple):
+    """What every part uses: the compiled sweeps, the instances, the scheme coefficients."""
+
+    md_sweep: Any
+    vi_sweep: Any
+    bound_jit: Any
+    mdps: Any
+    keys: Any
+    r_max: np.ndarray   # [G]
+    coefs: dict         # scheme -> (λ, τ), MD-VI schemes only
+    md_names: list
+    lams_c: Any         # [C] λ of the MD-VI schemes, in md_names order
+    taus_c: Any         # [C]
+    stds: Any           # [0, σ]: noiseless and noisy
+
+
+def _shared(cfg) -> _Shared:
+    import jax.numpy as jnp
+
+    md_sweep, vi_sweep, _, bound_jit = _sweep_fns()
+    mdps, keys = make_instances(cfg)
+    coefs = scheme_coefficients(cfg)
+    md_names = list(coefs)
+    return _Shared(md_sweep, vi_sweep, bound_jit, mdps, keys,
+                   r_max=np.asarray(jnp.max(jnp.abs(mdps.r), axis=(1, 2))), coefs=coefs,
+                   md_names=md_names, lams_c=jnp.array([coefs[n][0] for n in md_names]),
+                   taus_c=jnp.array([coefs[n][1] for n in md_names]),
+                   stds=jnp.array([0.0, cfg.noise.std]))
+
+
+def _curves(cfg, sh: _Shared, q_stars) -> dict[str, Any]:
+    """(a) ‖q* − q^{π_k}‖_∞ vs k for VI and the MD-VI schemes, with and without noise."""
+    import jax.numpy as jnp
+
+    c = cfg.curves
+    kw = dict(num_iterations=c.num_iterations, eval_every=c.eval_every)
+    g = jnp.asarray(c.gamma)
+    md_err, _ = sh.md_sweep(sh.mdps, q_stars, sh.keys, g, sh.stds, sh.lams_c, sh.taus_c, **kw)
+    vi_err, _ = sh.vi_sweep(sh.mdps, q_stars, sh.keys, g, sh.stds, **kw)
+    errs = np.concatenate([np.asarray(vi_err)[:, :, :, None], np.asarray(md_err)], axis=3)
+    return {"errors": errs, "schemes": ["vi", *sh.md_names], "noise_stds": np.asarray(sh.stds),
+            "iterations": np.arange(1, c.num_iterations // c.eval_every + 1) * c.eval_every}
+
+
+def _heatmap(cfg, sh: _Shared, q_stars) -> dict[str, Any]:
+    """(b) the final noisy error over the (λ, τ) log grid."""
+    import jax.numpy as jnp
+
+    h = cfg.heatmap
+    lams, taus = heatmap_grid(cfg)
+    L, T = np.meshgrid(lams, taus, indexing="ij")
+    hm_err, _ = sh.md_sweep(sh.mdps, q_stars, sh.keys, jnp.asarray(h.gamma), jnp.array([cfg.noise.std]),
+                            jnp.asarray(L.ravel()), jnp.asarray(T.ravel()),
+                            num_iterations=h.num_iterations, eval_every=h.num_iterations)
+    final = np.asarray(hm_err)[:, :, 0, :, -1].reshape(*hm_err.shape[:2], len(lams), len(taus))
+    return {"final_error": final, "lams": lams, "taus": taus}
+
+
+def _horizon(cfg, sh: _Shared) -> tuple[dict[str, Any], list]:
+    """(c) the final error vs 1/(1−γ), without and with noise, and the KL-only runs' bound
+    ratios (final iteration, both indexings). γ is traced, so every γ reuses one compiled
+    program (the same as (a) when the shapes agree)."""
+    import jax.numpy as jnp
+
+    hz = cfg.horizon
+    kw = dict(num_iterations=hz.num_iterations, eval_every=hz.eval_every)
+    kl = sh.md_names.index("kl")
+    finals, bound_ratio_h = [], []
+    for gamma in hz.gammas:
+        g = jnp.asarray(gamma)
+        qs = _optimal_qs(sh.mdps, g)
+        md_e, md_noise = sh.md_sweep(sh.mdps, qs, sh.keys, g, sh.stds, sh.lams_c, sh.taus_c, **kw)
+        vi_e, _ = sh.vi_sweep(sh.mdps, qs, sh.keys, g, sh.stds, **kw)
+        finals.append(np.concatenate([np.asarray(vi_e)[:, :, :, None, -1],
+                                      np.asarray(md_e)[..., -1]], axis=3))  # [G, R, N, scheme]
+        for offset in (0, 1):
+            b = sh.bound_jit(md_noise[:, :, :, kl], jnp.array([hz.num_iterations]), g,
+                             sh.coefs["kl"][0], jnp.asarray(sh.r_max)[:, None, None, None],
+                             cfg.garnet.num_actions, policy_offset=offset)
+            bound_ratio_h.append((offset, np.asarray(md_e[:, :, :, kl, -1] / b[..., -1])))
+    return ({"final_error": np.stack(finals, axis=2),  # [G, R, Γ, N, scheme]
+             "gammas": np.asarray(hz.gammas), "noise_stds": np.asarray(sh.stds),
+             "schemes": ["vi", *sh.md_names]}, bound_ratio_h)
+
+
+def _bound(cfg, sh: _Shared) -> dict[str, Any]:
+    """(d) τ = 0 runs over λ × σ against the bound, at every evaluated iteration."""
+    import jax.numpy as jnp
+
+    bd = cfg.bound
+    q_stars_b = _optimal_qs(sh.mdps, jnp.asarray(bd.gamma))
+    lam_b = jnp.asarray(bd.lams, dtype=jnp.float64)
+    b_err, b_noise = sh.md_sweep(sh.mdps, q_stars_b, sh.keys, jnp.asarray(bd.gamma),
+                                 jnp.asarray(bd.noise_stds), lam_b, jnp.zeros_like(lam_b),
+                                 num_iterations=bd.num_iterations, eval_every=bd.eval_every)
+    iters = np.arange(1, bd.num_iterations // bd.eval_every + 1) * bd.eval_every
+    bounds = {}
+    for offset, name in ((1, "bound"), (0, "bound_literal")):
+        bounds[name] = np.asarray(sh.bound_jit(
+            b_noise, jnp.asarray(iters), jnp.asarray(bd.gamma), lam_b[None, None, None, :, None],
+            jnp.asarray(sh.r_max)[:, None, None, None, None], cfg.garnet.num_actions,
+            policy_offset=offset))
+    return {"errors": np.asarray(b_err), "iterations": iters, **bounds,
+            "lams": np.asarray(bd.lams), "noise_stds": np.asarray(bd.noise_stds)}
+
+
 def compute(cfg) -> dict[str, Any]:
     """Runs parts (a)-(d) in float64 and returns numpy arrays plus compute times."""
     import jax
@@ -313,84 +236,24 @@ def compute(cfg) -> dict[str, Any]:
 
     out: dict[str, Any] = {"seconds": {}}
     with jax.enable_x64(True):
-        md_sweep, vi_sweep, _, bound_jit = _sweep_fns()
-        mdps, keys = make_instances(cfg)
-        r_max = np.asarray(jnp.max(jnp.abs(mdps.r), axis=(1, 2)))  # [G]
-        A = cfg.garnet.num_actions
-        coefs = scheme_coefficients(cfg)
-        md_names = list(coefs)
-        lams_c = jnp.array([coefs[n][0] for n in md_names])
-        taus_c = jnp.array([coefs[n][1] for n in md_names])
-        sigma = cfg.noise.std
-
-        # (a) curves: with and without noise.
+        sh = _shared(cfg)
         t0 = time.perf_counter()
-        c = cfg.curves
-        kw = dict(num_iterations=c.num_iterations, eval_every=c.eval_every)
-        q_stars = _optimal_qs(mdps, jnp.asarray(c.gamma))
-        stds = jnp.array([0.0, sigma])
-        md_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(c.gamma), stds, lams_c, taus_c, **kw)
-        vi_err, _ = vi_sweep(mdps, q_stars, keys, jnp.asarray(c.gamma), stds, **kw)
-        errs = np.concatenate([np.asarray(vi_err)[:, :, :, None], np.asarray(md_err)], axis=3)
-        out["curves"] = {"errors": errs, "schemes": ["vi", *md_names], "noise_stds": np.asarray(stds),
-                         "iterations": np.arange(1, c.num_iterations // c.eval_every + 1) * c.eval_every}
+        q_stars = _optimal_qs(sh.mdps, jnp.asarray(cfg.curves.gamma))
+        out["curves"] = _curves(cfg, sh, q_stars)
         out["seconds"]["curves"] = time.perf_counter() - t0
 
-        # (b) heatmap: final error over the (λ, τ) log grid, noisy.
         t0 = time.perf_counter()
-        h = cfg.heatmap
-        lams, taus = heatmap_grid(cfg)
-        L, T = np.meshgrid(lams, taus, indexing="ij")
-        q_stars = _optimal_qs(mdps, jnp.asarray(h.gamma)) if h.gamma != c.gamma else q_stars
-        hm_err, _ = md_sweep(mdps, q_stars, keys, jnp.asarray(h.gamma), jnp.array([sigma]),
-                             jnp.asarray(L.ravel()), jnp.asarray(T.ravel()),
-                             num_iterations=h.num_iterations, eval_every=h.num_iterations)
-        final = np.asarray(hm_err)[:, :, 0, :, -1].reshape(*hm_err.shape[:2], len(lams), len(taus))
-        out["heatmap"] = {"final_error": final, "lams": lams, "taus": taus}
+        if cfg.heatmap.gamma != cfg.curves.gamma:
+            q_stars = _optimal_qs(sh.mdps, jnp.asarray(cfg.heatmap.gamma))
+        out["heatmap"] = _heatmap(cfg, sh, q_stars)
         out["seconds"]["heatmap"] = time.perf_counter() - t0
 
-        # (c) horizon: final error vs 1/(1−γ), without and with noise; γ is traced, so every
-        # γ reuses one compiled program (the same as (a) when the shapes agree).
         t0 = time.perf_counter()
-        hz = cfg.horizon
-        kw = dict(num_iterations=hz.num_iterations, eval_every=hz.eval_every)
-        kl = md_names.index("kl")
-        finals, bound_ratio_h = [], []
-        for gamma in hz.gammas:
-            g = jnp.asarray(gamma)
-            qs = _optimal_qs(mdps, g)
-            md_e, md_noise = md_sweep(mdps, qs, keys, g, stds, lams_c, taus_c, **kw)
-            vi_e, _ = vi_sweep(mdps, qs, keys, g, stds, **kw)
-            finals.append(np.concatenate([np.asarray(vi_e)[:, :, :, None, -1],
-                                          np.asarray(md_e)[..., -1]], axis=3))  # [G, R, N, scheme]
-            # The KL-only runs also enter the bound check (final iteration, both indexings).
-            for offset in (0, 1):
-                b = bound_jit(md_noise[:, :, :, kl], jnp.array([hz.num_iterations]), g,
-                              coefs["kl"][0], jnp.asarray(r_max)[:, None, None, None], A,
-                              policy_offset=offset)
-                bound_ratio_h.append((offset, np.asarray(md_e[:, :, :, kl, -1] / b[..., -1])))
-        out["horizon"] = {"final_error": np.stack(finals, axis=2),  # [G, R, Γ, N, scheme]
-                          "gammas": np.asarray(hz.gammas), "noise_stds": np.asarray(stds),
-                          "schemes": ["vi", *md_names]}
-        out["bound_horizon_ratios"] = bound_ratio_h
+        out["horizon"], out["bound_horizon_ratios"] = _horizon(cfg, sh)
         out["seconds"]["horizon"] = time.perf_counter() - t0
 
-        # (d) bound: τ = 0 runs over λ × σ against the bound, at every evaluated iteration.
         t0 = time.perf_counter()
-        bd = cfg.bound
-        q_stars_b = _optimal_qs(mdps, jnp.asarray(bd.gamma))
-        lam_b = jnp.asarray(bd.lams, dtype=jnp.float64)
-        b_err, b_noise = md_sweep(mdps, q_stars_b, keys, jnp.asarray(bd.gamma), jnp.asarray(bd.noise_stds),
-                                  lam_b, jnp.zeros_like(lam_b), num_iterations=bd.num_iterations,
-                                  eval_every=bd.eval_every)
-        iters = np.arange(1, bd.num_iterations // bd.eval_every + 1) * bd.eval_every
-        bounds = {}
-        for offset, name in ((1, "bound"), (0, "bound_literal")):
-            bounds[name] = np.asarray(bound_jit(
-                b_noise, jnp.asarray(iters), jnp.asarray(bd.gamma), lam_b[None, None, None, :, None],
-                jnp.asarray(r_max)[:, None, None, None, None], A, policy_offset=offset))
-        out["bound"] = {"errors": np.asarray(b_err), "iterations": iters, **bounds,
-                        "lams": np.asarray(bd.lams), "noise_stds": np.asarray(bd.noise_stds)}
+        out["bound"] = _bound(cfg, sh)
         out["seconds"]["bound"] = time.perf_counter() - t0
     return out
 
