@@ -16,7 +16,7 @@
 # environment variable `KLRL_RESULTS_DIR`. Figures are shown inline and, when the
 # environment variable `KLRL_FIGURES_DIR` is set, also saved there as PNG files.
 #
-# Agents (targets from `klrl.operators`, ALGORITHMS.md §2):
+# Agents (targets from `klrl.operators`, docs/algorithms.md §2):
 # - DQN: `y = r + γ max q̄(s')`;
 # - M-DQN (Vieillard et al. 2020): `y = r + α·clip(τ ln π̄(a|s), l0, 0) + γ·τ·lse(q̄(s')/τ)`;
 # - MVI(q) (Tsallis Munchausen, Zhu et al. 2023): the same with the Tsallis policy and

@@ -12,7 +12,7 @@
 #
 # KL-regularized control toward a FIXED reference policy π_ref with temperature η:
 # `max_π E_π[Σ r] − η Σ_t KL(π(·|s_t) ‖ π_ref(·|s_t))`, solved by
-# `π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η)` (ALGORITHMS.md §4). Q♯ (Zhou et al. 2025) learns
+# `π*(a|s) ∝ π_ref(a|s)·exp(Q*(s, a)/η)` (docs/algorithms.md §4). Q♯ (Zhou et al. 2025) learns
 # π_ref's return DISTRIBUTION Z and guides π_ref with the entropic value
 # `Q_η = η ln E[exp(Z/η)]`, which equals Q* on deterministic MDPs with γ = 1
 # (`klrl.tabular.qsharp` checks this exactly; stochastic transitions make it optimistic).

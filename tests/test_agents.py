@@ -11,7 +11,6 @@ from klrl import operators as ops
 from klrl.agents import AGENTS, Context, Nets
 from klrl.agents.base import per_example, regression_loss, weighted_mean
 from klrl.agents.c51 import atoms
-from klrl.networks import make_network
 from klrl.replay import Batch
 from klrl.train import HPARAMS, StaticConfig
 
@@ -42,7 +41,7 @@ def _setup(agent_name, loss="huber"):
     cfg = StaticConfig(agent={"name": agent_name, "hidden": (8,), "num_atoms": 11, "v_min": -3.0, "v_max": 3.0,
                               "loss": loss})
     agent = AGENTS[agent_name]
-    net = make_network("mlp", cfg.agent.hidden, A, agent.num_outputs(cfg.agent))
+    net = agent.network(cfg, A)
     k = jax.random.split(jax.random.PRNGKey(0), 4)
     dummy = jnp.zeros((OBS,))
     p_online, p_target, p_prev = (net.init(k[i], dummy) for i in range(3))
@@ -84,7 +83,8 @@ VALUE_AGENTS = [n for n in ENGINE_AGENTS if n != "c51"]
 
 
 def test_agent_table():
-    assert set(ENGINE_AGENTS) | {"qsharp", "qsharp_cd", "kl_prior"} == set(AGENTS)
+    # IQN and M-IQN: tests/test_iqn.py (their loss draws from its own key)
+    assert set(ENGINE_AGENTS) | {"iqn", "miqn"} | {"qsharp", "qsharp_cd", "kl_prior"} == set(AGENTS)
     for name, agent in AGENTS.items():
         assert agent.name == name
         assert agent.needs_reference == (name in ("qsharp", "qsharp_cd", "kl_prior"))
@@ -147,7 +147,7 @@ def test_c51_loss_is_cross_entropy_to_projected_greedy_target():
     np.testing.assert_allclose(value, jnp.mean(-jnp.sum(y * logp, -1)), rtol=1e-6)
     np.testing.assert_allclose(aux["target_mean"], jnp.mean(y @ z), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(aux["q_mean"], jnp.mean(jnp.exp(logp) @ z), rtol=1e-5, atol=1e-6)
-    q = agent.q_values(nets.online(b.obs), cfg.agent)
+    q = agent.q_values(nets.online(b.obs), cfg)
     assert q.shape == (B, A)
 
 

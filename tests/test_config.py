@@ -28,12 +28,12 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     """The keys are walked from the declarations: each StaticConfig section's fields under
     its TOML table, each traced hyperparameter under its declared section, [output], seeds."""
     sections = train.StaticConfig.section_classes()
-    assert list(sections) == ["env", "agent", "train", "eval"]
+    assert list(sections) == ["env", "agent", "train", "eval", "iqn"]   # the fixed ones, then the agents' own
     static_keys = [f"{s}.{f.name}" for s, cls in sections.items() for f in dataclasses.fields(cls)]
     hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
     output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
     keys = static_keys + hparam_keys + output_keys
-    assert len(set(keys)) == len(keys) == 41 + 14 + 2
+    assert len(set(keys)) == len(keys) == 41 + 5 + 14 + 2
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
     for n in train.HPARAMS:

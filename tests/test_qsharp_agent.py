@@ -84,9 +84,9 @@ def test_guided_policy_reaches_the_exact_optimum_at_the_root(mode):
     pi_ref = np.full(3, 1 / 3)
     assert 0.5 * np.abs(pi_star[0] - pi_ref).sum() > 0.2     # the target is far from π_ref
     agent = AGENTS["qsharp"]
-    net = make_network(cfg.agent.torso, cfg.agent.hidden, A, agent.num_outputs(cfg.agent))
+    net = agent.network(cfg, A)
     ctx = Context(log_ref=lambda o: trainer.reference.log_probs(ref_params, o))
-    evaluator = agent.eval_actor(cfg, trainer.spec, lambda out: agent.q_values(out, cfg.agent))
+    evaluator = agent.eval_actor(cfg, trainer.spec, lambda out: agent.q_values(out, cfg))
     root = jax.nn.one_hot(0, S)[None]
     tvs = []
     for m in range(M):

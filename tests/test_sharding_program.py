@@ -90,7 +90,7 @@ def test_signatures_match_the_trainer_functions():
 
     cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "dqn", "hidden": (8,)},
                        train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32, "batch_size": 4,
-                              "learning_starts": 8, "eval_episodes": 1})
+                              "learning_starts": 8}, eval={"episodes": 1})
     tr = make_train(cfg)
     assert set(tr.signatures) <= set(Trainer._fields)
     for name, sig in tr.signatures.items():
