@@ -108,7 +108,8 @@ def test_shared_pools_build_one_pool_per_shape_and_feed_the_trainer():
         assert pool_source(cfg, make).make(1, 2) is a   # the trainer's call, through its EnvSource
         assert pool_source(cfg, make).spec == klrl.train.env_source(cfg).spec
         assert make("Pong", 1, 3, "ale", preset="atari100k") is not a
-    assert klrl.train.make_env is klrl.envs.make_env   # nothing patched
+    assert klrl.envs.make_env.__module__ == "klrl.envs"   # nothing patched
+    assert klrl.train.env_source(cfg).make(1, 2) is not a  # the trainer's own source builds its own pool
 
 
 @needs_ale

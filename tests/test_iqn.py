@@ -10,7 +10,7 @@ from klrl import replay as rb
 from klrl.agents import AGENTS, Context, Nets
 from klrl.agents.base import bind
 from klrl.config import build_experiment
-from klrl.envs import env_spec
+from klrl.envs import env_spec, stacked_shape
 from klrl.errors import ConfigError
 from klrl.train import StaticConfig, make_train
 
@@ -98,7 +98,31 @@ def test_tiny_run_is_finite_and_members_differ():
 def test_learns_cartpole(name):
     """The bar DQN meets (test_train.test_learns_cartpole): median greedy eval return >= 475 over
     3 seeds after 500k env steps, with experiments/iqn_cartpole.toml's settings."""
-    exp = build_experiment({"env": {"name": "CartPole-v1"}, "agent": {"name": name},
-                            "train": {"total_steps": 500_000, "chunk_steps": 50_000}})
+    import os
+
+    from klrl.config import load_experiment
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", "iqn_cartpole.toml")
+    exp = load_experiment(path, [f"agent.name={name}"])
+    assert exp.static.train.total_steps == 500_000 and exp.seeds == (0, 1, 2)
     _, metrics = jax.jit(make_train(exp.static).train)(jax.random.split(jax.random.PRNGKey(0), 3), {})
     assert float(np.median(metrics["eval_return"][-1])) >= 475.0
+
+
+@pytest.mark.parametrize("toml", ["atari100k.toml", "minatar_munchausen.toml"])
+def test_the_atari_and_minatar_experiments_can_name_them(toml):
+    """Both agents in the Atari-100k and MinAtar sweeps (validated, nothing compiled); their
+    network is the implicit quantile network on the experiment's convolutional torso."""
+    import os
+
+    from klrl.config import load_experiment
+
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "experiments", toml)
+    exp = load_experiment(path, ['sweep.agent.name=["iqn", "miqn"]', "iqn.num_quantiles=8"])
+    assert exp.agents == ("iqn", "miqn") and exp.resolved()["iqn"]["num_quantiles"] == 8
+    cfg = exp.static_config("miqn")
+    spec = env_spec(cfg.env.name, cfg.env.backend, preset=cfg.env.preset)
+    net = AGENTS["miqn"].network(cfg, spec.num_actions)
+    obs = jnp.zeros(stacked_shape(spec), spec.obs_dtype)
+    params = jax.eval_shape(net.init, jax.random.PRNGKey(0), obs)
+    assert "Conv_0" in params["params"] and "quantile_embedding" in params["params"]
