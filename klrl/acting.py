@@ -58,15 +58,14 @@ def first_stack(frame: jax.Array, dtype, frame_stack: int) -> tuple[jax.Array, j
     return rb.push_frame(stack, frame, first, frame_stack), first
 
 
-def make_acting(forward: Callable, actor, eval_actor, env, *, num_envs: int, test_envs: int, frame_stack: int,
-                in_graph_reset: bool) -> Acting:
-    """Acting over `env` (a backend instance, or a function `members -> instance`).
+def make_acting(forward: Callable, actor, eval_actor, env_of: Callable[[int], Any], *, num_envs: int, test_envs: int,
+                frame_stack: int, in_graph_reset: bool) -> Acting:
+    """Acting over the backend instance `env_of(members)` (klrl.envs.base.Env).
 
     `forward(params [M], obs [M, E', ...], key [M]) -> out [M, E', ...]` is the network as
     actors read it; `actor` / `eval_actor` are klrl.actors.Actor (vmapped over members here).
     """
     E, E_all = num_envs, num_envs + test_envs
-    env_of = env if callable(env) and not hasattr(env, "step") else (lambda members: env)
 
     def init(frame, carry_keys, act_keys, dtype) -> ActorState:
         """Every env at its first observation `frame` [M, E', *obs_shape]; stacks of `dtype`."""

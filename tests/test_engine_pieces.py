@@ -88,7 +88,8 @@ def test_acting_steps_pushes_frames_and_marks_episode_starts():
         calls.append(obs.shape)
         return jnp.zeros(obs.shape[:2] + (spec.num_actions,))
 
-    acting = make_acting(forward, greedy, greedy, env, num_envs=2, test_envs=1, frame_stack=1, in_graph_reset=True)
+    acting = make_acting(forward, greedy, greedy, lambda members: env, num_envs=2, test_envs=1, frame_stack=1,
+                         in_graph_reset=True)
     keys = jax.random.split(jax.random.PRNGKey(0), 2)
     env_state, frame = env.reset(jax.vmap(lambda k: jax.random.split(k, 3))(keys))
     a = acting.init(frame, keys, keys, spec.obs_dtype)
