@@ -6,7 +6,8 @@ The hash covers only the values that differ from the schema's defaults, plus the
 
     hash = sha256(json({"schema_version": V, "config": {key: value | value ≠ default(key)}}))
 
-with [output] left out (where and how often to write changes no result). A key added with
+with [output] and the score rule (`eval.score`, `eval.score_k`: how finished results are
+summarized) left out: neither changes a result. A key added with
 a default therefore never changes the hash of a config that does not set it, and a run
 recorded before the key existed still resumes. Change a default (or what a value means) and
 you must bump `SCHEMA_VERSION` and teach `upgrade_resolved` the old meaning.
@@ -36,6 +37,9 @@ RENAMED: dict[str, str] = {
     "train.final_eval_episodes": "eval.final_episodes",
 }
 UNHASHED = ("output",)   # sections that change where and how often a run writes, not its results
+# Keys that choose how finished results are summarized, not the results: a run may be reported
+# under another score rule without becoming another run.
+UNHASHED_KEYS = ("eval.score", "eval.score_k")
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -69,7 +73,8 @@ def resolved_hash(resolved: Mapping[str, Any], defaults: Mapping[str, Any]) -> s
     """The hash of a resolved config (nested, as config.json stores it) given the schema's
     defaults (flat key -> default, JSON-able): only the values that differ count."""
     flat = flatten({s: t for s, t in resolved.items() if s not in UNHASHED})
-    changed = {k: v for k, v in flat.items() if k not in defaults or v != defaults[k]}
+    changed = {k: v for k, v in flat.items()
+               if k not in UNHASHED_KEYS and (k not in defaults or v != defaults[k])}
     return _sha256({"schema_version": SCHEMA_VERSION, "config": changed})
 
 

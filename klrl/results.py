@@ -231,7 +231,7 @@ class ScoreRule(NamedTuple):
       Arcade Learning Environment") report this average over the last evaluations.
     """
 
-    rule: str = "last"
+    rule: str = "mean_last_k"   # the default of `eval.score` (klrl.static.EvalConfig), also for older runs
     k: int = 3
 
     def describe(self) -> str:
@@ -250,12 +250,12 @@ def check_score_rule(rule: str, k: int) -> ScoreRule:
 
 def score_rule(config: Mapping) -> ScoreRule:
     """The score rule of a run from its resolved config (config.json's "config"): the
-    `[eval]` keys `score` and `score_k`, defaults `last` and 3 where absent (older runs)."""
+    `[eval]` keys `score` and `score_k`, defaults `mean_last_k` and 3 where absent (older runs)."""
     section, default = config.get("eval") or {}, ScoreRule()
     return check_score_rule(section.get("score", default.rule), section.get("score_k", default.k))
 
 
-def final_score(values, rule: str = "last", k: int = 3) -> np.ndarray:
+def final_score(values, rule: str = "mean_last_k", k: int = 3) -> np.ndarray:
     """Final scores of curves `values` [..., T] (time last, in step order) -> [...] by `rule`
     (see ScoreRule): the value at the last step, or the mean of the last k non-NaN values."""
     rule, k = check_score_rule(rule, k)
@@ -271,10 +271,10 @@ def final_score(values, rule: str = "last", k: int = 3) -> np.ndarray:
     return out.reshape(x.shape[:-1])
 
 
-def final_scores(rows: Iterable[Mapping], metric: str, columns: Sequence[str], rule: str = "last",
+def final_scores(rows: Iterable[Mapping], metric: str, columns: Sequence[str], rule: str = "mean_last_k",
                  k: int = 3) -> dict[tuple, np.ndarray]:
-    """group -> final scores [seeds] of `metric` by `rule` (final_score; default: the value
-    at each member's last step)."""
+    """group -> final scores [seeds] of `metric` by `rule` (final_score; default: the mean of
+    each member's last 3 values)."""
     return {key: final_score(v, rule, k) for key, (_, v) in curves(rows, metric, columns).items()}
 
 

@@ -152,8 +152,8 @@ class EvalConfig(Section):
     epsilon: float = ranged(0.0, lo=0.0, hi=1.0, doc="ε of evaluation (0 = greedy)")
     final_episodes: int = ranged(0, lo=0, doc="after training, a final evaluation of at least this many "
                                  "episodes per member on the whole pool at eval.epsilon (0 = none)")
-    score: ScoreRule = setting("last", doc="last (the last chunk's eval return) | mean_last_k (the mean of "
-                               "the last score_k chunks' eval returns)")
+    score: ScoreRule = setting("mean_last_k", doc="mean_last_k (the mean of the last score_k chunks' eval "
+                               "returns) | last (the last chunk's eval return)")
     score_k: int = ranged(3, lo=1, doc="mean_last_k: how many of the last evaluations are averaged")
 
     def unused(self) -> tuple[str, ...]:

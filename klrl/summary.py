@@ -26,12 +26,12 @@ def summary_rows(metrics_path: str, columns: Sequence[str], final_eval_path: str
     evaluation's scores."""
     rows = read_metrics(metrics_path)
     finals = final_scores(rows, "eval_return", columns, *score)
-    div = final_scores(rows, "diverged", columns)
+    div = final_scores(rows, "diverged", columns, "last")       # diverged by the end (a flag, not a score)
     final_eval = {}
     if final_eval_path is not None:
         frows = read_metrics(final_eval_path)
-        final_eval = {k: (v, final_scores(frows, "final_eval_episodes", columns)[k])
-                      for k, v in final_scores(frows, "final_eval_return", columns).items()}
+        final_eval = {k: (v, final_scores(frows, "final_eval_episodes", columns, "last")[k])   # one row each
+                      for k, v in final_scores(frows, "final_eval_return", columns, "last").items()}
     out = []
     for key, scores in finals.items():
         row = {"group": group_label(key, columns), "agent": key[0],

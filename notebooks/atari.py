@@ -45,8 +45,8 @@
 # `eval.epsilon` after training, the protocol's final evaluation); otherwise its
 # `eval_return` curve scored by the run's own rule (`eval.score` in its config:
 # `klrl.results.final_score`, the one definition the runner's summary and `klrl merge` use):
-# the value at the last step (the default), or the mean of the last `eval.score_k` non-NaN
-# evaluations (concurrent evaluation: NaN at a chunk where no test episode ended). Means over
+# the mean of the last `eval.score_k` (3) non-NaN evaluations (the default; concurrent
+# evaluation: NaN at a chunk where no test episode ended), or the value at the last step. Means over
 # seeds are NaN-aware.
 
 # %%

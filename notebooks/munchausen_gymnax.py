@@ -151,7 +151,7 @@ TABLE = []
 for path, record in RUNS:
     metrics_path = os.path.join(path, "metrics.csv")
     rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
-    div = final_scores(rows, "diverged", columns)
+    div = final_scores(rows, "diverged", columns, "last")
     score = score_rule(record["config"])
     for key, scores in final_scores(rows, "eval_return", columns, *score).items():
         s = summarize(scores)

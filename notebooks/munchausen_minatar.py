@@ -34,9 +34,9 @@
 # inside the training batch), so `eval_return` at a chunk is NaN when no test episode ended
 # in that chunk. A member's final score is its `eval_return` curve scored by its run's own
 # rule (`eval.score` in the run's config; `klrl.results.final_score`, the one definition the
-# runner's summary and `klrl merge` use): the value at the last step (the default; NaN if no
-# test episode ended in the last chunk), or the mean of the last `eval.score_k` non-NaN
-# evaluations (fewer if it has fewer; NaN if none). All means over seeds here are NaN-aware.
+# runner's summary and `klrl merge` use): the mean of the last `eval.score_k` (3) non-NaN
+# evaluations (the default; fewer if it has fewer; NaN if none), or the value at the last step
+# (NaN if no test episode ended in the last chunk). All means over seeds here are NaN-aware.
 
 # %%
 import json

@@ -198,7 +198,7 @@ def _as_version_1(resolved: dict) -> dict:
     names, the keys added since left out (they are at their defaults here)."""
     out = {s: dict(t) for s, t in resolved.items()}
     moved = out.pop("eval")
-    assert moved.pop("score") == "last" and "score_k" not in moved
+    assert moved.pop("score") == "mean_last_k" and moved.pop("score_k") == 3
     for old, new in RENAMED.items():
         if new.partition(".")[2] in moved:
             out[old.partition(".")[0]][old.partition(".")[2]] = moved.pop(new.partition(".")[2])

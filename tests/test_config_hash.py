@@ -72,9 +72,10 @@ def test_hash_ignores_a_key_added_with_its_default(schema):
 def test_hash_differs_on_a_changed_value_not_on_output_or_a_spelled_default(schema):
     base = build_experiment({}, schema=schema)
     same = [build_experiment({}, ["train.gamma=0.99", "eval.episodes=10", "train.seeds=[0, 1, 2]"], schema=schema),
-            build_experiment({}, ["output.checkpoint_every=7"], schema=schema)]
+            build_experiment({}, ["output.checkpoint_every=7"], schema=schema),
+            build_experiment({}, ["eval.score=last"], schema=schema)]
     assert {e.config_hash() for e in same} == {base.config_hash()}
-    changed = ["train.gamma=0.98", "eval.episodes=11", "train.seeds=4", "eval.score=mean_last_k",
+    changed = ["train.gamma=0.98", "eval.episodes=11", "train.seeds=4", "eval.epsilon=0.05",
                "agent.tau=0.05", "agent.name=dqn", "sweep.agent.alpha=[0.5, 0.9]"]
     hashes = {build_experiment({}, [c], schema=schema).config_hash() for c in changed}
     assert len(hashes) == len(changed) and base.config_hash() not in hashes
@@ -200,14 +201,17 @@ def test_score_rule_is_checked(schema, raw, message):
         build_experiment({"eval": raw}, schema=schema)
 
 
-def test_score_k_counts_only_for_mean_last_k(schema):
-    last = build_experiment({"eval": {"score_k": 5}}, schema=schema)
+def test_score_rule_is_recorded_but_not_hashed(schema):
+    """score_k is recorded only for mean_last_k; the rule summarizes results and changes none,
+    so a run may be re-reported (or resumed) under another rule: neither key enters the hash."""
+    last = build_experiment({"eval": {"score": "last", "score_k": 5}}, schema=schema)
     assert "score_k" in last.static.eval.unused() and "score_k" not in last.resolved()["eval"]
-    assert last.config_hash() == build_experiment({}, schema=schema).config_hash()
+    assert last.resolved()["eval"]["score"] == "last"
     mean = {k: build_experiment({"eval": {"score": "mean_last_k", "score_k": k}}, schema=schema) for k in (3, 5)}
     assert mean[5].resolved()["eval"]["score_k"] == 5 and mean[3].static.eval.score_k == 3
-    assert mean[3].config_hash() != mean[5].config_hash()
-    assert static.EvalConfig().score == "last" and static.SCORE_RULES == ("last", "mean_last_k")
+    base = build_experiment({}, schema=schema).config_hash()
+    assert last.config_hash() == mean[3].config_hash() == mean[5].config_hash() == base
+    assert static.EvalConfig().score == "mean_last_k" and static.SCORE_RULES == ("last", "mean_last_k")
 
 
 def test_schema_is_walked_with_the_eval_section(schema):

@@ -184,7 +184,7 @@ def _check_notebook_on(results, tmp_path, env):
     assert all(g["final_source"] == "mean_last_3_evals" for g in s["per_game"]["Breakout"]["groups"].values())
     _check_numbers(s, str(per_game), ["Breakout"])
 
-    _set_rule(per_game / "Breakout")                  # the default rule: the last evaluation
+    _set_rule(per_game / "Breakout", score="last")    # the other rule: the last evaluation
     out, s = _run_notebook(per_game / "Breakout", tmp_path, "single", env)   # one game's run directory
     assert s["layout"] == "a single game's run directory" and s["games"] == ["Breakout"]
     assert all(g["final_source"] == "last_eval" for g in s["per_game"]["Breakout"]["groups"].values())

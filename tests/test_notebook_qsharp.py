@@ -68,13 +68,14 @@ def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
     meta = json.loads((results / "frontier.json").read_text())
     assert "provenance" in meta
     assert {r["run"]: r["score"] for r in meta["runs"]} == {
-        "c51": "last chunk", "reference": "last chunk", "rollout": "mean of the last 2 evaluations", "td": "last chunk"}
+        "c51": "mean of the last 3 evaluations", "reference": "mean of the last 3 evaluations",   # the default rule
+        "rollout": "mean of the last 2 evaluations", "td": "mean of the last 3 evaluations"}
     for p in meta["points"]:                     # each run's points by its own rule, per member
         vals = {}
         for r in read_metrics(str(results / p["run"] / "metrics.csv")):
             if r["agent"] == p["agent"] and r.get("agent.eta") in (p["eta"], None):
                 vals.setdefault(r["metric"], {}).setdefault(r["member"], []).append(r["value"])
-        k = 2 if p["run"] == "rollout" else 1
+        k = 2 if p["run"] == "rollout" else 3
         assert p["returns"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["eval_return"].items())]
         assert p["kls"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["kl_ref"].items())]
 

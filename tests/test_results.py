@@ -52,7 +52,7 @@ def test_write_read_round_trip(tmp_path):
                        "value": 9.0, "alpha": 0.9}
     assert rows[8]["alpha"] is None
     assert math.isnan([r for r in rows if r["member"] == 1 and r["metric"] == "loss"][0]["value"])
-    finals = final_scores(rows, "eval_return", ["alpha"])
+    finals = final_scores(rows, "eval_return", ["alpha"], "last")
     np.testing.assert_array_equal(finals[("mdqn", 0.9)], [18.0, 21.0])
     np.testing.assert_array_equal(finals[("dqn", None)], [1000.0])
 
@@ -101,7 +101,7 @@ def test_json_safe_makes_strict_json():
 
 def test_final_score_last_is_the_value_at_the_last_step():
     curves_ = np.array([[1.0, 2.0, 3.0], [4.0, 5.0, np.nan]])
-    np.testing.assert_array_equal(final_score(curves_), [3.0, np.nan])    # NaN: no episode ended at the end
+    np.testing.assert_array_equal(final_score(curves_, "last"), [3.0, np.nan])    # NaN: no episode ended at the end
     np.testing.assert_array_equal(final_score(curves_[0], "last"), 3.0)
 
 
@@ -115,10 +115,11 @@ def test_final_score_mean_last_k_skips_nan_evaluations():
 
 
 def test_score_rule_reads_the_eval_section_with_defaults():
-    assert score_rule({}) == ScoreRule("last", 3) == score_rule({"eval": {}})     # runs from before [eval]
+    assert score_rule({}) == ScoreRule("mean_last_k", 3) == score_rule({"eval": {}})     # runs from before [eval]
+    assert score_rule({"eval": {"score": "last"}}) == ("last", 3)
     assert score_rule({"eval": {"score": "mean_last_k"}}) == ("mean_last_k", 3)
     assert score_rule({"eval": {"score": "mean_last_k", "score_k": 5, "episodes": 10}}) == ("mean_last_k", 5)
-    assert ScoreRule().describe() == "last chunk"
+    assert ScoreRule().describe() == "mean of the last 3 evaluations" and ScoreRule("last").describe() == "last chunk"
     assert ScoreRule("mean_last_k", 5).describe() == "mean of the last 5 evaluations"
 
 
@@ -143,7 +144,7 @@ def test_final_scores_by_rule(tmp_path):
         w.append(format_chunk(members, ["alpha"], {"step": np.full(3, 10 * (c + 1)),
                                                    "eval_return": np.array(ev, np.float32)}))
     rows = read_metrics(path)
-    last = final_scores(rows, "eval_return", ["alpha"])
+    last = final_scores(rows, "eval_return", ["alpha"], "last")
     np.testing.assert_array_equal(last[("mdqn", 0.9)], [9.0, 10.0])
     np.testing.assert_array_equal(last[("dqn", None)], [np.nan])
     mean2 = final_scores(rows, "eval_return", ["alpha"], *ScoreRule("mean_last_k", 2))
