@@ -58,8 +58,10 @@ def commands(text: str) -> list[list[str]]:
     lines = [ln for block in FENCE.findall(text) for ln in block.splitlines()] + INLINE.findall(text)
     found = []
     for line in lines:
+        lexer = shlex.shlex(line, posix=True, punctuation_chars=";&|")   # `a; b` splits at `;`; `<Game>` stays
+        lexer.whitespace_split = True
         try:
-            words = shlex.split(line, comments=True)
+            words = list(lexer)
         except ValueError:
             continue
         cur: list[str] = []
@@ -113,9 +115,9 @@ def test_commands_exist(path):
 
 
 def test_the_checks_catch_what_they_should():
-    assert commands("```bash\nklrl train a.toml --out x --bogus 1 | tee log  # klrl nope\n```\n"
+    assert commands("```bash\nklrl train a.toml --out x --bogus 1 | tee log  # klrl nope\nklrl a; klrl b\n```\n"
                     "and `make run` inline") == [["klrl", "train", "a.toml", "--out", "x", "--bogus", "1"],
-                                                 ["make", "run"]]
+                                                 ["klrl", "a"], ["klrl", "b"], ["make", "run"]]
     assert check_command(["klrl", "train", "a.toml", "--bogus"], subparsers()) == ["train --bogus"]
     assert check_command(["klrl", "nope"], subparsers()) == ["subcommand 'nope'"]
     assert links("[a](../b.md#c), [w](https://x.org), [s](#top)", ROOT / "docs") == ["b.md"]
