@@ -175,8 +175,9 @@ def _legend(fig, rows, columns, colors) -> None:
         fig.legend(handles, labels, loc="upper left", bbox_to_anchor=(1.0, 0.93), fontsize=8, frameon=False)
 
 
-def plot_run(run_dir: str) -> list[str]:
-    """Draw the figures of a run directory; returns the paths written."""
+def run_figure(run_dir: str):
+    """The matplotlib Figure of a run directory: the curve panels (PANELS), the final score
+    panel(s) (one per swept hyperparameter, or one per group without a sweep), the legend."""
     path = os.path.join(run_dir, "metrics.csv")
     if not os.path.isfile(path):
         raise ConfigError(f"run_dir: got {run_dir!r} (no metrics.csv); allowed a run directory")
@@ -206,7 +207,16 @@ def plot_run(run_dir: str) -> list[str]:
                  "95% bootstrap CI")
     fig.tight_layout()
     _legend(fig, rows, columns, colors)
+    return fig
+
+
+def plot_run(run_dir: str) -> list[str]:
+    """Draw the figures of a run directory (`learning_curves.png`, run_figure); returns the paths
+    written."""
+    fig = run_figure(run_dir)
+    import matplotlib.pyplot as plt
+
     out = os.path.join(run_dir, "learning_curves.png")
-    fig.savefig(out, dpi=110, bbox_inches="tight")
+    fig.savefig(out, dpi=110, bbox_inches="tight")   # "tight": the legend outside the axes is kept
     plt.close(fig)
     return [out]
