@@ -192,8 +192,10 @@ if TABLE:
             rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
             finals = sorted(final_scores(rows, "eval_return", columns, *score_rule(record["config"])).items(),
                             key=lambda kv: str(kv[0]))
+            colors = group_colors(k for k, _ in finals)
             for i, (key, scores) in enumerate(finals):
-                ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14)
+                ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14,
+                           color=colors[key])
                 ax.hlines(iqm(scores), i - 0.25, i + 0.25, color="k")
             ax.set_xticks(range(len(finals)), [group_label(k, columns) for k, _ in finals], rotation=20,
                           fontsize=7)
