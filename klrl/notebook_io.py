@@ -45,10 +45,9 @@ def run_paths(default: Sequence[str], environ=None) -> tuple[list[str], bool]:
 
 
 def figures_dir(root: str, notebook: str, environ=None) -> str:
-    """`KLRL_FIGURES_DIR`, else `<root>/figures/<notebook>`; created."""
-    path = (os.environ if environ is None else environ).get(FIGURES_ENV) or os.path.join(root, "figures", notebook)
-    os.makedirs(path, exist_ok=True)
-    return path
+    """`KLRL_FIGURES_DIR`, else `<root>/figures/<notebook>` (created by the first figure saved, so
+    a refused input leaves nothing behind)."""
+    return (os.environ if environ is None else environ).get(FIGURES_ENV) or os.path.join(root, "figures", notebook)
 
 
 def is_run_dir(path: str) -> bool:

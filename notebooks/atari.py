@@ -88,6 +88,7 @@ BENCHMARK = atari_games("atari100k")             # game order: the benchmark's (
 
 
 def save(fig, name):
+    os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
     fig.savefig(path, dpi=110)
     print("wrote", path)

@@ -78,6 +78,7 @@ print("schemes:", cfg["schemes"])
 
 
 def save(fig, name):
+    os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
     fig.savefig(path, dpi=110)
     print("wrote", path)

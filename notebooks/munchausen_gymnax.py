@@ -61,6 +61,7 @@ WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
 
 def save(fig, name):
+    os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print("wrote", path)

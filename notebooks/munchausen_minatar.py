@@ -82,6 +82,7 @@ MUNCHAUSEN_AGENTS = ("dqn", "soft_dqn", "al", "mdqn")
 
 
 def save(fig, name):
+    os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
     fig.savefig(path, dpi=110)
     print("wrote", path)

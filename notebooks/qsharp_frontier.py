@@ -140,6 +140,7 @@ for p in sorted(points, key=lambda p: (p["method"], p["eta"])):
           f"{p['return_iqm']:>7.1f} [{p['return_ci'][0]:.1f}, {p['return_ci'][1]:.1f}]".ljust(40)
           + f" {p['kl_iqm']:>7.3f} [{p['kl_ci'][0]:.3f}, {p['kl_ci'][1]:.3f}]")
 
+os.makedirs(FIGURES, exist_ok=True)
 with open(os.path.join(FIGURES, "frontier.csv"), "w", newline="") as fh:
     w = csv.writer(fh)
     w.writerow(["run", "method", "agent", "eta", "seeds", "return_iqm", "return_ci_low", "return_ci_high",

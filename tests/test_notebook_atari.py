@@ -219,7 +219,7 @@ def test_notebook_refuses_a_folder_without_runs(tmp_path):
     assert res.returncode == 2
     (line,) = res.stderr.strip().splitlines()           # one line, no traceback
     assert line.startswith(f"error: KLRL_RUNS: got {str(empty)!r}: no Atari runs found")
-    assert not list((tmp_path / "figures").glob("*.png"))
+    assert not (tmp_path / "figures").exists()         # nothing written
 
 
 def test_notebook_is_a_jupytext_percent_script():
