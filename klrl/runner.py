@@ -46,7 +46,7 @@ from klrl.rundir import (
     member_table, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
 )
 from klrl.sharding import ShardedTrainer
-from klrl.stopping import StopOnSignal, Stopped, StopSignals
+from klrl.stopping import StopOnSignal, Stopped, StopSignals, pause_hooks
 from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task, split_populations
 from klrl.tracking import check_sinks, tracking_group, tracking_hooks
@@ -121,7 +121,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
              ProgressLog(static.train.total_steps), *([StopOnSignal(stop, any_process)] if stop else []),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),   # (also on a stop)
                          {"agent": pop.agent, "members": M, **layout(M)}),
-             KillAfterChunks(chunk_counter, kill_after(), ckpt.close)]
+             KillAfterChunks(chunk_counter, kill_after(), ckpt.close), *pause_hooks()]
     run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
                   history=history)
     run = run_chunks(step_fn, hparams, run, hooks, sharded.to_host)

@@ -27,6 +27,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from typing import Callable, Mapping, Sequence
 
 import numpy as np
@@ -36,6 +37,9 @@ from klrl.hooks import log
 from klrl.loop import Hook, LoopRun
 
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
+# Test-only: seconds to wait after each chunk (its rows and checkpoint written), so that a test
+# can send a signal to a tiny run while it is still running (klrl.hooks.KILL_ENV's kind).
+PAUSE_ENV = "KLRL_TEST_PAUSE_AFTER_CHUNK"
 
 
 def resume_command(argv: Sequence[str]) -> str:
@@ -125,4 +129,20 @@ class StopOnSignal(Hook):
         self._check(run)
 
 
-__all__ = ["EXIT_STOPPED", "SIGNALS", "StopOnSignal", "StopSignals", "Stopped", "resume_command"]
+class PauseAfterChunk(Hook):
+    """Test-only (PAUSE_ENV): sleep `seconds` after every chunk."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+
+    def on_chunk(self, run: LoopRun, metrics: Mapping[str, np.ndarray]) -> None:
+        time.sleep(self.seconds)
+
+
+def pause_hooks() -> list[Hook]:
+    """[PauseAfterChunk] when PAUSE_ENV is set, else []."""
+    value = os.environ.get(PAUSE_ENV)
+    return [PauseAfterChunk(float(value))] if value else []
+
+
+__all__ = ["EXIT_STOPPED", "PAUSE_ENV", "PauseAfterChunk", "SIGNALS", "StopOnSignal", "StopSignals", "Stopped", "resume_command", "pause_hooks"]
