@@ -70,6 +70,12 @@ class OutputConfig(OutputSection):
     wandb_project: str = setting("klrl", doc="the W&B project of the tracked runs")
     wandb_entity: str = setting("", doc="the W&B entity (user or team); empty: the account's default")
 
+    def unused(self) -> tuple[str, ...]:
+        """The tracker keys are recorded in config.json only when a tracker is chosen (runs
+        recorded before they existed keep their config.json)."""
+        keys = () if "wandb" in self.sinks else ("wandb_project", "wandb_entity")
+        return keys if set(self.sinks) - {"csv"} else ("sinks", *keys)
+
 
 # --------------------------------------------------------------------------------------
 # The generic walker: TOML file, `--set` overrides, sections.
@@ -271,6 +277,9 @@ class Experiment:
         for s in self.schema.static_cls.section_classes():
             for k in self.static.section(s).unused():
                 out[s].pop(k, None)
+        output = self.schema.output_cls(**{k: self.values[f"output.{k}"] for k in self.schema.output_cls.specs()})
+        for k in output.unused():
+            out["output"].pop(k, None)
         # An agent's own section is recorded only when one of the run's agents reads it.
         for s in set.intersection(*(set(self.static_config(a).unused_sections()) for a in self.agents)):
             out.pop(s, None)
