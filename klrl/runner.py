@@ -125,7 +125,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
                   history=history)
     run = run_chunks(step_fn, hparams, run, hooks, sharded.to_host)
-    if run.stop and stop is not None:
+    if run.stop and stop is not None and run.done < trainer.num_chunks:    # (a stop after the last chunk: done)
         raise stop.stopped(pop.agent, run.done, trainer.num_chunks)
     timing = {
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),

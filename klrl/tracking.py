@@ -144,11 +144,24 @@ def read_state(out: str) -> dict[str, int]:
 class Tracking(Hook):
     """Feed one population's chunks to `sinks` (their runs `runs`), after metrics.csv got them;
     chunks up to the count in tracking.json were sent by an earlier process and are skipped.
-    The sinks open at the first chunk to send and close at the end."""
+    The sinks open at the first chunk to send and close at the end. A sink that fails (W&B's
+    service process killed by a cluster's SIGTERM to every process of the job, say) is dropped
+    with one line: a tracker never stops the training, its rows or its checkpoints."""
 
     def __init__(self, out: str, sinks: Sequence[Sink], runs: Sequence[TrackedRun]):
         self.out, self.sinks, self.runs = out, list(sinks), list(runs)
         self.opened = False
+
+    def _each(self, agent: str, call: Callable[[Sink], Any]) -> None:
+        """`call(sink)` for every sink; one that raises is reported and dropped."""
+        for sink in list(self.sinks):
+            try:
+                call(sink)
+            except Exception as err:  # noqa: BLE001 (any failure of a third-party tracker)
+                self.sinks.remove(sink)
+                first = (str(err).strip().splitlines() or [""])[0][:200]
+                log(f"[{agent}] {type(sink).__name__} failed ({type(err).__name__}: {first}); no more rows go to "
+                    "it, training continues (metrics.csv has every row)")
 
     def on_start(self, run: LoopRun) -> None:
         self.state = read_state(self.out)
@@ -157,25 +170,22 @@ class Tracking(Hook):
     def on_chunk(self, run: LoopRun, metrics: Mapping[str, np.ndarray]) -> None:
         if run.done <= self.sent:
             return
+        agent = run.pop.agent
         if not self.opened:
             self.opened = True
-            for sink in self.sinks:
-                log(f"[{run.pop.agent}] {sink.open(self.runs, fresh=self.sent == 0)}")
+            self._each(agent, lambda sink: log(f"[{agent}] {sink.open(self.runs, fresh=self.sent == 0)}"))
         names = metric_names(metrics)
-        for i in range(run.pop.size):
-            values = {k: float(np.float32(metrics[k][i])) for k in names}
-            for sink in self.sinks:
-                sink.log(i, int(metrics["step"][i]), values)
-        for sink in self.sinks:
-            sink.flush()
+        rows = [(int(metrics["step"][i]), {k: float(np.float32(metrics[k][i])) for k in names})
+                for i in range(run.pop.size)]
+        self._each(agent, lambda sink: [sink.log(i, step, values) for i, (step, values) in enumerate(rows)])
+        self._each(agent, lambda sink: sink.flush())
         self.sent = run.done
-        self.state[run.pop.agent] = run.done
+        self.state[agent] = run.done
         write_json(os.path.join(self.out, STATE), {"chunks_sent": self.state})
 
     def on_end(self, run: LoopRun) -> None:
         if self.opened:
-            for sink in self.sinks:
-                sink.close()
+            self._each(run.pop.agent, lambda sink: sink.close())
 
 
 def tracking_hooks(exp: Experiment, out: str, group: str, primary: bool) -> Callable[[Population], Tracking] | None:

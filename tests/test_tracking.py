@@ -181,3 +181,26 @@ def test_a_stop_ends_the_loop_after_the_chunk_with_a_checkpoint():
                         [StopOnSignal(StopSignals("klrl ..."), agree=lambda mine: True)])
     assert agreed.stop and agreed.ran == 0        # another process's signal stops this one too
     assert np.all(run.history["step"][-1] == 20)
+
+
+class FailingSink(RecordingSink):
+    """Fails on its second chunk (as W&B does once its service process is killed)."""
+
+    def log(self, index, step, values):
+        if step == 20:
+            raise ConnectionResetError("Connection lost")
+        super().log(index, step, values)
+
+
+def test_a_failing_sink_is_dropped_with_one_line_and_training_goes_on(tmp_path, capsys):
+    failing, fine = [], []
+    ckpt = FakeCheckpointer()
+    run = run_chunks(_step, None, LoopRun(_pop(), 3, 10, 0, 0),
+                     [Tracking(str(tmp_path), [FailingSink(failing), RecordingSink(fine)], _runs()),
+                      Checkpoints(ckpt, 1, lambda s: s, {})])
+    assert run.done == 3 and [d for d, *_ in ckpt.saved] == [1, 2, 3]
+    assert [c[2] for c in failing if c[0] == "log"] == [10] * M and ("close",) not in failing
+    assert [c[2] for c in fine if c[0] == "log"] == [10] * M + [20] * M + [30] * M and fine[-1] == ("close",)
+    err = [line for line in capsys.readouterr().err.splitlines() if "failed" in line]
+    assert err == ["[mdqn] FailingSink failed (ConnectionResetError: Connection lost); no more rows go to it, "
+                   "training continues (metrics.csv has every row)"]
