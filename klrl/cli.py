@@ -4,6 +4,8 @@
 
 Every subcommand validates its input before compiling anything; a `ConfigError` is printed
 as one line `klrl: error: ...` and the process exits with status 2 without writing results.
+`train` stopped by SIGTERM, SIGUSR1 or Ctrl-C prints one line and exits with status 75
+(klrl.stopping: rows and a checkpoint written, `--resume` continues).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 
 from klrl.distributed import DistributedError
-from klrl.errors import ConfigError
+from klrl.errors import EXIT_STOPPED, ConfigError, Stopped
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -113,7 +115,11 @@ def main(argv: list[str] | None = None) -> int:
             task = parse_task(args.task, args.num_tasks)
             if args.distributed:   # before any JAX computation
                 initialize(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout)
-            run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume, task=task)
+            from klrl.stopping import StopSignals, resume_command
+
+            with StopSignals(resume_command(sys.argv[1:] if argv is None else argv)) as stop:
+                run_experiment(args.config, args.out, overrides=args.overrides, resume=args.resume, task=task,
+                               stop=stop)
         elif args.command == "merge":
             from klrl.merge import merge
 
@@ -131,6 +137,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
         return 2
+    except Stopped as err:
+        from klrl.hooks import log
+
+        log(f"klrl: {err}")
+        return EXIT_STOPPED
     except DistributedError as err:
         print(f"klrl: error: {err}", file=sys.stderr, flush=True)
         # Exit now: jax.distributed's shutdown at exit would wait for the dead process, then abort.

@@ -11,7 +11,8 @@ An experiment file has the sections
             score rule (score, score_k)
   [sweep]   "section.key" = [values ...]   (nested tables `[sweep.agent] alpha = [...]`
             are the same thing). The product of the swept lists x seeds is ONE population.
-  [output]  checkpoint_every (chunks), if_exists ("refuse" | "new_subdir")
+  [output]  checkpoint_every (chunks), if_exists ("refuse" | "new_subdir"), sinks (csv, tensorboard,
+            wandb: klrl.tracking), wandb_project, wandb_entity
 
 This module is a walker: it knows no key of its own. Every key, its section, type, default
 and rule come from the declarations it walks (klrl.sections): the engine's sections
@@ -46,7 +47,7 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 from klrl import config_hash as hashing
 from klrl.errors import ConfigError
 from klrl.output import OutputSection
-from klrl.sections import Hparam, Section, Sections, ranged
+from klrl.sections import Hparam, Section, Sections, choice, ranged, setting
 
 SWEEP = "sweep"
 SEEDS = "train.seeds"
@@ -59,10 +60,21 @@ ENV_NAME = "env.name"
 
 @dataclass(frozen=True)
 class OutputConfig(OutputSection):
-    """[output] of `klrl train`: the output-directory policy and the checkpoint period."""
+    """[output] of `klrl train`: the output-directory policy, the checkpoint period and the
+    trackers the rows also go to (klrl.tracking; metrics.csv is always written)."""
 
     SECTION: ClassVar[str] = "output"
     checkpoint_every: int = ranged(1, lo=1, doc="chunks between checkpoints (and one at the end)")
+    sinks: tuple[str, ...] = choice(("csv",), ("csv", "tensorboard", "wandb"),
+                                    doc="where each chunk's rows go: csv (always) and any of tensorboard, wandb")
+    wandb_project: str = setting("klrl", doc="the W&B project of the tracked runs")
+    wandb_entity: str = setting("", doc="the W&B entity (user or team); empty: the account's default")
+
+    def unused(self) -> tuple[str, ...]:
+        """The tracker keys are recorded in config.json only when a tracker is chosen (runs
+        recorded before they existed keep their config.json)."""
+        keys = () if "wandb" in self.sinks else ("wandb_project", "wandb_entity")
+        return keys if set(self.sinks) - {"csv"} else ("sinks", *keys)
 
 
 # --------------------------------------------------------------------------------------
@@ -265,6 +277,9 @@ class Experiment:
         for s in self.schema.static_cls.section_classes():
             for k in self.static.section(s).unused():
                 out[s].pop(k, None)
+        output = self.schema.output_cls(**{k: self.values[f"output.{k}"] for k in self.schema.output_cls.specs()})
+        for k in output.unused():
+            out["output"].pop(k, None)
         # An agent's own section is recorded only when one of the run's agents reads it.
         for s in set.intersection(*(set(self.static_config(a).unused_sections()) for a in self.agents)):
             out.pop(s, None)

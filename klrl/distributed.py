@@ -71,4 +71,17 @@ def barrier(name: str) -> None:
         multihost_utils.sync_global_devices(name)
 
 
-__all__ = ["DistributedError", "barrier", "check_flags", "initialize", "is_primary"]
+def any_process(flag: bool) -> bool:
+    """Whether `flag` is true in any process (every process must call it at the same point;
+    in a one-process run it is `flag`)."""
+    import jax
+
+    if jax.process_count() == 1:
+        return bool(flag)
+    import numpy as np
+    from jax.experimental import multihost_utils
+
+    return bool(np.asarray(multihost_utils.process_allgather(np.int32(bool(flag)))).any())
+
+
+__all__ = ["DistributedError", "any_process", "barrier", "check_flags", "initialize", "is_primary"]

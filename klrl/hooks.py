@@ -2,7 +2,8 @@
 
 In the runner's order, after every chunk: `MetricsRows` appends its rows to metrics.csv,
 `DivergenceLog` reports newly diverged members, `ProgressLog` prints the progress line,
-`Checkpoints` saves every `output.checkpoint_every` chunks (and at the end), and
+`Checkpoints` saves every `output.checkpoint_every` chunks (and at the end, and when a signal
+stops the run: klrl.stopping), and
 `KillAfterChunks` (test-only) kills the process once the rows and checkpoint are written.
 Lines go to stderr from the primary process only (klrl.distributed).
 """
@@ -96,13 +97,14 @@ class ProgressLog(Hook):
 
 class Checkpoints(Hook):
     """Save the state (`saved(state)`: what a checkpoint holds) and the history every `every`
-    chunks and after the last one; close the checkpointer at the end."""
+    chunks, after the last one and after a chunk that stops the loop (`run.stop`, set by an
+    earlier hook: klrl.stopping); close the checkpointer at the end."""
 
     def __init__(self, ckpt, every: int, saved: Callable, meta: dict):
         self.ckpt, self.every, self.saved, self.meta = ckpt, every, saved, meta
 
     def on_chunk(self, run: LoopRun, metrics: Mapping[str, np.ndarray]) -> None:
-        if run.done % self.every == 0 or run.done == run.num_chunks:
+        if run.done % self.every == 0 or run.done == run.num_chunks or run.stop:
             self.ckpt.save(run.done, self.saved(run.state), run.history, self.meta)
 
     def on_end(self, run: LoopRun) -> None:

@@ -13,6 +13,11 @@
 4. Write `summary.json` (klrl.summary, scored by the run's `eval.score` rule) and
    `timing.json`, print the summary table, draw the figures.
 
+The chosen trackers (`output.sinks`, klrl.tracking) get each chunk's rows right after
+metrics.csv, one tracked run per member. With `stop` (klrl.stopping.StopSignals, what the
+CLI passes) a first SIGTERM / SIGUSR1 / SIGINT ends the run after the chunk in flight, with
+its rows and a checkpoint written, by raising `Stopped` from here (not from inside the loop).
+
 The run directory, what it records and how `--resume` continues it are klrl.rundir's: the
 config hash must match the run's, metrics.csv is rebuilt from the checkpoints' metrics and
 each population restarts from its latest checkpoint; with checkpointable envs the finished
@@ -28,7 +33,7 @@ import time
 from typing import Sequence
 
 from klrl.config import Experiment, load_experiment
-from klrl.distributed import DistributedError, barrier, is_primary
+from klrl.distributed import DistributedError, any_process, barrier, is_primary
 from klrl.errors import ConfigError
 from klrl.hooks import (
     KILL_ENV, Checkpoints, DivergenceLog, KillAfterChunks, MetricsRows, ProgressLog, kill_after, log, nanmedian,
@@ -41,8 +46,10 @@ from klrl.rundir import (
     member_table, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
 )
 from klrl.sharding import ShardedTrainer
+from klrl.stopping import StopOnSignal, Stopped, StopSignals, pause_hooks
 from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task, split_populations
+from klrl.tracking import check_sinks, tracking_group, tracking_hooks
 
 
 def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
@@ -53,6 +60,8 @@ def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparam
     # A host pool resets outside the program (per shard); the same call re-resets it on resume.
     state = sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
     if not (resume and ckpt.latest_step() is not None):
+        if resume:
+            log(f"[{pop.agent}] no checkpoint yet in {ckpt.directory}: starting from chunk 0")
         return state, {}, 0
     restored, history, meta = ckpt.restore(saved_state(state, trainer))
     start = int(meta["chunks_done"])
@@ -78,9 +87,11 @@ def _final_evaluation(exp: Experiment, pop: Population, sharded: ShardedTrainer,
 
 
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
-                   chunk_counter: list[int], final: FinalEvalFile | None = None) -> dict:
+                   chunk_counter: list[int], final: FinalEvalFile | None = None, tracking=None,
+                   stop: StopSignals | None = None) -> dict:
     """Train one population to the end (resuming from its checkpoint if asked), then run its
-    final evaluation when the config asks for one (`final`, unless already written); returns timing."""
+    final evaluation when the config asks for one (`final`, unless already written); returns timing.
+    `tracking(pop)` makes the population's klrl.tracking hook; `stop`: see the module docstring."""
     static = exp.static_config(pop.agent)
     M = pop.size
     # The population on every device (klrl.sharding): padded to a multiple of the device
@@ -106,13 +117,16 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
         f"init+compile {compile_s:.1f}s")
 
-    hooks = [MetricsRows(writer), DivergenceLog(), ProgressLog(static.train.total_steps),
-             Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),
+    hooks = [MetricsRows(writer), *([tracking(pop)] if tracking else []), DivergenceLog(),
+             ProgressLog(static.train.total_steps), *([StopOnSignal(stop, any_process)] if stop else []),
+             Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),   # (also on a stop)
                          {"agent": pop.agent, "members": M, **layout(M)}),
-             KillAfterChunks(chunk_counter, kill_after(), ckpt.close)]
+             KillAfterChunks(chunk_counter, kill_after(), ckpt.close), *pause_hooks()]
     run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
                   history=history)
     run = run_chunks(step_fn, hparams, run, hooks, sharded.to_host)
+    if run.stop and stop is not None and run.done < trainer.num_chunks:    # (a stop after the last chunk: done)
+        raise stop.stopped(pop.agent, run.done, trainer.num_chunks)
     timing = {
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),
         "run_seconds": round(run.run_seconds, 3), "env_steps_per_member": run.steps_done,
@@ -144,8 +158,9 @@ def _prepare(exp: Experiment, task: Task | None = None):
 
 
 def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Sequence[str], resume: bool,
-         prov: dict, counter: list[int]) -> list[dict]:
-    """Train every population of `exp` into the run directory `out`; returns its summary rows."""
+         prov: dict, counter: list[int], group: str = "", stop: StopSignals | None = None) -> list[dict]:
+    """Train every population of `exp` into the run directory `out`; returns its summary rows.
+    `group`: the tracked runs' group (klrl.tracking)."""
     pops, trainers, members = prepared
     columns = pops[0].columns
     metrics_path = os.path.join(out, METRICS)
@@ -162,7 +177,8 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
     barrier("klrl: run directory ready")
     log(f"klrl: run directory {out}")
 
-    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final)
+    tracking = tracking_hooks(exp, out, group, primary)
+    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final, tracking, stop)
               for pop, trainer in zip(pops, trainers)]
     if not primary:
         return []
@@ -189,7 +205,7 @@ def _guarded(processes: int, fn, *args, **kwargs):
 
     try:
         return fn(*args, **kwargs)
-    except ConfigError:
+    except (ConfigError, Stopped):
         raise
     except Exception as err:  # noqa: BLE001 (any failure of a collective, a checkpoint, a pool)
         first = (str(err).strip().splitlines() or [""])[0][:300]
@@ -198,8 +214,9 @@ def _guarded(processes: int, fn, *args, **kwargs):
 
 
 def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False,
-                   task: Task | None = None) -> str:
-    """Run (or resume) an experiment into `out_dir`; returns the run directory used.
+                   task: Task | None = None, stop: StopSignals | None = None) -> str:
+    """Run (or resume) an experiment into `out_dir`; returns the run directory used (`stop`:
+    see the module docstring).
 
     With `task` (an array job, klrl.tasks) only that task's members run, into
     `<out_dir>/task-I/` (a sweep over env.name: the sweep's root), and `klrl merge` joins them.
@@ -211,6 +228,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     summary. Every env's config is validated before anything is written; an env that fails
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
+    check_sinks(exp.values["output.sinks"])     # a tracker's missing extra: refused now
     runs = [(e, _prepare(e, task)) for e in exp.per_env()]
     import jax
 
@@ -222,12 +240,14 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     from klrl.provenance import provenance
 
     prov = provenance()  # once per run: config, summary and timing name the same commit
+    tracked = out_dir                     # the tracked runs' group: --out's name (an array job's tasks share it)
     if task is not None:
         out_dir = task.directory(out_dir)
     if not exp.envs:
         out = resolve_out_dir(out_dir, exp, resume, task=task)
         barrier("klrl: output checked")   # every process has looked before the primary writes
-        _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
+        _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0],
+                 group=tracking_group(tracked), stop=stop)
         return out
     root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD, task=task)
     resumes = {e.static.env.name: resume and os.path.isfile(os.path.join(root, e.static.env.name, RUN_RECORD))
@@ -242,7 +262,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
         sub = os.path.join(root, name)
         log(f"klrl: sweep over env.name: {name} ({exp.envs.index(name) + 1}/{len(exp.envs)})")
         summaries[name] = _guarded(processes, _run, e, prepared, sub, config_path, [*overrides, f"env.name={name}"],
-                                   resumes[name], prov, counter)
+                                   resumes[name], prov, counter, tracking_group(tracked, name), stop)
     if not is_primary():
         return root
     write_json(os.path.join(root, SUMMARY), {"summary": summaries, "provenance": prov})

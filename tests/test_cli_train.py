@@ -8,10 +8,17 @@ reference that a SIGKILLed-and-resumed run must reproduce byte for byte.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
+import re
+import shlex
+import shutil
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -19,10 +26,13 @@ import pytest
 from klrl import cli
 from klrl.config import load_experiment
 from klrl.results import read_metrics
+from klrl.errors import EXIT_STOPPED
 from klrl.hooks import KILL_ENV
 from klrl.rundir import resolve_out_dir
+from klrl.stopping import PAUSE_ENV
+from klrl.tracking import installed
 
-from engine_helpers import cli_in_process
+from engine_helpers import ROOT, cli_in_process
 from engine_helpers import run_cli as _klrl
 
 # One xdist worker runs this module (make test: --dist loadgroup): the `tiny` run is made once.
@@ -345,3 +355,129 @@ def test_sweep_over_env_name_runs_one_directory_per_env_and_resumes(tmp_path):
     assert cli_in_process("train", cfg, "--out", out).returncode == 2
     other = cli_in_process("train", cfg, "--out", out, "--resume", "--set", 'sweep.env.name=["Acrobot-v1"]')
     assert other.returncode == 2 and "hash" in other.stderr
+
+
+# --------------------------------------------------------------------------------------
+# Trackers and signals (klrl.tracking, klrl.stopping): the tiny run's dqn population (4
+# members: 2 learning rates x 2 seeds, the program the `tiny` run compiled) with TensorBoard
+# and W&B (offline: no network) as sinks.
+
+TRACKERS = installed("tensorboard") and installed("wandb")     # both extras are in `test`
+SINKS = '["csv", "tensorboard", "wandb"]' if TRACKERS else '["csv"]'
+TRACKED = ["--set", "agent.name=dqn", "--set", "agent.alpha=0.5", "--set", f"output.sinks={SINKS}"]
+needs_trackers = pytest.mark.skipif(not TRACKERS, reason="the tensorboard and wandb extras are not installed")
+
+
+@contextlib.contextmanager
+def _environ(values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+
+
+@pytest.fixture(scope="module")
+def tracked(tiny):
+    """The 4-member population, uninterrupted, with both trackers; W&B offline, its settings
+    and cache in the test's directory."""
+    home = tiny["base"] / "wandb-home"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true", "WANDB_CONFIG_DIR": str(home / "config"),
+           "WANDB_CACHE_DIR": str(home / "cache"), "WANDB_DATA_DIR": str(home / "data")}
+    out = tiny["base"] / "tracked"
+    with _environ(env):
+        res = cli_in_process("train", tiny["cfg"], "--out", out, *TRACKED)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return {"out": str(out), "env": env, "stderr": res.stderr}
+
+
+def _series(run_dir):
+    """member -> metric -> [(step, value)] from metrics.csv."""
+    out = {}
+    for r in read_metrics(os.path.join(run_dir, "metrics.csv")):
+        out.setdefault(r["member"], {}).setdefault(r["metric"], []).append((r["step"], r["value"]))
+    return out
+
+
+@needs_trackers
+def test_a_population_is_one_tracked_run_per_member_in_tensorboard_and_wandb(tracked):
+    from tracker_files import read_tensorboard, read_wandb
+
+    csv_rows = _series(tracked["out"])
+    assert sorted(csv_rows) == [0, 1, 2, 3]
+    tb = read_tensorboard(tracked["out"])
+    assert sorted(tb) == [f"tensorboard/dqn/m{m}" for m in range(4)]
+    wb = read_wandb(tracked["out"])
+    assert len(wb) == 4 and all(r["folders"] == 1 for r in wb.values())
+    by_member = {r["config"]["member"]: r for r in wb.values()}
+    record = json.load(open(os.path.join(tracked["out"], "config.json")))
+    for m in record["members"]:
+        i, want = m["member"], csv_rows[m["member"]]
+        board, run = tb[f"tensorboard/dqn/m{i}"], by_member[i]
+        assert set(board["scalars"]) == set(want) == {k for k in run["history"][0] if not k.startswith("_")}
+        for metric, rows in want.items():           # the rows metrics.csv got, at env steps per member
+            np.testing.assert_array_equal(np.float32([v for _, v in board["scalars"][metric]]), np.float32([v for _, v in rows]))
+            np.testing.assert_array_equal(np.float32([h[metric] for h in run["history"]]), np.float32([v for _, v in rows]))
+            assert [s for s, _ in board["scalars"][metric]] == [h["_step"] for h in run["history"]] == [200, 400, 600, 800]
+        for config in (board["hparams"], run["config"]):  # the member's row is its run's config
+            assert (config["seed"], config["agent"], config["env"]) == (m["seed"], "dqn", "CartPole-v1")
+            assert np.float32(config["learning_rate"]) == np.float32(m["learning_rate"])
+            assert np.float32(config["train.learning_rate"]) == np.float32(m["learning_rate"])
+        assert (run["group"], run["job_type"], run["project"]) == ("tracked", "dqn", "klrl")
+    assert "wandb: 4 runs in project klrl, group tracked (offline" in tracked["stderr"]
+
+
+def test_sigterm_stops_after_the_chunk_and_resume_continues_the_same_runs(tiny, tracked):
+    """SIGTERM once the first chunk's rows are on disk: the run finishes the chunk in flight,
+    checkpoints it, prints one line and exits 75; --resume ends with the uninterrupted run's
+    metrics.csv byte for byte, and every tracked run holds each step once."""
+    from tracker_files import read_tensorboard, read_wandb
+
+    out = os.path.join(tiny["base"], "stopped")
+    env = {**os.environ, **tracked["env"], PAUSE_ENV: "0.5"}       # a tiny run's chunks take milliseconds
+    proc = subprocess.Popen([sys.executable, "-m", "klrl.cli", "train", tiny["cfg"], "--out", out, *TRACKED],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = os.path.join(out, "metrics.csv")
+    deadline = time.monotonic() + 300
+    while proc.poll() is None and time.monotonic() < deadline and not (
+            os.path.isfile(metrics) and open(metrics).read().count("\n") > 1):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == EXIT_STOPPED, err[-3000:]
+    last = err.strip().splitlines()[-1]
+    cmd = f"klrl train {tiny['cfg']} --out {out} {shlex.join(TRACKED)} --resume"
+    done = int(re.fullmatch(rf"klrl: stopped at chunk (\d)/4 of dqn on SIGTERM; continue with: {re.escape(cmd)}", last)[1])
+    assert 1 <= done < 4 and "Traceback" not in err
+    assert os.path.isdir(os.path.join(out, "checkpoints", "dqn", str(done)))      # the chunk it stopped after
+    ref = open(os.path.join(tracked["out"], "metrics.csv"), "rb").read()
+    partial = open(metrics, "rb").read()
+    assert ref.startswith(partial) and partial.count(b"\n") == 1 + done * 4 * 6
+
+    with _environ(tracked["env"]):
+        res = cli_in_process("train", tiny["cfg"], "--out", out, *TRACKED, "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert f"[dqn] resumed at chunk {done}/4" in res.stderr
+    assert open(metrics, "rb").read() == ref
+    if not TRACKERS:
+        return
+    wb = read_wandb(out)
+    assert len(wb) == 4 and all(r["folders"] == 2 for r in wb.values())           # the same 4 runs, resumed
+    assert all([h["_step"] for h in r["history"]] == [200, 400, 600, 800] for r in wb.values())
+    tb = read_tensorboard(out)
+    assert len(tb) == 4 and all([s for s, _ in b["scalars"]["loss"]] == [200, 400, 600, 800] for b in tb.values())
+
+
+def test_resume_without_a_checkpoint_says_so_and_starts_over(tiny, tracked):
+    """A run killed before its first checkpoint holds a config.json and no checkpoint:
+    --resume says so in one line and trains from chunk 0 to the same metrics.csv."""
+    out = os.path.join(tiny["base"], "no-checkpoint")
+    os.makedirs(out)
+    shutil.copy(os.path.join(tracked["out"], "config.json"), out)
+    res = cli_in_process("train", tiny["cfg"], "--out", out, *TRACKED[:4], "--resume")
+    assert res.returncode == 0, res.stderr[-3000:]
+    line = f"[dqn] no checkpoint yet in {os.path.join(out, 'checkpoints', 'dqn')}: starting from chunk 0"
+    assert line in res.stderr.splitlines()
+    assert open(os.path.join(out, "metrics.csv"), "rb").read() == open(os.path.join(tracked["out"], "metrics.csv"), "rb").read()

@@ -33,7 +33,7 @@ def test_every_static_field_and_hparam_has_one_key(schema):
     hparam_keys = [schema.key_of(n) for n in train.HPARAMS]
     output_keys = [f"output.{f.name}" for f in dataclasses.fields(OutputConfig)]
     keys = static_keys + hparam_keys + output_keys
-    assert len(set(keys)) == len(keys) == 41 + 5 + 14 + 2
+    assert len(set(keys)) == len(keys) == 41 + 5 + 14 + 5
     defaults = schema.defaults()
     assert set(defaults) == set(keys) | set(PLUMBING_KEYS)
     for n in train.HPARAMS:

@@ -50,3 +50,42 @@ def test_a_killed_process_stops_the_other_clearly_and_the_run_resumes(tmp_path):
     index, values = _values(tmp_path / "run" / "metrics.csv")
     assert sorted({m for m, _, _ in index}) == [0, 1, 2] and {s for _, s, _ in index} == {200, 400}
     assert np.all(np.isfinite(values[[i for i, (_, _, k) in enumerate(index) if k == "loss"]]))
+
+
+@pytest.mark.slow
+def test_a_signal_to_one_process_stops_both_after_the_same_chunk(tmp_path):
+    """SIGTERM to process 1 only, once the first chunk's rows are written: the processes agree
+    on the chunk to stop after (klrl.distributed.any_process), both exit 75 with the checkpoint
+    of that chunk, and --resume finishes the run."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from klrl.errors import EXIT_STOPPED
+    from klrl.stopping import PAUSE_ENV
+
+    from engine_helpers import ROOT, _free_port, fake_devices_env
+
+    cfg = tmp_path / "g.toml"
+    cfg.write_text(THREE_MEMBERS["gymnax"])
+    out, port, procs = tmp_path / "run", _free_port(), []
+    for i in (0, 1):
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "klrl.cli", "train", str(cfg), "--out", str(out), "--set", "train.total_steps=1000",
+             "--distributed", "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--process-id", str(i),
+             "--heartbeat-timeout", "10"],
+            cwd=ROOT, env=fake_devices_env(2, {PAUSE_ENV: "1"}), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True))
+    metrics, deadline = out / "metrics.csv", time.monotonic() + 600
+    while not (metrics.is_file() and metrics.read_text().count("\n") > 1) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    procs[1].send_signal(signal.SIGTERM)
+    results = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
+    assert [rc for rc, _ in results] == [EXIT_STOPPED] * 2, results[0][1][-2000:] + results[1][1][-2000:]
+    line = results[0][1].strip().splitlines()[-1]
+    assert line.startswith("klrl: stopped at chunk ") and "on a signal to another process" in line, line
+    done = int(line.split("chunk ")[1].split("/")[0])
+    assert 1 <= done < 5 and (out / "checkpoints" / "mdqn" / str(done)).is_dir()
+    assert os.path.isfile(out / "config.json")

@@ -111,3 +111,37 @@ def test_the_checker_sees_unknown_options():
     assert check_command(cmd, subs) == ["train --no-such-flag"]
     assert check_command(["klrl", "trian"], subs) == ["subcommand 'trian'"]
     assert check_command(["klrl", "train", "c.toml", "--out=x", "--resume", "--task", "0"], subs) == []
+
+
+REQUEUEING = ("array_sweep.sbatch", "multinode.sbatch")
+SLURM_ENV = {"SLURM_JOB_ID": "4242", "SLURM_ARRAY_TASK_ID": "1", "SLURM_ARRAY_TASK_COUNT": "2", "SLURM_NTASKS": "8",
+             "SLURM_JOB_NUM_NODES": "2", "SLURM_JOB_NODELIST": "n[1-2]"}
+
+
+def _run_template(path: pathlib.Path, tmp_path: pathlib.Path, klrl_status: int) -> tuple[int, list[str]]:
+    """The template run by bash in `tmp_path` with fake `srun` (exits `klrl_status`), `scontrol`
+    (records its arguments) and venv; (the script's status, the scontrol calls)."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir(parents=True)
+    calls = tmp_path / "scontrol.calls"
+    (bin_dir / "srun").write_text(f"#!/bin/sh\nexit {klrl_status}\n")
+    (bin_dir / "scontrol").write_text(f'#!/bin/sh\necho "$@" >> {calls}\n')
+    for tool in ("srun", "scontrol"):
+        (bin_dir / tool).chmod(0o755)
+    (tmp_path / ".venv" / "bin").mkdir(parents=True, exist_ok=True)
+    (tmp_path / ".venv" / "bin" / "activate").write_text("")
+    env = {"PATH": f"{bin_dir}:/usr/bin:/bin", **SLURM_ENV}
+    r = subprocess.run(["bash", str(path)], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+    return r.returncode, calls.read_text().splitlines() if calls.exists() else []
+
+
+@pytest.mark.parametrize("name", REQUEUEING)
+def test_a_stopped_run_is_requeued_and_nothing_else_is(name, tmp_path):
+    from klrl.errors import EXIT_STOPPED
+
+    text = (ROOT / "experiments" / "slurm" / name).read_text()
+    assert re.search(r"^#SBATCH --signal=USR1@\d+$", text, re.M) and re.search(r"^#SBATCH --requeue$", text, re.M)
+    path = ROOT / "experiments" / "slurm" / name
+    assert _run_template(path, tmp_path / "stopped", EXIT_STOPPED) == (0, ["requeue 4242"])
+    assert _run_template(path, tmp_path / "done", 0) == (0, [])
+    assert _run_template(path, tmp_path / "failed", 1) == (1, [])

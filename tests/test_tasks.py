@@ -26,6 +26,7 @@ from klrl.errors import ConfigError
 from klrl.population import build_populations
 from klrl.results import read_metrics
 from klrl.tasks import Task, split_populations
+from klrl.tracking import installed
 
 from engine_helpers import cli_in_process, run_cli
 
@@ -85,9 +86,12 @@ def job(tmp_path_factory, jax_cache_env):
     cfg.write_text(CFG)
     env = dict(jax_cache_env)      # for the slow test's subprocesses
     full, arr = base / "full", base / "arr"
+    # TensorBoard as a sink where installed (klrl.tracking: each task tracks its own members)
+    sinks = ["--set", 'output.sinks=["csv", "tensorboard"]'] if installed("tensorboard") else []
     # in process (klrl.cli.main): the three tasks share their programs through the compile cache
-    runs = [cli_in_process("train", cfg, "--out", full)]
-    runs += [cli_in_process("train", cfg, "--out", arr, "--task", i, "--num-tasks", TASKS) for i in range(TASKS)]
+    runs = [cli_in_process("train", cfg, "--out", full, *sinks)]
+    runs += [cli_in_process("train", cfg, "--out", arr, "--task", i, "--num-tasks", TASKS, *sinks)
+             for i in range(TASKS)]
     for res in runs:
         assert res.returncode == 0, res.stderr[-3000:]
     with contextlib.redirect_stdout(io.StringIO()) as merged:     # the merge compiles nothing: in process
@@ -127,6 +131,22 @@ def test_each_task_is_a_run_directory_of_its_members(job):
         assert {r["member"] for r in read_metrics(str(d / "metrics.csv"))} == set(rec["task_members"])
         assert sorted(os.listdir(d / "checkpoints")) == ["dqn", "mdqn"]
         assert (d / "summary.json").is_file() and (d / "timing.json").is_file()
+
+
+@pytest.mark.skipif(not installed("tensorboard"), reason="the tensorboard extra is not installed")
+def test_each_member_is_tracked_once_by_the_task_that_trains_it(job):
+    """Every member is one TensorBoard run, written by the task that trains it; `klrl merge`
+    writes none (the merged run is not tracked twice)."""
+    from tracker_files import read_tensorboard
+
+    found = {}
+    for i in range(TASKS):
+        for run, board in read_tensorboard(str(job["arr"] / f"task-{i}")).items():
+            member = int(run.rsplit("/m", 1)[1])
+            assert member % TASKS == i and member not in found
+            found[member] = [s for s, _ in board["scalars"]["eval_return"]]
+    assert sorted(found) == list(range(MEMBERS)) and all(steps == [40, 80, 120] for steps in found.values())
+    assert not (job["arr"] / "tensorboard").exists() and not (job["arr"] / "tracking.json").exists()
 
 
 def test_an_agent_without_members_in_a_task_is_skipped(job):
