@@ -36,28 +36,34 @@ from klrl.hooks import (
 from klrl.loop import LoopRun, run_chunks
 from klrl.population import Population, build_populations
 from klrl.results import MetricsWriter, score_rule
+from klrl import placement, relayout
 from klrl.rundir import (
     METRICS, RUN_RECORD, SUMMARY, SWEEP_RECORD, Discard, FinalEvalFile, checkpointed_rows, checkpointer, layout,
-    member_table, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
+    member_table, read_record, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
 )
-from klrl.sharding import ShardedTrainer
+from klrl.sharding import ShardedTrainer, population_mesh
 from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task, split_populations
 
 
-def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
+def _start_state(pop: Population, pop_static, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
     """(state, metric history, chunks done): a fresh initial state, or with `resume` the
-    latest checkpoint's (klrl.rundir.resumed_state)."""
+    latest checkpoint's (klrl.rundir.resumed_state), re-laid when it was written on another
+    device count (klrl.relayout)."""
     # π_ref's parameters are loaded here, on the host, and passed to the program.
     ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
     # A host pool resets outside the program (per shard); the same call re-resets it on resume.
     state = sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
     if not (resume and ckpt.latest_step() is not None):
         return state, {}, 0
-    restored, history, meta = ckpt.restore(saved_state(state, trainer))
+    rules = relayout.rules_of(pop_static)
+    restored, history, meta, old = relayout.restore(ckpt, sharded, saved_state(state, trainer), rules)
     start = int(meta["chunks_done"])
     log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}"
         + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
+    if old is not None:      # written on another device count
+        log(f"[{pop.agent}] " + relayout.describe(old, relayout.Layout(sharded.shards, sharded.local, pop.size),
+                                                  rules.shared, trainer.traits.checkpointable))
     return resumed_state(restored, state, sharded, pop.keys, keys, start), history, start
 
 
@@ -78,14 +84,17 @@ def _final_evaluation(exp: Experiment, pop: Population, sharded: ShardedTrainer,
 
 
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
-                   chunk_counter: list[int], final: FinalEvalFile | None = None) -> dict:
-    """Train one population to the end (resuming from its checkpoint if asked), then run its
-    final evaluation when the config asks for one (`final`, unless already written); returns timing."""
+                   chunk_counter: list[int], final: FinalEvalFile | None = None, devices: int | None = None) -> dict:
+    """Train one population to the end (resuming from its checkpoint if asked) on `devices`
+    devices (default: every one), then run its final evaluation when the config asks for one
+    (`final`, unless already written); returns timing."""
+    import jax
+
     static = exp.static_config(pop.agent)
     M = pop.size
-    # The population on every device (klrl.sharding): padded to a multiple of the device
+    # The population on `devices` devices (klrl.sharding): padded to a multiple of the device
     # count, one program per shard; everything below sees the M real members only.
-    sharded = ShardedTrainer(trainer, M)
+    sharded = ShardedTrainer(trainer, M, mesh=population_mesh(jax.devices()[:devices] if devices else None))
     keys = sharded.put_members(pop.keys)
     hparams = {k: sharded.put_members(v) for k, v in pop.hparams.items()}
 
@@ -98,17 +107,17 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         return {"agent": pop.agent, "members": M, "skipped": True}
 
     t0 = time.perf_counter()
-    state, history, start = _start_state(pop, trainer, sharded, keys, hparams, ckpt, resume)
+    state, history, start = _start_state(pop, static, trainer, sharded, keys, hparams, ckpt, resume)
     step_fn = sharded.run_chunk().lower(state, hparams).compile() if start < trainer.num_chunks else None
     compile_s = time.perf_counter() - t0
-    on = (f" on {sharded.shards} devices" + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else "")
-          if sharded.shards > 1 else "")
+    on = (f" on {sharded.shards} device{'s' if sharded.shards > 1 else ''} of {jax.device_count()}"
+          + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else ""))
     log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
         f"init+compile {compile_s:.1f}s")
 
     hooks = [MetricsRows(writer), DivergenceLog(), ProgressLog(static.train.total_steps),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),
-                         {"agent": pop.agent, "members": M, **layout(M)}),
+                         {"agent": pop.agent, "members": M, **layout(M, sharded.shards)}),
              KillAfterChunks(chunk_counter, kill_after(), ckpt.close)]
     run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
                   history=history)
@@ -117,18 +126,22 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),
         "run_seconds": round(run.run_seconds, 3), "env_steps_per_member": run.steps_done,
         "agent_steps_per_second": round(M * run.steps_done / max(run.run_seconds, 1e-9), 1),
-        "resumed_at_chunk": start,
+        "resumed_at_chunk": start, "devices": sharded.shards,
     }
     if needs_final and run.done == trainer.num_chunks:     # (a hook may have stopped the loop early)
         timing["final_eval_seconds"] = _final_evaluation(exp, pop, sharded, run.state, keys, hparams, final)
     return timing
 
 
-def _prepare(exp: Experiment, task: Task | None = None):
-    """The populations (an array task's share of them), their (uncompiled) programs and what
+def _prepare(exp: Experiment, task: Task | None = None, record: dict | None = None):
+    """The populations (an array task's share of them), their (uncompiled) programs, what
     config.json records about the members (the whole run's table; with a task, the split and
-    the members it trains). The engine's own checks run here, so a bad config is refused
-    before anything is written."""
+    the members it trains) and where they run ("placement": the device count per agent and the
+    `auto` keys resolved, klrl.placement; a resumed run passes its `record`), and a line to
+    report or "". The engine's own checks run here, so a bad config is refused before anything
+    is written."""
+    import jax
+
     from klrl.train import check_members, make_train
 
     pops = build_populations(exp)
@@ -136,17 +149,23 @@ def _prepare(exp: Experiment, task: Task | None = None):
     if task is not None:
         pops = split_populations(pops, task, exp.static.train.replay_mode)
         members.update(task=task.record, task_members=[m.member for p in pops for m in p.members])
-    trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
+    platform, available = jax.default_backend(), jax.device_count()
+    placed, note = placement.resolve_for_run(exp.static, platform, record)
+    values = placement.effective(placed)
+    trainers = [make_train(placement.resolve(exp.static_config(pop.agent), values)) for pop in pops]
+    devices = {pop.agent: placement.shard_count(exp.values[placement.DEVICES], available, pop.size,
+                                                exp.static.train.replay_mode, jax.process_count()) for pop in pops}
+    members["placement"] = placement.record(platform, values, devices, available)
     for pop in pops:
         check_members(exp.static_config(pop.agent), pop.size)
     score_rule(exp.resolved())         # the summary's score rule: refused now, not after training
-    return pops, trainers, members
+    return pops, trainers, members, note
 
 
 def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Sequence[str], resume: bool,
          prov: dict, counter: list[int]) -> list[dict]:
     """Train every population of `exp` into the run directory `out`; returns its summary rows."""
-    pops, trainers, members = prepared
+    pops, trainers, members, note = prepared
     columns = pops[0].columns
     metrics_path = os.path.join(out, METRICS)
     primary = is_primary()
@@ -161,8 +180,11 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
              else None)
     barrier("klrl: run directory ready")
     log(f"klrl: run directory {out}")
+    if note:
+        log(note)
 
-    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final)
+    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final,
+                             devices=members["placement"]["devices"][pop.agent])
               for pop, trainer in zip(pops, trainers)]
     if not primary:
         return []
@@ -211,7 +233,11 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     summary. Every env's config is validated before anything is written; an env that fails
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
-    runs = [(e, _prepare(e, task)) for e in exp.per_env()]
+    base = task.directory(out_dir) if task is not None else out_dir
+    # A resumed run's record (read, not checked yet) keeps the `auto` values it resolved.
+    records = {e.static.env.name: read_record(os.path.join(base, e.static.env.name if exp.envs else "", RUN_RECORD))
+               if resume else None for e in exp.per_env()}
+    runs = [(e, _prepare(e, task, records[e.static.env.name])) for e in exp.per_env()]
     import jax
 
     processes = jax.process_count()

@@ -254,6 +254,25 @@ class ShardedTrainer:
         """`Trainer.final_eval` on every shard -> {name: global [padded]}."""
         return self.program("final_eval")(state, hparams, env_start_state)
 
+    def put_state(self, tree) -> Any:
+        """A state of host arrays in this mesh's layout (MEMBER leaves padded, SHARD leaves
+        stacked [S, ...]) as global arrays, each leaf split or replicated as its kind says."""
+        import jax
+
+        kinds = self.trainer.layout(tree)
+        return jax.tree.map(lambda k, x: _put(np.asarray(x), self.whole if k == REPLICATED else self.split),
+                            kinds, tree)
+
+    def gather(self, tree) -> Any:
+        """Global arrays -> numpy on every process, whole (padding and shard axes kept)."""
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            tree = multihost_utils.process_allgather(tree, tiled=True)
+        return jax.tree.map(np.asarray, jax.device_get(tree))
+
     def to_host(self, tree) -> Any:
         """Per-member global arrays -> numpy [members] on every process (padding dropped)."""
         import jax
