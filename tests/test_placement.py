@@ -122,3 +122,22 @@ def test_member_rows_are_unpadded_and_repadded():
     got = relayout._members(x, old, new, axis_shards=True)
     assert got.shape == (4, 1, 2) and got[:, 0].tolist() == [[0, 1], [2, 3], [4, 5], [4, 5]]
     assert relayout._members(np.arange(4), old, relayout.Layout(1, 3, 3), axis_shards=False).tolist() == [0, 1, 2]
+
+
+@pytest.mark.parametrize("run,ran_with", [("minatar_breakout", ("lax", "vmap")),
+                                          ("atari_pipeline/Pong", ("patches", "vmap"))])
+def test_committed_runs_from_before_auto_resume_with_what_they_ran(run, ran_with):
+    """Their records name no conv / member_map (the defaults of the time, lax and vmap): the
+    hash still matches today's config (where the keys are `auto`), and a resume keeps them."""
+    import json
+    import os
+
+    from klrl.config import load_experiment
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    rec = json.load(open(os.path.join(root, "results", run, "config.json")))
+    exp = load_experiment(os.path.join(root, rec["config_file"]), rec["overrides"])
+    assert exp.schema.record_hash(rec) == exp.config_hash()
+    assert exp.static.train.member_map == "auto" and "placement" not in rec
+    placed, note = placement.resolve_for_run(exp.static, "cpu", rec)
+    assert (placed.agent.conv, placed.train.member_map, note) == (*ran_with, "")
