@@ -15,8 +15,9 @@ names (a checkpoint of one loads into the other; outputs agree to float32 roundi
 XLA:CPU a convolution inside a loop body (the trainer's scan over steps) falls off its fast path
 (jax-ml/jax#12868): a Nature-CNN update measured 483 ms inside a scan vs 53 ms alone, and 42 ms
 inside a scan as patches (this project's 2-core CPU; klrl bench atari). `auto` (the config's
-default) is patches on CPU and lax elsewhere (klrl.placement; the trainer resolves it first). The head has `num_actions * num_outputs`
-units; distributional agents reshape it to `[A, N]` logits, scalar agents get `[A]` values.
+default) is patches on CPU and lax elsewhere (klrl.placement; the trainer resolves it first).
+The head has `num_actions * num_outputs` units; distributional agents reshape it to `[A, N]`
+logits, scalar agents get `[A]` values.
 """
 
 from __future__ import annotations

@@ -152,4 +152,5 @@ def record(platform: str, values: Mapping[str, str], devices: Mapping[str, int],
 
 
 __all__ = ["AUTO", "AUTO_KEYS", "BEFORE_AUTO", "DEVICES", "HOST_DEVICES_FLAG", "check_devices", "effective",
-           "host_cores", "host_device_flags", "platform_choice", "record", "resolve", "resolve_conv", "resolve_for_run", "shard_count"]
+           "host_cores", "host_device_flags", "platform_choice", "record", "resolve", "resolve_conv", "resolve_for_run",
+           "shard_count"]

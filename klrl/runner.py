@@ -27,6 +27,7 @@ import os
 import time
 from typing import Sequence
 
+from klrl import placement, relayout
 from klrl.config import Experiment, load_experiment
 from klrl.distributed import DistributedError, barrier, is_primary
 from klrl.errors import ConfigError
@@ -36,7 +37,6 @@ from klrl.hooks import (
 from klrl.loop import LoopRun, run_chunks
 from klrl.population import Population, build_populations
 from klrl.results import MetricsWriter, score_rule
-from klrl import placement, relayout
 from klrl.rundir import (
     METRICS, RUN_RECORD, SUMMARY, SWEEP_RECORD, Discard, FinalEvalFile, checkpointed_rows, checkpointer, layout,
     member_table, read_record, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,

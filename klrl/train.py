@@ -49,9 +49,9 @@ from klrl import envs as envs_lib
 from klrl.envs import stacked_shape
 from klrl.errors import ConfigError
 from klrl.evaluation import FINAL_EVAL_SALT
-from klrl.placement import resolve as resolve_auto
 from klrl.learner import (Learner, init_learner, make_optimizer, make_update, run_updates, target_due, target_step,
                           updates_due)
+from klrl.placement import resolve as resolve_auto
 from klrl.sharding import MEMBER, REPLICATED, SHARD, STATE, STATIC, Signature
 # The engine's configuration (re-exported: klrl.train is where the engine's users look).
 from klrl.static import (COMMON_HPARAMS, HPARAM_TABLE, HPARAMS, StaticConfig, check_members, hparams_used,
