@@ -141,3 +141,20 @@ def test_committed_runs_from_before_auto_resume_with_what_they_ran(run, ran_with
     assert exp.static.train.member_map == "auto" and "placement" not in rec
     placed, note = placement.resolve_for_run(exp.static, "cpu", rec)
     assert (placed.agent.conv, placed.train.member_map, note) == (*ran_with, "")
+
+
+def test_the_cli_gives_jax_one_device_per_core_before_it_starts():
+    """klrl.cli sets the flag in a fresh process (JAX not imported yet): JAX then sees one CPU
+    device per core (a count in the environment is left alone: the first test)."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from klrl import cli; cli._host_devices(); assert 'jax' not in sys.modules; "
+            "import jax; print(jax.device_count(), os.environ['XLA_FLAGS'])")
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_NUM_CPU_DEVICES")}
+    env["JAX_PLATFORMS"] = "cpu"
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    cores = placement.host_cores()
+    assert out.stdout.split() == [str(cores), f"{FLAG}={cores}"]
