@@ -83,15 +83,18 @@ class PopulationCheckpointer:
         metrics = self._mngr.restore(step, args=ocp.args.Composite(history=ocp.args.StandardRestore()))["history"]
         return meta, {k: np.asarray(v) for k, v in metrics.items()}
 
-    def restore(self, fresh_state: Any, step: int | None = None) -> tuple[Any, dict[str, np.ndarray], dict]:
+    def restore(self, fresh_state: Any, step: int | None = None, host: bool = False
+                ) -> tuple[Any, dict[str, np.ndarray], dict]:
         """(state, metrics history, meta) of a checkpoint; `fresh_state` (a freshly
-        initialized TrainState on the current devices) gives shapes, dtypes and shardings."""
+        initialized TrainState on the current devices) gives shapes, dtypes and shardings.
+        With `host`, `fresh_state` holds numpy arrays of the saved shapes and the state comes
+        back as numpy arrays (klrl.relayout: a checkpoint of another device layout)."""
         import jax
 
         ocp = _ocp()
         step = self.latest_step() if step is None else step
         meta = self._check_meta(step)
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh_state)
+        abstract = fresh_state if host else jax.tree.map(ocp.utils.to_shape_dtype_struct, fresh_state)
         out = self._mngr.restore(
             step,
             args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract), history=ocp.args.StandardRestore()),

@@ -103,10 +103,24 @@ def _bench(args: argparse.Namespace) -> None:
         bench_tabular(out_path=args.out, quick=args.quick)
 
 
+def _host_devices() -> None:
+    """One JAX host device per CPU core (klrl.placement), set before JAX starts: a population
+    is sharded over them. Not when JAX already runs in this process (its count is fixed) or
+    the environment chooses the count itself."""
+    if "jax" in sys.modules:
+        return
+    from klrl.placement import host_cores, host_device_flags
+
+    flags = host_device_flags(os.environ, host_cores())
+    if flags is not None:
+        os.environ["XLA_FLAGS"] = flags
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         if args.command in ("train", "sweep"):
+            _host_devices()
             from klrl.distributed import check_flags, initialize
             from klrl.runner import run_experiment
             from klrl.tasks import parse_task

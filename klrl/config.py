@@ -45,14 +45,16 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 from klrl import config_hash as hashing
+from klrl import placement
 from klrl.errors import ConfigError
 from klrl.output import OutputSection
 from klrl.sections import Hparam, Section, Sections, choice, ranged, setting
 
 SWEEP = "sweep"
 SEEDS = "train.seeds"
-# Keys that belong to the plumbing and are no section's field (their defaults).
-PLUMBING_KEYS: dict[str, Any] = {SEEDS: 3}
+# Keys that belong to the plumbing and are no section's field (their defaults): the seeds, and
+# the device count (klrl.placement: a property of the machine, recorded but not hashed).
+PLUMBING_KEYS: dict[str, Any] = {SEEDS: 3, placement.DEVICES: placement.AUTO}
 # The static keys a sweep may list: one compiled population per agent, one run per env.
 AGENT_NAME = "agent.name"
 ENV_NAME = "env.name"
@@ -273,6 +275,8 @@ class Experiment:
             sec, _, k = key.partition(".")
             out[sec][k] = list(val) if isinstance(val, tuple) else val
         out["train"]["seeds"] = list(self.seeds)
+        if out["train"].get("devices") == placement.AUTO:    # as in the records made before the key
+            out["train"].pop("devices")
         out["agent"]["name"] = self.agents[0] if len(self.agents) == 1 else list(self.agents)
         for s in self.schema.static_cls.section_classes():
             for k in self.static.section(s).unused():
@@ -352,6 +356,7 @@ def build_experiment(raw: Mapping[str, Any], overrides: Sequence[str] = (), sche
         values[key] = h.check(key, base.get(key, h.default))
     seeds = _check_seeds(base.get(SEEDS, PLUMBING_KEYS[SEEDS]))
     values[SEEDS] = list(seeds)
+    values[placement.DEVICES] = placement.check_devices(base.get(placement.DEVICES, placement.AUTO))
 
     # The sweep: agent.name (one population each), env.name (one run each), traced hyperparameters.
     agents = (sections["agent"].name,)

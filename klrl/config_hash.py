@@ -6,11 +6,15 @@ The hash covers only the values that differ from the schema's defaults, plus the
 
     hash = sha256(json({"schema_version": V, "config": {key: value | value ≠ default(key)}}))
 
-with [output] and the score rule (`eval.score`, `eval.score_k`: how finished results are
-summarized) left out: neither changes a result. A key added with
+with [output], the score rule (`eval.score`, `eval.score_k`: how finished results are
+summarized) and the device count (`train.devices`) left out: none changes what a member
+computes (beyond float rounding for the device count). A key added with
 a default therefore never changes the hash of a config that does not set it, and a run
 recorded before the key existed still resumes. Change a default (or what a value means) and
-you must bump `SCHEMA_VERSION` and teach `upgrade_resolved` the old meaning.
+you must bump `SCHEMA_VERSION` and teach `upgrade_resolved` the old meaning. The exception
+is a default of `auto` (klrl.placement): it names a choice made per platform, whose result is
+recorded in config.json's "placement" and kept when the run resumes on the same platform,
+so a run recorded before `auto` (with the old default) still resumes with what it ran with.
 
 Version 1 records (no "schema_version": runs made before it existed) hashed every resolved
 key (`legacy_hash`). `record_hash` recognises them: it checks the stored hash against the
@@ -38,8 +42,9 @@ RENAMED: dict[str, str] = {
 }
 UNHASHED = ("output",)   # sections that change where and how often a run writes, not its results
 # Keys that choose how finished results are summarized, not the results: a run may be reported
-# under another score rule without becoming another run.
-UNHASHED_KEYS = ("eval.score", "eval.score_k")
+# under another score rule without becoming another run. And the device count: a property of
+# the machine (klrl.placement), so a run resumes on another count.
+UNHASHED_KEYS = ("eval.score", "eval.score_k", "train.devices")
 
 
 def flatten(table: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

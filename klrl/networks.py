@@ -14,8 +14,10 @@ same layer as strided slices (im2col) and one matmul, with the same parameters u
 names (a checkpoint of one loads into the other; outputs agree to float32 rounding). Why: on
 XLA:CPU a convolution inside a loop body (the trainer's scan over steps) falls off its fast path
 (jax-ml/jax#12868): a Nature-CNN update measured 483 ms inside a scan vs 53 ms alone, and 42 ms
-inside a scan as patches (this project's 2-core CPU; klrl bench atari). The head has `num_actions * num_outputs`
-units; distributional agents reshape it to `[A, N]` logits, scalar agents get `[A]` values.
+inside a scan as patches (this project's 2-core CPU; klrl bench atari). `auto` (the config's
+default) is patches on CPU and lax elsewhere (klrl.placement; the trainer resolves it first).
+The head has `num_actions * num_outputs` units; distributional agents reshape it to `[A, N]`
+logits, scalar agents get `[A]` values.
 """
 
 from __future__ import annotations
@@ -57,6 +59,10 @@ def conv_features(obs, torso: str, conv: str, obs_scale: float):
     """The torso's convolutions (ReLU after each), flattened; the scaled observation for `mlp`.
     Called inside a module's compact method, so its layers are named Conv_i in that module."""
     x = obs.astype(jnp.float32) * obs_scale
+    if conv == "auto" and _CONV_LAYERS[torso]:
+        from klrl.placement import resolve_conv
+
+        conv = resolve_conv()
     for i, (features, kernel, stride) in enumerate(_CONV_LAYERS[torso]):
         if conv == "patches":
             x = PatchConv(features, kernel, stride, name=f"Conv_{i}")(x)
@@ -118,10 +124,10 @@ class ImplicitQuantileNetwork(nn.Module):
 def make_network(torso: str, hidden: Sequence[int], num_actions: int, num_outputs: int = 1,
                  obs_scale: float = 1.0, conv: str = "lax") -> nn.Module:
     """The Q-network: `torso` (one of TORSOS), MLP `hidden` layers, a linear head; `conv` (one
-    of CONVS) says how its convolutions are computed."""
+    of CONVS, or auto) says how its convolutions are computed."""
     if torso not in TORSOS:
         raise ValueError(f"torso: got {torso!r}; allowed {', '.join(TORSOS)}")
-    if conv not in CONVS:
-        raise ValueError(f"conv: got {conv!r}; allowed {', '.join(CONVS)}")
+    if conv not in ("auto",) + CONVS:
+        raise ValueError(f"conv: got {conv!r}; allowed auto, {', '.join(CONVS)}")
     return QNetwork(torso=torso, hidden=tuple(hidden), num_actions=num_actions, num_outputs=num_outputs,
                     obs_scale=float(obs_scale), conv=conv)

@@ -14,9 +14,10 @@ and a sweep over env.name one such directory per env under its root, which holds
 
 Policy. An existing `--out` without `--resume` is refused, unless `output.if_exists =
 "new_subdir"` (klrl.output). With `--resume` the recorded config hash must match the run's
-(and an array task's split, klrl.tasks); every checkpoint must have this run's device
-layout; metrics.csv is rebuilt from the checkpoints' metrics (rows written after the last
-checkpoint by the killed process are recomputed, not duplicated); final_eval.csv keeps the
+(and an array task's split, klrl.tasks); a checkpoint written on another device count is
+re-laid for this one (klrl.relayout); metrics.csv is rebuilt from the checkpoints' metrics
+(rows written after the last checkpoint by the killed process are recomputed, not
+duplicated); final_eval.csv keeps the
 rows of the populations evaluated in full. What a checkpoint holds and how a state is
 resumed from it depends on whether the env state can be checkpointed (`saved_state`,
 `resumed_state`).
@@ -123,30 +124,30 @@ def recorded_hash(out: str, exp: Experiment) -> tuple[str, ...]:
     return (rec["config_hash"],) if exp.schema.record_hash(rec) == exp.config_hash() else ()
 
 
-def layout(members: int) -> dict:
+def layout(members: int, shards: int) -> dict:
     """What a checkpoint's state layout depends on: the device count and the padded size."""
-    import jax
-
     from klrl.sharding import padded_size
 
-    return {"devices": jax.device_count(), "padded_members": padded_size(members, jax.device_count())}
+    return {"devices": int(shards), "padded_members": padded_size(members, shards)}
 
 
 def check_layout(ckpt, pop: Population) -> None:
-    """ConfigError unless the checkpoint was written with this run's layout (checked before
-    anything is rewritten: the state's shapes depend on the device count)."""
-    saved, now = ckpt.meta(), layout(pop.size)
-    if "devices" not in saved:
+    """ConfigError unless the checkpoint names its device layout (checked before anything is
+    rewritten). A layout other than this run's is re-laid when the state is restored
+    (klrl.relayout); one from before the sharded state layout cannot be."""
+    if "devices" not in ckpt.meta():
         ckpt.close()
         raise ConfigError(f"--resume: got a checkpoint in {ckpt.directory} from before the sharded state layout "
                           "(its meta names no device count); allowed a checkpoint written by this version "
                           "(resume it with the commit that wrote it, recorded in config.json)")
-    was = {k: saved[k] for k in now}
-    if was != now:
-        ckpt.close()
-        raise ConfigError(f"--resume: got {now['devices']} device(s) (population of {pop.size} padded to "
-                          f"{now['padded_members']}) for a checkpoint written on {was['devices']} (padded to "
-                          f"{was['padded_members']}) in {ckpt.directory}; allowed the same device count")
+
+
+def read_record(path: str) -> dict | None:
+    """A run record (config.json) as a dict, or None when there is none."""
+    if not os.path.isfile(path):
+        return None
+    with open(path) as fh:
+        return json.load(fh)
 
 
 def checkpointed_rows(out: str, pops: Sequence[Population], exp: Experiment) -> str:
@@ -230,5 +231,5 @@ class FinalEvalFile:
 
 
 __all__ = ["FINAL_EVAL", "METRICS", "RUN_RECORD", "SUMMARY", "SWEEP_RECORD", "Discard", "FinalEvalFile",
-           "check_layout", "checkpointed_rows", "checkpointer", "layout", "member_table", "resolve_out_dir",
-           "resumed_state", "run_record", "saved_state", "sweep_record", "write_json"]
+           "check_layout", "checkpointed_rows", "checkpointer", "layout", "member_table", "read_record",
+           "resolve_out_dir", "resumed_state", "run_record", "saved_state", "sweep_record", "write_json"]

@@ -32,6 +32,7 @@ import os
 import time
 from typing import Sequence
 
+from klrl import placement, relayout
 from klrl.config import Experiment, load_experiment
 from klrl.distributed import DistributedError, any_process, barrier, is_primary
 from klrl.errors import ConfigError
@@ -43,18 +44,19 @@ from klrl.population import Population, build_populations
 from klrl.results import MetricsWriter, score_rule
 from klrl.rundir import (
     METRICS, RUN_RECORD, SUMMARY, SWEEP_RECORD, Discard, FinalEvalFile, checkpointed_rows, checkpointer, layout,
-    member_table, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
+    member_table, read_record, resolve_out_dir, resumed_state, run_record, saved_state, sweep_record, write_json,
 )
-from klrl.sharding import ShardedTrainer
+from klrl.sharding import ShardedTrainer, population_mesh
 from klrl.stopping import StopOnSignal, Stopped, StopSignals, pause_hooks
 from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task, split_populations
 from klrl.tracking import check_sinks, tracking_group, tracking_hooks
 
 
-def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
+def _start_state(pop: Population, pop_static, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
     """(state, metric history, chunks done): a fresh initial state, or with `resume` the
-    latest checkpoint's (klrl.rundir.resumed_state)."""
+    latest checkpoint's (klrl.rundir.resumed_state), re-laid when it was written on another
+    device count (klrl.relayout)."""
     # π_ref's parameters are loaded here, on the host, and passed to the program.
     ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
     # A host pool resets outside the program (per shard); the same call re-resets it on resume.
@@ -63,10 +65,14 @@ def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparam
         if resume:
             log(f"[{pop.agent}] no checkpoint yet in {ckpt.directory}: starting from chunk 0")
         return state, {}, 0
-    restored, history, meta = ckpt.restore(saved_state(state, trainer))
+    rules = relayout.rules_of(pop_static)
+    restored, history, meta, old = relayout.restore(ckpt, sharded, saved_state(state, trainer), rules)
     start = int(meta["chunks_done"])
     log(f"[{pop.agent}] resumed at chunk {start}/{trainer.num_chunks} from {ckpt.directory}"
         + ("" if trainer.traits.checkpointable else "; the env pool was re-reset (it cannot be checkpointed)"))
+    if old is not None:      # written on another device count
+        log(f"[{pop.agent}] " + relayout.describe(old, relayout.Layout(sharded.shards, sharded.local, pop.size),
+                                                  rules.shared, trainer.traits.checkpointable))
     return resumed_state(restored, state, sharded, pop.keys, keys, start), history, start
 
 
@@ -88,15 +94,18 @@ def _final_evaluation(exp: Experiment, pop: Population, sharded: ShardedTrainer,
 
 def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: MetricsWriter, resume: bool,
                    chunk_counter: list[int], final: FinalEvalFile | None = None, tracking=None,
-                   stop: StopSignals | None = None) -> dict:
-    """Train one population to the end (resuming from its checkpoint if asked), then run its
-    final evaluation when the config asks for one (`final`, unless already written); returns timing.
-    `tracking(pop)` makes the population's klrl.tracking hook; `stop`: see the module docstring."""
+                   stop: StopSignals | None = None, devices: int | None = None) -> dict:
+    """Train one population to the end (resuming from its checkpoint if asked) on `devices`
+    devices (default: every one), then run its final evaluation when the config asks for one
+    (`final`, unless already written); returns timing. `tracking(pop)` makes the population's
+    klrl.tracking hook; `stop`: see the module docstring."""
+    import jax
+
     static = exp.static_config(pop.agent)
     M = pop.size
-    # The population on every device (klrl.sharding): padded to a multiple of the device
+    # The population on `devices` devices (klrl.sharding): padded to a multiple of the device
     # count, one program per shard; everything below sees the M real members only.
-    sharded = ShardedTrainer(trainer, M)
+    sharded = ShardedTrainer(trainer, M, mesh=population_mesh(jax.devices()[:devices] if devices else None))
     keys = sharded.put_members(pop.keys)
     hparams = {k: sharded.put_members(v) for k, v in pop.hparams.items()}
 
@@ -109,18 +118,18 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         return {"agent": pop.agent, "members": M, "skipped": True}
 
     t0 = time.perf_counter()
-    state, history, start = _start_state(pop, trainer, sharded, keys, hparams, ckpt, resume)
+    state, history, start = _start_state(pop, static, trainer, sharded, keys, hparams, ckpt, resume)
     step_fn = sharded.run_chunk().lower(state, hparams).compile() if start < trainer.num_chunks else None
     compile_s = time.perf_counter() - t0
-    on = (f" on {sharded.shards} devices" + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else "")
-          if sharded.shards > 1 else "")
+    on = (f" on {sharded.shards} device{'s' if sharded.shards > 1 else ''} of {jax.device_count()}"
+          + (f" (+{sharded.padded - M} padding)" if sharded.padded > M else ""))
     log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
         f"init+compile {compile_s:.1f}s")
 
     hooks = [MetricsRows(writer), *([tracking(pop)] if tracking else []), DivergenceLog(),
              ProgressLog(static.train.total_steps), *([StopOnSignal(stop, any_process)] if stop else []),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),   # (also on a stop)
-                         {"agent": pop.agent, "members": M, **layout(M)}),
+                         {"agent": pop.agent, "members": M, **layout(M, sharded.shards)}),
              KillAfterChunks(chunk_counter, kill_after(), ckpt.close), *pause_hooks()]
     run = LoopRun(pop, num_chunks=trainer.num_chunks, chunk_steps=static.train.chunk_steps, start=start, state=state,
                   history=history)
@@ -131,18 +140,22 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         "agent": pop.agent, "members": M, "compile_seconds": round(compile_s, 3),
         "run_seconds": round(run.run_seconds, 3), "env_steps_per_member": run.steps_done,
         "agent_steps_per_second": round(M * run.steps_done / max(run.run_seconds, 1e-9), 1),
-        "resumed_at_chunk": start,
+        "resumed_at_chunk": start, "devices": sharded.shards,
     }
     if needs_final and run.done == trainer.num_chunks:     # (a hook may have stopped the loop early)
         timing["final_eval_seconds"] = _final_evaluation(exp, pop, sharded, run.state, keys, hparams, final)
     return timing
 
 
-def _prepare(exp: Experiment, task: Task | None = None):
-    """The populations (an array task's share of them), their (uncompiled) programs and what
+def _prepare(exp: Experiment, task: Task | None = None, record: dict | None = None):
+    """The populations (an array task's share of them), their (uncompiled) programs, what
     config.json records about the members (the whole run's table; with a task, the split and
-    the members it trains). The engine's own checks run here, so a bad config is refused
-    before anything is written."""
+    the members it trains) and where they run ("placement": the device count per agent and the
+    `auto` keys resolved, klrl.placement; a resumed run passes its `record`), and a line to
+    report or "". The engine's own checks run here, so a bad config is refused before anything
+    is written."""
+    import jax
+
     from klrl.train import check_members, make_train
 
     pops = build_populations(exp)
@@ -150,18 +163,24 @@ def _prepare(exp: Experiment, task: Task | None = None):
     if task is not None:
         pops = split_populations(pops, task, exp.static.train.replay_mode)
         members.update(task=task.record, task_members=[m.member for p in pops for m in p.members])
-    trainers = [make_train(exp.static_config(pop.agent)) for pop in pops]
+    platform, available = jax.default_backend(), jax.device_count()
+    placed, note = placement.resolve_for_run(exp.static, platform, record)
+    values = placement.effective(placed)
+    trainers = [make_train(placement.resolve(exp.static_config(pop.agent), values)) for pop in pops]
+    devices = {pop.agent: placement.shard_count(exp.values[placement.DEVICES], available, pop.size,
+                                                exp.static.train.replay_mode, jax.process_count()) for pop in pops}
+    members["placement"] = placement.record(platform, values, devices, available)
     for pop in pops:
         check_members(exp.static_config(pop.agent), pop.size)
     score_rule(exp.resolved())         # the summary's score rule: refused now, not after training
-    return pops, trainers, members
+    return pops, trainers, members, note
 
 
 def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Sequence[str], resume: bool,
          prov: dict, counter: list[int], group: str = "", stop: StopSignals | None = None) -> list[dict]:
     """Train every population of `exp` into the run directory `out`; returns its summary rows.
     `group`: the tracked runs' group (klrl.tracking)."""
-    pops, trainers, members = prepared
+    pops, trainers, members, note = prepared
     columns = pops[0].columns
     metrics_path = os.path.join(out, METRICS)
     primary = is_primary()
@@ -176,9 +195,12 @@ def _run(exp: Experiment, prepared, out: str, config_path: str, overrides: Seque
              else None)
     barrier("klrl: run directory ready")
     log(f"klrl: run directory {out}")
+    if note:
+        log(note)
 
     tracking = tracking_hooks(exp, out, group, primary)
-    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final, tracking, stop)
+    timing = [run_population(exp, pop, trainer, out, writer, resume, counter, final, tracking, stop,
+                             devices=members["placement"]["devices"][pop.agent])
               for pop, trainer in zip(pops, trainers)]
     if not primary:
         return []
@@ -229,7 +251,11 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
     check_sinks(exp.values["output.sinks"])     # a tracker's missing extra: refused now
-    runs = [(e, _prepare(e, task)) for e in exp.per_env()]
+    base = task.directory(out_dir) if task is not None else out_dir
+    # A resumed run's record (read, not checked yet) keeps the `auto` values it resolved.
+    records = {e.static.env.name: read_record(os.path.join(base, e.static.env.name if exp.envs else "", RUN_RECORD))
+               if resume else None for e in exp.per_env()}
+    runs = [(e, _prepare(e, task, records[e.static.env.name])) for e in exp.per_env()]
     import jax
 
     processes = jax.process_count()

@@ -1,11 +1,13 @@
 """A population on a 1-D device mesh: the state's layout, padding members, one program per shard.
 
-The mesh has one axis, `population`, over the devices of every process (`jax.devices()`;
-several hosts under `jax.distributed`, see klrl.distributed). A population of M members on
+The mesh has one axis, `population`, over the devices it is given (default: those of every
+process, `jax.devices()`; several hosts under `jax.distributed`, see klrl.distributed; `klrl
+train` takes `train.devices` of them, klrl.placement). A population of M members on
 S devices runs as S shards of L = ceil(M / S) members. The M' − M = S·L − M padding members
 are copies of the last member that start frozen (`Trainer.init(active=...)` flags them
 diverged, so they never update) and whose rows are dropped before anything is written:
-M = 7 on 8 devices runs on all 8 (one padding member), not on the one device that divides 7.
+M = 7 on a mesh of 8 devices runs on all 8 (one padding member), not on the one device that
+divides 7. A checkpoint of one mesh size continues on another: klrl.relayout.
 
 Each shard runs the trainer's own program for its L members under `jax.shard_map`, so each
 shard steps its own env backend instance (a host pool is one object per shard, named by its
@@ -253,6 +255,25 @@ class ShardedTrainer:
     def final_eval(self, state, hparams: dict, env_start_state) -> dict:
         """`Trainer.final_eval` on every shard -> {name: global [padded]}."""
         return self.program("final_eval")(state, hparams, env_start_state)
+
+    def put_state(self, tree) -> Any:
+        """A state of host arrays in this mesh's layout (MEMBER leaves padded, SHARD leaves
+        stacked [S, ...]) as global arrays, each leaf split or replicated as its kind says."""
+        import jax
+
+        kinds = self.trainer.layout(tree)
+        return jax.tree.map(lambda k, x: _put(np.asarray(x), self.whole if k == REPLICATED else self.split),
+                            kinds, tree)
+
+    def gather(self, tree) -> Any:
+        """Global arrays -> numpy on every process, whole (padding and shard axes kept)."""
+        import jax
+
+        if jax.process_count() > 1:
+            from jax.experimental import multihost_utils
+
+            tree = multihost_utils.process_allgather(tree, tiled=True)
+        return jax.tree.map(np.asarray, jax.device_get(tree))
 
     def to_host(self, tree) -> Any:
         """Per-member global arrays -> numpy [members] on every process (padding dropped)."""

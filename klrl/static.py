@@ -38,7 +38,7 @@ from klrl.sections import Hparam, Section, Sections, choice, extras_field, fail,
 TargetUpdate = Literal["hard", "polyak"]
 EvalMode = Literal["episodes", "concurrent"]
 ScoreRule = Literal["last", "mean_last_k"]
-MemberMap = Literal["vmap", "map"]
+MemberMap = Literal["auto", "vmap", "map"]
 SCORE_RULES: tuple[str, ...] = ScoreRule.__args__
 
 
@@ -71,8 +71,9 @@ class AgentConfig(Section):
     SECTION: ClassVar[str] = "agent"
     name: str = choice("mdqn", lambda: AGENTS)
     torso: str = choice("mlp", TORSOS, doc="mlp | minatar_cnn | nature_cnn")
-    conv: str = choice("lax", CONVS, doc="lax (XLA's convolution) | patches (im2col + matmul: same layer, "
-                       "same parameters; ~10x faster for the Nature CNN inside the trainer on XLA:CPU)")
+    conv: str = choice("auto", ("auto",) + CONVS, doc="auto (patches on CPU, lax elsewhere: klrl.placement) | "
+                       "lax (XLA's convolution) | patches (im2col + matmul: same layer, same parameters; ~10x "
+                       "faster for the Nature CNN inside the trainer on XLA:CPU)")
     obs_scale: float = ranged(1.0, lo=0.0, lo_open=True, doc="observations are multiplied by this inside the network")
     hidden: tuple[int, ...] = ranged((120, 84), lo=1, doc="MLP layer widths")
     loss: str = choice("huber", LOSSES)
@@ -93,8 +94,9 @@ class AgentConfig(Section):
     qsharp_switch_horizon: int = ranged(0, lo=0, doc="rollout: h ~ U{0..H−1}; 0 = the env's time limit")
 
     def unused(self) -> tuple[str, ...]:
-        # Left out of config.json at its default (as in the records written before it existed).
-        return ("conv",) if self.conv == "lax" else ()
+        # Left out of config at its default `auto` (its resolved value is in config.json's
+        # "placement"), as records written before `auto` left out their default lax.
+        return ("conv",) if self.conv == "auto" else ()
 
     def check(self) -> None:
         if not self.v_min < self.v_max:
@@ -117,13 +119,15 @@ class TrainConfig(Section):
     target_update: TargetUpdate = "hard"
     replay_mode: str = choice("per-member", rb.MODES)
     replay_store: str = choice("frames", rb.STORES, doc="frames (each observation once) | transitions (obs + next_obs)")
-    member_map: MemberMap = setting("vmap", doc="how the network's forward and update run over members: "
+    member_map: MemberMap = setting("auto", doc="how the network's forward and update run over members: "
+                                    "auto (map on CPU for the Nature CNN, vmap elsewhere: klrl.placement) | "
                                     "vmap (one batched program) | map (a sequential lax.map, for platforms "
                                     "where batched convolutions cost more per member, see klrl bench atari)")
 
     def unused(self) -> tuple[str, ...]:
-        # Left out of config.json at its default (as in the records written before it existed).
-        return ("member_map",) if self.member_map == "vmap" else ()
+        # Left out of config at its default `auto` (resolved in config.json's "placement"), as
+        # records written before `auto` left out their default vmap.
+        return ("member_map",) if self.member_map == "auto" else ()
 
     def check(self) -> None:
         if self.total_steps % self.chunk_steps:

@@ -51,6 +51,7 @@ from klrl.errors import ConfigError
 from klrl.evaluation import FINAL_EVAL_SALT
 from klrl.learner import (Learner, init_learner, make_optimizer, make_update, run_updates, target_due, target_step,
                           updates_due)
+from klrl.placement import resolve as resolve_auto
 from klrl.sharding import MEMBER, REPLICATED, SHARD, STATE, STATIC, Signature
 # The engine's configuration (re-exported: klrl.train is where the engine's users look).
 from klrl.static import (COMMON_HPARAMS, HPARAM_TABLE, HPARAMS, StaticConfig, check_members, hparams_used,
@@ -149,8 +150,9 @@ def over_members(fn: Callable, in_axes: tuple, mode: str) -> Callable:
     """`fn` applied to every member: `jax.vmap(fn, in_axes)` (mode "vmap"), or a sequential
     `lax.map` over the arguments whose axis is 0 (mode "map"; the others are closed over).
     Same numbers to rounding. Why both: XLA lowers a vmapped convolution to a grouped one,
-    which on CPU costs more per member than a member's own program (klrl bench atari)."""
-    if mode == "vmap":
+    which on CPU costs more per member than a member's own program (klrl bench atari). "auto"
+    (a config nobody resolved, klrl.placement) is vmap."""
+    if mode in ("vmap", "auto"):
         return jax.vmap(fn, in_axes=in_axes)
 
     def mapped(*args):
@@ -204,7 +206,9 @@ def chunk_stats(acted, n_updates, loss_sum, aux_sum, num_envs: int) -> dict:
 
 def make_train(cfg: StaticConfig, *, env: EnvSource | None = None, agent=None, network=None,
                evaluator: ev.Evaluator | None = None) -> Trainer:
-    """Build the pure training program for `cfg` (see module docstring); nothing is compiled."""
+    """Build the pure training program for `cfg` (see module docstring); nothing is compiled.
+    Keys left at `auto` take this platform's choice (klrl.placement.resolve)."""
+    cfg = resolve_auto(cfg)
     validate(cfg)
     agent = AGENTS[cfg.agent.name] if agent is None else agent
     env = env_source(cfg) if env is None else env

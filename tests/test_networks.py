@@ -24,6 +24,10 @@ def test_patches_equal_lax_convolution(torso, shape, channels):
     q_lax, q_patch = jax.jit(lax_net.apply)(params, obs), jax.jit(patch_net.apply)(params, obs)
     assert q_lax.shape == (5, 6)
     np.testing.assert_allclose(q_patch, q_lax, rtol=1e-5, atol=1e-6)
+    # auto (the config's default) is patches on CPU (klrl.placement), the same program
+    assert jax.default_backend() == "cpu"
+    np.testing.assert_array_equal(jax.jit(make_network(torso, (32,), 6, obs_scale=1 / 255, conv="auto").apply)(
+        params, obs), q_patch)
     loss = lambda net: lambda p: jnp.sum(net.apply(p, obs) ** 2)  # noqa: E731
     g_lax, g_patch = jax.jit(jax.grad(loss(lax_net)))(params), jax.jit(jax.grad(loss(patch_net)))(params)
     for a, b in zip(jax.tree.leaves(g_lax), jax.tree.leaves(g_patch)):
@@ -31,7 +35,7 @@ def test_patches_equal_lax_convolution(torso, shape, channels):
 
 
 def test_torso_and_conv_are_checked():
-    with pytest.raises(ValueError, match="conv: got 'fft'; allowed lax, patches"):
+    with pytest.raises(ValueError, match="conv: got 'fft'; allowed auto, lax, patches"):
         make_network("nature_cnn", (512,), 4, conv="fft")
     with pytest.raises(ValueError, match="torso: got 'resnet'"):
         make_network("resnet", (512,), 4)

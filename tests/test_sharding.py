@@ -4,13 +4,16 @@ The contract: the same experiment on 1, 2 and 4 devices (4: slow) gives the same
 rounding, for an in-graph backend (gymnax) and a host pool (one pool per shard), with a
 population (3 members) that no device count above 1 divides, so padding members run and
 are dropped. Each device count runs in its own process (the device count is fixed when JAX
-starts).
+starts). A run checkpointed on 2 devices resumes on 1 and the reverse (klrl.relayout), through
+the CLI, with the uninterrupted run's metrics to float rounding.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -19,6 +22,7 @@ import numpy as np
 import pytest
 
 from engine_helpers import THREE_MEMBERS, cli_in_process, fake_devices_env, two_processes
+from klrl.hooks import KILL_ENV
 from klrl.results import read_metrics
 
 # One worker runs this module (make test: --dist loadgroup), so the runs fixture runs once.
@@ -36,8 +40,8 @@ _RUN = textwrap.dedent("""
     from klrl.runner import run_experiment
     n, base = int(sys.argv[1]), sys.argv[2]
     assert len(jax.devices()) == n, jax.devices()
-    for name in sys.argv[3:]:
-        run_experiment(f"{base}/{name}.toml", f"{base}/{name}-{n}")
+    for name in sys.argv[3:]:   # train.devices = n: every device, padding included
+        run_experiment(f"{base}/{name}.toml", f"{base}/{name}-{n}", overrides=[f"train.devices={n}"])
 """)
 
 
@@ -72,6 +76,7 @@ def test_one_two_four_devices_give_the_same_metrics(runs, name):
     assert len(loss) == 3 and np.all(np.isfinite(loss))
     cfg = json.load(open(runs / f"{name}-{n_max}" / "config.json"))
     assert cfg["provenance"]["device"]["num_devices"] == n_max and len(cfg["members"]) == 3
+    assert cfg["placement"]["devices"] == {"mdqn": n_max} and cfg["config"]["train"]["devices"] == n_max
 
 
 def test_two_processes_equal_one_process_with_two_devices(runs):
@@ -93,19 +98,48 @@ def _check_two_processes(runs, devices):
     assert sorted(os.listdir(runs / f"gymnax-{tag}")) == sorted(os.listdir(runs / f"gymnax-{2 * devices}"))
 
 
-def test_resume_on_another_device_count_is_refused(runs):
-    """The state's layout depends on the device count (padding, one env/replay per shard)."""
-    import shutil
+def _same_metrics(a_dir, b_dir) -> None:
+    a, b = read_metrics(str(a_dir / "metrics.csv")), read_metrics(str(b_dir / "metrics.csv"))
+    assert [(r["member"], r["step"], r["metric"]) for r in b] == [(r["member"], r["step"], r["metric"]) for r in a]
+    np.testing.assert_allclose([r["value"] for r in b], [r["value"] for r in a], rtol=2e-3, atol=1e-5, equal_nan=True)
 
-    run = runs / "gymnax-2-copy"
-    shutil.copytree(runs / "gymnax-2", run)
-    shutil.rmtree(run / "checkpoints" / "mdqn" / "2")          # as if killed after chunk 1
-    before = (run / "metrics.csv").read_bytes()
-    res = cli_in_process("train", runs / "gymnax.toml", "--out", run, "--resume")   # this process: 1 device
-    assert res.returncode == 2
-    assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: --resume: got 1 device(s)")
-    assert "allowed the same device count" in res.stderr
-    assert (run / "metrics.csv").read_bytes() == before                 # nothing rewritten
+
+def test_killed_on_two_devices_resumes_on_one(runs, tmp_path):
+    """`klrl train` on 2 devices (train.devices auto: 3 members on 2), SIGKILLed after its
+    first chunk, resumes on 1 device (this process): the checkpoint is re-laid (padding
+    dropped, the shards' envs and replays restacked) and the run ends with the uninterrupted
+    2-device run's metrics to float rounding."""
+    out = tmp_path / "killed"
+    res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", str(runs / "gymnax.toml"), "--out", str(out)],
+                         cwd=ROOT, env=fake_devices_env(2, {KILL_ENV: "1"}), capture_output=True, text=True,
+                         timeout=900)
+    assert res.returncode == -signal.SIGKILL, res.stderr[-3000:]
+    assert "3 members on 2 devices of 2 (+1 padding)" in res.stderr
+    assert json.load(open(out / "config.json"))["placement"]["devices"] == {"mdqn": 2}
+    resumed = cli_in_process("train", runs / "gymnax.toml", "--out", out, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "checkpoint written on 2 device(s) (4 members with padding) re-laid on 1 (3)" in resumed.stderr
+    _same_metrics(runs / "gymnax-2", out)
+
+
+def test_one_device_run_resumes_on_two(runs, tmp_path):
+    """The reverse: a 1-device run's checkpoint after chunk 1 continued on 2 devices (padding
+    added, frozen) gives the uninterrupted 1-device run's metrics to float rounding."""
+    out = tmp_path / "one"
+    shutil.copytree(runs / "gymnax-1", out)
+    shutil.rmtree(out / "checkpoints" / "mdqn" / "2")          # as if killed after chunk 1
+    res = subprocess.run([sys.executable, "-m", "klrl.cli", "train", str(runs / "gymnax.toml"), "--out", str(out),
+                          "--resume"], cwd=ROOT, env=fake_devices_env(2), capture_output=True, text=True, timeout=900)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "re-laid on 2 (4)" in res.stderr and "3 members on 2 devices of 2" in res.stderr
+    _same_metrics(runs / "gymnax-1", out)
+
+
+def test_more_devices_than_there_are_is_refused(runs, tmp_path):
+    res = cli_in_process("train", runs / "gymnax.toml", "--out", tmp_path / "x", "--set", "train.devices=2")
+    assert res.returncode == 2 and not (tmp_path / "x").exists()
+    assert res.stderr.strip().splitlines()[-1].startswith("klrl: error: train.devices: got 2; allowed auto or at "
+                                                          "most 1 (the devices JAX sees here")
 
 
 def test_layout_is_declared_per_field():
