@@ -18,8 +18,10 @@ PANELS = (("eval_return", "greedy evaluation return"), ("train_return", "trainin
           ("loss", "TD loss"))
 
 
-def plot_curves(ax, rows, metric: str, columns, title: str) -> None:
-    """Median over seeds with an interquartile band, one line per group."""
+def plot_curves(ax, rows, metric: str, columns, title: str) -> int:
+    """Median over seeds with an interquartile band, one line per group; returns the number of
+    lines drawn (a group with no finite value yet draws none)."""
+    drawn = 0
     for key, (steps, vals) in sorted(curves(rows, metric, columns).items(), key=lambda kv: str(kv[0])):
         with np.errstate(all="ignore"):
             ok = ~np.all(np.isnan(vals), axis=0)
@@ -31,9 +33,16 @@ def plot_curves(ax, rows, metric: str, columns, title: str) -> None:
         label = f"{group_label(key, columns)} (n={vals.shape[0]})"
         (line,) = ax.plot(s, med, label=label)
         ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn += 1
     ax.set_title(title)
     ax.set_xlabel("environment steps per member")
     ax.grid(alpha=0.3)
+    if not drawn:   # e.g. a short Atari run: no episode has ended yet
+        ax.text(0.5, 0.5, "— nothing measured yet —", transform=ax.transAxes, ha="center", va="center",
+                color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return drawn
 
 
 def plot_run(run_dir: str) -> list[str]:
@@ -49,11 +58,13 @@ def plot_run(run_dir: str) -> list[str]:
     rows = read_metrics(path)
     columns = swept_columns(path)
     fig, axes = plt.subplots(1, len(PANELS), figsize=(5 * len(PANELS), 4))
-    for ax, (metric, title) in zip(axes, PANELS):
-        plot_curves(ax, rows, metric, columns, title)
-        if metric == "loss":
+    drawn = [plot_curves(ax, rows, metric, columns, title) for ax, (metric, title) in zip(axes, PANELS)]
+    for ax, (metric, _), n in zip(axes, PANELS, drawn):
+        if metric == "loss" and n:
             ax.set_yscale("log")
-    axes[0].legend(fontsize=7)
+    legend = next((ax for ax, n in zip(axes, drawn) if n), None)   # the first panel with lines
+    if legend is not None:
+        legend.legend(fontsize=7)
     env = ""
     cfg = os.path.join(run_dir, "config.json")
     if os.path.isfile(cfg):

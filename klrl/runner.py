@@ -106,7 +106,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     log(f"[{pop.agent}] {M} members{on}, {trainer.num_chunks} chunks of {static.train.chunk_steps} steps; "
         f"init+compile {compile_s:.1f}s")
 
-    hooks = [MetricsRows(writer), DivergenceLog(), ProgressLog(static.train.total_steps),
+    hooks = [MetricsRows(writer), DivergenceLog(), ProgressLog(static.train.total_steps, static.train.learning_starts),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),
                          {"agent": pop.agent, "members": M, **layout(M)}),
              KillAfterChunks(chunk_counter, kill_after(), ckpt.close)]
