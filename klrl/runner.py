@@ -29,6 +29,7 @@ from typing import Sequence
 
 from klrl.config import Experiment, load_experiment
 from klrl.distributed import DistributedError, barrier, is_primary
+from klrl.dryrun import ignored_notice
 from klrl.errors import ConfigError
 from klrl.hooks import (
     KILL_ENV, Checkpoints, DivergenceLog, KillAfterChunks, MetricsRows, ProgressLog, kill_after, log, nanmedian,
@@ -45,13 +46,18 @@ from klrl.summary import print_summary, run_summary
 from klrl.tasks import Task, split_populations
 
 
+def initial_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams):
+    """A population's fresh state on its devices (π_ref's parameters loaded on the host and
+    passed to the program; a host pool reset outside it, per shard)."""
+    ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
+    return sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
+
+
 def _start_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
     """(state, metric history, chunks done): a fresh initial state, or with `resume` the
     latest checkpoint's (klrl.rundir.resumed_state)."""
-    # π_ref's parameters are loaded here, on the host, and passed to the program.
-    ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
-    # A host pool resets outside the program (per shard); the same call re-resets it on resume.
-    state = sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
+    # A host pool's reset (initial_state) is the same call that re-resets it on resume.
+    state = initial_state(pop, trainer, sharded, keys, hparams)
     if not (resume and ckpt.latest_step() is not None):
         return state, {}, 0
     restored, history, meta = ckpt.restore(saved_state(state, trainer))
@@ -124,7 +130,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     return timing
 
 
-def _prepare(exp: Experiment, task: Task | None = None):
+def prepare(exp: Experiment, task: Task | None = None):
     """The populations (an array task's share of them), their (uncompiled) programs and what
     config.json records about the members (the whole run's table; with a task, the split and
     the members it trains). The engine's own checks run here, so a bad config is refused
@@ -211,13 +217,16 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     summary. Every env's config is validated before anything is written; an env that fails
     (a pool that does not start, say) leaves the finished envs' directories intact."""
     exp = load_experiment(config_path, overrides)
-    runs = [(e, _prepare(e, task)) for e in exp.per_env()]
+    runs = [(e, prepare(e, task)) for e in exp.per_env()]
     import jax
 
     processes = jax.process_count()
     if processes > 1 and exp.values["output.if_exists"] == "new_subdir":
         raise ConfigError("output.if_exists: got 'new_subdir' in a distributed run; allowed 'refuse' (the "
                           "processes must agree on one run directory: give --out a new one)")
+    notice = ignored_notice(exp)   # one line: the swept values an agent does not read (klrl.dryrun)
+    if notice:
+        log(notice)
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 
@@ -249,4 +258,4 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     return root
 
 
-__all__ = ["KILL_ENV", "run_experiment", "run_population"]
+__all__ = ["KILL_ENV", "initial_state", "prepare", "run_experiment", "run_population"]

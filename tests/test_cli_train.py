@@ -345,3 +345,19 @@ def test_sweep_over_env_name_runs_one_directory_per_env_and_resumes(tmp_path):
     assert cli_in_process("train", cfg, "--out", out).returncode == 2
     other = cli_in_process("train", cfg, "--out", out, "--resume", "--set", 'sweep.env.name=["Acrobot-v1"]')
     assert other.returncode == 2 and "hash" in other.stderr
+
+
+def test_a_real_run_names_the_ignored_swept_values_in_one_line_and_writes_strict_json(tiny):
+    """dqn does not read agent.alpha: the run says so once, before training; summary.json
+    parses with NaN refused (diverged members' scores are null, not NaN)."""
+    notices = [line for line in tiny["stderr"].splitlines() if "swept values an agent does not read" in line]
+    assert notices == ["klrl: swept values an agent does not read are collapsed for it: "
+                       "dqn ignores agent.alpha [0.5, 0.9] (4 members, not 8)"]
+    assert tiny["stderr"].index(notices[0]) < tiny["stderr"].index("agent-steps/s")
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    with open(os.path.join(tiny["out"], "summary.json")) as fh:
+        json.loads(fh.read(), parse_constant=refuse)
+    assert "nan" not in tiny["stderr"].lower()
