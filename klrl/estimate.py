@@ -1,11 +1,12 @@
 """`klrl train CONFIG --dry-run --estimate`: a wall-time ESTIMATE from a short measured slice.
 
 For each agent's population (all its members, the first env of a sweep over env.name) the
-same program is compiled for a slice of 3 chunks of c env steps per member with
-`learning_starts = c`: chunk 1 only acts (the fast phase), chunks 2 and 3 also update (the
-slow phase); chunk 3 is the one timed for the slow phase (chunk 2 may still carry first-call
-costs). c is the smallest multiple of `env.num_envs` and `train.update_every` holding at least
-`UPDATES` updates. The full run's time is then, per population, the measured compile time
+same program is compiled for a slice of 4 chunks of c env steps per member with
+`learning_starts = 2c`: chunks 1 and 2 only act (the fast phase), chunks 3 and 4 also update
+(the slow phase); chunks 2 and 4 are timed (the first chunk of each phase carries first-call
+and first-update costs). c is the smallest multiple of `env.num_envs` and
+`train.update_every` holding at least `UPDATES` updates; each timed chunk includes its
+evaluation, so for a run with long chunks the evaluation's share is overstated. The full run's time is then, per population, the measured compile time
 plus the run's steps of each phase at that phase's measured speed (klrl.eta), times the
 number of envs of a sweep. What it leaves out, and says so: evaluation cost as episodes grow
 longer with training (the slice evaluates an untrained agent), the final evaluation, and the
@@ -20,7 +21,7 @@ import time
 from klrl.config import Experiment
 from klrl.eta import PhaseSpeeds, time_left
 
-UPDATES = 20    # updates per member in a timed slow-phase chunk of the slice
+UPDATES = 50    # updates per member in a slow-phase chunk of the slice
 
 
 def slice_steps(num_envs: int, update_every: int) -> int:
@@ -30,12 +31,12 @@ def slice_steps(num_envs: int, update_every: int) -> int:
 
 
 def slice_experiment(exp: Experiment) -> tuple[Experiment, int]:
-    """(the slice's experiment: 3 chunks of c steps, learning from step c, no final evaluation, c)."""
+    """(the slice's experiment: 4 chunks of c steps, learning from step 2c, no final evaluation, c)."""
     from klrl.config import build_experiment
 
     t = exp.static.train
     c = slice_steps(exp.static.env.num_envs, t.update_every)
-    overrides = [f"train.total_steps={3 * c}", f"train.chunk_steps={c}", f"train.learning_starts={c}",
+    overrides = [f"train.total_steps={4 * c}", f"train.chunk_steps={c}", f"train.learning_starts={2 * c}",
                  "eval.final_episodes=0"]
     return build_experiment(_raw(exp), overrides, exp.schema), c
 
@@ -64,12 +65,12 @@ def measure_population(exp: Experiment, pop, trainer) -> tuple[float, float, flo
     step = sharded.run_chunk().lower(state, hparams).compile()
     compile_s = time.perf_counter() - t0
     seconds = []
-    for _ in range(3):
+    for _ in range(4):
         t = time.perf_counter()
         state, metrics = step(state, hparams)
         sharded.to_host(metrics)
         seconds.append(time.perf_counter() - t)
-    return compile_s, seconds[0], seconds[2]
+    return compile_s, seconds[1], seconds[3]
 
 
 def estimate_lines(exp: Experiment) -> list[str]:
@@ -80,8 +81,8 @@ def estimate_lines(exp: Experiment) -> list[str]:
     pops, trainers, _ = prepare(sliced)
     t = exp.static.train
     envs = max(len(exp.envs), 1)
-    lines = ["", f"ESTIMATE of the wall time (measured on this machine now: compile + 3 chunks of {c} steps "
-                 f"per member, learning from step {c}):"]
+    lines = ["", f"ESTIMATE of the wall time (measured on this machine now: compile + 4 chunks of {c} steps "
+                 f"per member, learning from step {2 * c}):"]
     total = 0.0
     for pop, trainer in zip(pops, trainers):
         compile_s, fast, slow = measure_population(sliced, pop, trainer)

@@ -98,10 +98,10 @@ def test_ignored_sweeps_and_the_one_line_notice(cfg):
 
 
 def test_estimate_slice_has_a_fast_chunk_then_learning_chunks(cfg):
-    assert slice_steps(4, 10) == 200 and slice_steps(4, 1) == 20 and slice_steps(1, 4) == 80
+    assert slice_steps(4, 10) == 500 and slice_steps(4, 1) == 52 and slice_steps(1, 4) == 200
     sliced, c = slice_experiment(load_experiment(str(cfg)))
     t = sliced.static.train
-    assert (t.total_steps, t.chunk_steps, t.learning_starts) == (3 * c, c, c)
+    assert (t.total_steps, t.chunk_steps, t.learning_starts) == (4 * c, c, 2 * c)
     assert sliced.agents == ("dqn", "mdqn", "mvi") and sliced.swept_hparams() == {
         "tau": [0.01, 0.03], "entropic_index": [1.0, 2.0, 3.0]}
 
