@@ -203,6 +203,13 @@ def _guarded(processes: int, fn, *args, **kwargs):
                                "(the run's files so far are kept; restart every process with --resume)") from err
 
 
+def _notice_ignored(exp: Experiment) -> None:
+    """One line, once the run is accepted: the swept values an agent does not read (klrl.dryrun)."""
+    notice = ignored_notice(exp)
+    if notice:
+        log(notice)
+
+
 def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False,
                    task: Task | None = None) -> str:
     """Run (or resume) an experiment into `out_dir`; returns the run directory used.
@@ -224,9 +231,6 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     if processes > 1 and exp.values["output.if_exists"] == "new_subdir":
         raise ConfigError("output.if_exists: got 'new_subdir' in a distributed run; allowed 'refuse' (the "
                           "processes must agree on one run directory: give --out a new one)")
-    notice = ignored_notice(exp)   # one line: the swept values an agent does not read (klrl.dryrun)
-    if notice:
-        log(notice)
     # ---- nothing was written before this line -----------------------------------------
     from klrl.provenance import provenance
 
@@ -236,12 +240,14 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     if not exp.envs:
         out = resolve_out_dir(out_dir, exp, resume, task=task)
         barrier("klrl: output checked")   # every process has looked before the primary writes
+        _notice_ignored(exp)
         _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0])
         return out
     root = resolve_out_dir(out_dir, exp, resume, record=SWEEP_RECORD, task=task)
     resumes = {e.static.env.name: resume and os.path.isfile(os.path.join(root, e.static.env.name, RUN_RECORD))
                for e, _ in runs}
     barrier("klrl: output checked")
+    _notice_ignored(exp)
     if not resume and is_primary():
         os.makedirs(root, exist_ok=True)
         write_json(os.path.join(root, SWEEP_RECORD), sweep_record(exp, config_path, overrides, task, prov))
