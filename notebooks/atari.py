@@ -25,9 +25,11 @@
 # with `--set env.name=<Game> --out OUT/<Game>` (then every sub-directory of `OUT` holding a
 # `config.json` of an Atari backend is a game's run), or a single game's run directory.
 #
-# This notebook only reads run directories (it never trains). `KLRL_RESULTS_DIR` names the
-# results folder (default `results/atari_pipeline`, the committed CPU pipeline run); figures
-# are saved to `KLRL_FIGURES_DIR` when it is set; `KLRL_BOOTSTRAP_REPS` sets the bootstrap
+# This notebook only reads run directories (it never trains). Parameters (the next cell, or the
+# environment): `KLRL_RUNS`, the results folder(s) or run directories to draw (separated by `:`
+# or commas; default the committed CPU pipeline run `results/atari_pipeline`, or
+# `KLRL_RESULTS_DIR`); `KLRL_FIGURES_DIR`, where the figures go (default `figures/atari/`,
+# outside `results/`); `KLRL_BOOTSTRAP_REPS` sets the bootstrap
 # replicates (default 2000); `KLRL_WRITE_SUMMARY` names a JSON file for the numbers.
 #
 # **What the committed CPU run is.** `results/atari_pipeline` is a *pipeline check*: the
@@ -62,14 +64,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from klrl.config_hash import upgrade_resolved  # noqa: E402
+from klrl.notebook_io import NotebookInputError, fail, figures_dir, repo_root, run_paths  # noqa: E402
 from klrl.results import (  # noqa: E402
     curves, final_score, group_key, group_label, json_safe, read_metrics, score_rule, swept_columns,
 )
 from klrl.scores import STATISTICS, aggregate, atari_games, game_key, human_normalized, table  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
-RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results", "atari_pipeline"))
-FIGURES = os.environ.get("KLRL_FIGURES_DIR")
+ROOT = repo_root(HERE)
+RUN_DIRS, _ = run_paths([os.environ.get("KLRL_RESULTS_DIR", os.path.join(ROOT, "results", "atari_pipeline"))])
+RESULTS = os.pathsep.join(RUN_DIRS)             # KLRL_RUNS: the results folder(s) to draw
+FIGURES = figures_dir(ROOT, "atari")            # KLRL_FIGURES_DIR
 BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
 WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
@@ -83,9 +88,10 @@ BENCHMARK = atari_games("atari100k")             # game order: the benchmark's (
 
 
 def save(fig, name):
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, name), dpi=110)
+    os.makedirs(FIGURES, exist_ok=True)
+    path = os.path.join(FIGURES, name)
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
 
 
 def score_source(score):
@@ -200,12 +206,24 @@ def find_runs(top):
     return {g: found[g] for g in sorted(found, key=game_order)}, layout, missing
 
 
-RUNS, LAYOUT, NOT_STARTED = find_runs(RESULTS)
-if not RUNS:
-    raise FileNotFoundError(
-        f"KLRL_RESULTS_DIR={RESULTS!r}: no Atari runs found (wanted a sweep.json naming the game run "
-        "directories, or sub-directories holding a config.json of an ale/envpool run); make one with "
-        "`klrl train experiments/atari100k.toml --out <dir>` or point KLRL_RESULTS_DIR at a results folder")
+def find_all(paths):
+    """find_runs over every path: ({game: run}, layout(s), not started); a path without Atari runs
+    ends the notebook with one line naming it (exit status 2)."""
+    runs, layouts, missing = {}, [], []
+    for top in paths:
+        found, layout, not_started = find_runs(top)
+        if not found:
+            fail(NotebookInputError(
+                f"KLRL_RUNS: got {top!r}: no Atari runs found (wanted a sweep.json naming the game run directories, "
+                "or sub-directories holding a config.json of an ale/envpool run); make one with `klrl train "
+                "experiments/atari100k.toml --out <dir>` or point KLRL_RUNS at a results folder"))
+        runs.update({g: r for g, r in found.items() if g not in runs})
+        layouts.append(layout)
+        missing += not_started
+    return {g: runs[g] for g in sorted(runs, key=game_order)}, "; ".join(layouts), missing
+
+
+RUNS, LAYOUT, NOT_STARTED = find_all(RUN_DIRS)
 
 print(f"{RESULTS}: {LAYOUT}")
 for game, run in RUNS.items():

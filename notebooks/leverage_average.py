@@ -20,8 +20,12 @@
 #
 #     klrl tabular experiments/leverage_average.toml
 #
-# (directory from `KLRL_RESULTS_DIR`, default `results/leverage_average`) and draws the
-# figures into `KLRL_FIGURES_DIR` (default: the same directory). It never recomputes.
+# and draws the figures. It never recomputes. Parameters (the next cell, or the environment):
+# `KLRL_RUNS`, the output folder of that command (default the committed `results/leverage_average`,
+# or `KLRL_RESULTS_DIR`); `KLRL_FIGURES_DIR`, where the figures go (default
+# `figures/leverage_average/`, outside `results/`: redraw the committed figures with
+# `KLRL_FIGURES_DIR=results/leverage_average`). A folder that is not such an output ends the
+# notebook with one line saying so (exit status 2).
 #
 # Every scheme iterates `π_{k+1} = greedy step of q_k`, `q_{k+1} = r + bonus + γ P v(q_k) + ε_{k+1}`
 # with i.i.d. Gaussian noise ε, and we plot `‖q* − q^{π_k}‖_∞` (exact linear solves).
@@ -32,18 +36,41 @@
 import json
 import os
 
+from klrl.notebook_io import NotebookInputError, fail, figures_dir, repo_root, run_paths
 from klrl.tabular import plots
 from klrl.tabular.leverage import read_metrics
 
-RESULTS = os.environ.get("KLRL_RESULTS_DIR", "results/leverage_average")
-FIGURES = os.environ.get("KLRL_FIGURES_DIR", RESULTS)
-os.makedirs(FIGURES, exist_ok=True)
+# Parameters: set them here, or in the environment.
+HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+ROOT = repo_root(HERE)
+RUN_DIRS, _ = run_paths([os.environ.get("KLRL_RESULTS_DIR", os.path.join(ROOT, "results", "leverage_average"))])
+FIGURES = figures_dir(ROOT, "leverage_average")     # KLRL_FIGURES_DIR
+WANTED = "the output folder of `klrl tabular experiments/leverage_average.toml`"
 
-metrics = read_metrics(os.path.join(RESULTS, "metrics.csv"))
-with open(os.path.join(RESULTS, "summary.json")) as f:
-    summary = json.load(f)
-with open(os.path.join(RESULTS, "config.json")) as f:
-    resolved = json.load(f)
+
+def load(paths):
+    """(metrics, summary, resolved config record) of the one tabular output folder in `paths`."""
+    if len(paths) != 1:
+        raise NotebookInputError(f"KLRL_RUNS: got {len(paths)} paths ({', '.join(paths)}); allowed one: {WANTED}")
+    (results,) = paths
+    for name in ("metrics.csv", "summary.json", "config.json"):
+        if not os.path.isfile(os.path.join(results, name)):
+            raise NotebookInputError(f"KLRL_RUNS: got {results!r}, which has no {name}; allowed {WANTED}")
+    try:
+        metrics = read_metrics(os.path.join(results, "metrics.csv"))
+    except ValueError:
+        raise NotebookInputError(f"KLRL_RUNS: got {results!r}, whose metrics.csv is not a Leverage-the-Average "
+                                 f"table (a `klrl train` run?); allowed {WANTED}") from None
+    with open(os.path.join(results, "summary.json")) as f:
+        summary = json.load(f)
+    with open(os.path.join(results, "config.json")) as f:
+        return metrics, summary, json.load(f)
+
+
+try:
+    metrics, summary, resolved = load(RUN_DIRS)
+except NotebookInputError as err:
+    fail(err)
 cfg = resolved["config"]
 print("commit:", resolved["provenance"]["commit"], "| quick:", resolved["quick"])
 print("Garnet:", cfg["garnet"], "| noise:", cfg["noise"])
@@ -51,6 +78,7 @@ print("schemes:", cfg["schemes"])
 
 
 def save(fig, name):
+    os.makedirs(FIGURES, exist_ok=True)
     path = os.path.join(FIGURES, name)
     fig.savefig(path, dpi=110)
     print("wrote", path)

@@ -10,11 +10,15 @@
 # %% [markdown]
 # # Munchausen agents on gymnax: DQN vs M-DQN vs MVI(q)
 #
-# This notebook draws the deep-agent evidence committed under `results/` (it never trains):
-# every run directory there holds `config.json` (resolved config + provenance) and a tidy
-# `metrics.csv` written by `klrl train`. Point it at another results folder with the
-# environment variable `KLRL_RESULTS_DIR`. Figures are shown inline and, when the
-# environment variable `KLRL_FIGURES_DIR` is set, also saved there as PNG files.
+# This notebook draws run directories written by `klrl train` (it never trains): each holds
+# `config.json` (resolved config + provenance) and a tidy `metrics.csv`. Its parameters (the
+# next cell, or the environment):
+# - `KLRL_RUNS`: your run directories (or folders holding them), separated by `:` or commas,
+#   e.g. `KLRL_RUNS=runs/my_cartpole python notebooks/munchausen_gymnax.py`; unset, the
+#   committed evidence under `results/` (`KLRL_RESULTS_DIR` names another results folder);
+# - `KLRL_FIGURES_DIR`: where the PNG files go (default `figures/munchausen_gymnax/`, outside
+#   `results/`).
+# A path that holds no run directory ends the notebook with one line naming it (exit status 2).
 #
 # Agents (targets from `klrl.operators`, docs/algorithms.md §2):
 # - DQN: `y = r + γ max q̄(s')`;
@@ -41,18 +45,26 @@ from klrl.results import (  # noqa: E402
     curves, final_scores, group_label, iqm, json_safe, read_metrics, score_rule, stratified_bootstrap_ci,
     summarize, swept_columns,
 )
+from klrl.notebook_io import (  # noqa: E402
+    NotebookInputError, fail, figures_dir, find_train_runs, read_record, repo_root, run_paths, train_run_dirs,
+)
+from klrl.plot_style import group_colors, group_order, readable_ticks  # noqa: E402
 
+# Parameters: set them here, or in the environment.
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
-RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results"))
-FIGURES = os.environ.get("KLRL_FIGURES_DIR")
+ROOT = repo_root(HERE)
+RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(ROOT, "results"))
+RUN_DIRS, RUNS_GIVEN = run_paths([])            # KLRL_RUNS: the run directories to draw
+FIGURES = figures_dir(ROOT, "munchausen_gymnax")
 BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "1000"))
 WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
 
 def save(fig, name):
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, name), dpi=110)
+    os.makedirs(FIGURES, exist_ok=True)
+    path = os.path.join(FIGURES, name)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print("wrote", path)
 
 
 # The deep-agent evidence of this notebook: results/quickstart (CartPole), results/minatar_breakout
@@ -63,34 +75,28 @@ RUN_PATTERNS = ("quickstart", "minatar_breakout", "cartpole*")
 
 
 def find_runs(root):
-    """Run directories (config.json + metrics.csv) under root/<RUN_PATTERNS>."""
+    """Run directories (config.json + metrics.csv) under root/<RUN_PATTERNS>, with their records."""
     import fnmatch
 
-    runs = []
     tops = sorted(d for d in (os.listdir(root) if os.path.isdir(root) else [])
                   if any(fnmatch.fnmatch(d, p) for p in RUN_PATTERNS))
-    for top in tops:
-        runs += _runs_under(os.path.join(root, top))
-    return runs
+    return [(path, read_record(path)) for top in tops for path in train_run_dirs(os.path.join(root, top))]
 
 
-def _runs_under(top):
-    runs = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames[:] = sorted(d for d in dirnames if d not in ("checkpoints", "figures", "runs"))
-        if "metrics.csv" in filenames and "config.json" in filenames:
-            with open(os.path.join(dirpath, "config.json")) as fh:
-                record = json.load(fh)
-            if "config" in record and "env" in record["config"]:
-                runs.append((dirpath, record))
-    return runs
-
-
-RUNS = find_runs(RESULTS)
-print(f"{len(RUNS)} run(s) under {RESULTS}")
+try:
+    if RUNS_GIVEN:
+        RUNS = [(path, read_record(path)) for path in find_train_runs(RUN_DIRS, "gymnax or MinAtar agents")]
+    else:
+        RUNS = find_runs(RESULTS)
+        if not RUNS:
+            raise NotebookInputError(f"KLRL_RESULTS_DIR: got {RESULTS!r}, which holds none of "
+                                     f"{', '.join(RUN_PATTERNS)}; set KLRL_RUNS to your run directories")
+except NotebookInputError as err:
+    fail(err)
+print(f"{len(RUNS)} run(s): " + ", ".join(os.path.relpath(p) for p, _ in RUNS))
 for path, record in RUNS:
     cfg, prov = record["config"], record.get("provenance", {})
-    print(f"- {os.path.relpath(path, RESULTS)}: {cfg['env']['name']}, agents {cfg['agent']['name']}, "
+    print(f"- {os.path.relpath(path)}: {cfg['env']['name']}, agents {cfg['agent']['name']}, "
           f"{len(cfg['train']['seeds'])} seeds x {cfg['train']['total_steps']:,} env steps per member; "
           f"commit {str(prov.get('commit'))[:12]}, device {prov.get('device', {}).get('platform')}")
 
@@ -117,21 +123,25 @@ def iqm_band(values, reps=BOOTSTRAP_REPS):
 def plot_run_curves(path, record, ax):
     metrics_path = os.path.join(path, "metrics.csv")
     rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
-    for key, (steps, vals) in sorted(curves(rows, "eval_return", columns).items(), key=lambda kv: str(kv[0])):
+    data = curves(rows, "eval_return", columns)
+    colors = group_colors(data)                  # one colour family per agent, a shade per swept value
+    for key in group_order(data):
+        steps, vals = data[key]
         mid, lo, hi = iqm_band(vals)
-        (line,) = ax.plot(steps, mid, label=f"{group_label(key, columns)} (n={vals.shape[0]})")
-        ax.fill_between(steps, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        ax.plot(steps, mid, color=colors[key], label=f"{group_label(key, columns)} (n={vals.shape[0]})")
+        ax.fill_between(steps, lo, hi, color=colors[key], alpha=0.2, linewidth=0)
     cfg = record["config"]
     ax.set_title(f"{cfg['env']['name']} ({len(cfg['train']['seeds'])} seeds, "
                  f"{cfg['train']['total_steps']:,} steps)")
     ax.set_xlabel("environment steps per member")
     ax.set_ylabel("greedy evaluation return (IQM)")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    readable_ticks(ax)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False)   # outside the curves
 
 
 if RUNS:
-    fig, axes = plt.subplots(1, len(RUNS), figsize=(6 * len(RUNS), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(RUNS), figsize=(7.5 * len(RUNS), 4.2), squeeze=False)
     for ax, (path, record) in zip(axes[0], RUNS):
         plot_run_curves(path, record, ax)
     fig.tight_layout()
@@ -183,8 +193,10 @@ if TABLE:
             rows, columns = read_metrics(metrics_path), swept_columns(metrics_path)
             finals = sorted(final_scores(rows, "eval_return", columns, *score_rule(record["config"])).items(),
                             key=lambda kv: str(kv[0]))
+            colors = group_colors(k for k, _ in finals)
             for i, (key, scores) in enumerate(finals):
-                ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14)
+                ax.scatter(np.full(len(scores), i) + np.linspace(-0.1, 0.1, len(scores)), scores, s=14,
+                           color=colors[key])
                 ax.hlines(iqm(scores), i - 0.25, i + 0.25, color="k")
             ax.set_xticks(range(len(finals)), [group_label(k, columns) for k, _ in finals], rotation=20,
                           fontsize=7)

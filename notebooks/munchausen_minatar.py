@@ -21,10 +21,16 @@
 #   iteration with the Tsallis entropic index q (Zhu et al. 2023; q = 1 is M-DQN's Shannon
 #   case, q = 2 the sparsemax case), one population of q values x seeds.
 #
-# This notebook only reads run directories (it never trains). Point it at another results
-# folder with `KLRL_RESULTS_DIR`; figures are saved to `KLRL_FIGURES_DIR` when it is set;
-# `KLRL_BOOTSTRAP_REPS` sets the bootstrap replicates (default 2000); `KLRL_WRITE_SUMMARY`
-# names a JSON file for the numbers the README quotes.
+# This notebook only reads run directories (it never trains). Parameters (the next cell, or the
+# environment): `KLRL_RUNS`, your run directories (or folders holding them, separated by `:` or
+# commas), each sorted into its experiment by what it ran (the agents dqn / soft_dqn / al / mdqn:
+# the ablation; mvi swept over `agent.entropic_index`: MVI(q)), one run per game; unset, the
+# committed `results/minatar_munchausen` and `results/minatar_mvi_q` (`KLRL_RESULTS_DIR` names
+# another results folder); `KLRL_FIGURES_DIR`, where the figures go (default
+# `figures/munchausen_minatar/`, outside `results/`); `KLRL_BOOTSTRAP_REPS`, the bootstrap
+# replicates (default 2000); `KLRL_WRITE_SUMMARY`, a JSON file for the numbers the README
+# quotes. A run that fits neither experiment (or is not on MinAtar) ends the notebook with one
+# line naming it (exit status 2).
 #
 # **A game counts** for an experiment only when its run finished, i.e. its `summary.json`
 # exists (klrl writes it after the last population). Runs still in progress are listed and
@@ -53,11 +59,14 @@ import numpy as np  # noqa: E402
 from klrl.results import (  # noqa: E402
     curves, final_score, iqm, json_safe, read_metrics, score_rule, stratified_bootstrap_ci, swept_columns,
 )
+from klrl.notebook_io import NotebookInputError, fail, figures_dir, find_train_runs, repo_root, run_paths  # noqa: E402
 from klrl.scores import aggregate, minmax_normalized  # noqa: E402
 
+# Parameters: set them here, or in the environment.
 HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
-RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(os.path.dirname(HERE), "results"))
-FIGURES = os.environ.get("KLRL_FIGURES_DIR")
+ROOT = repo_root(HERE)
+RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(ROOT, "results"))
+FIGURES = figures_dir(ROOT, "munchausen_minatar")   # KLRL_FIGURES_DIR
 BOOTSTRAP_REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
 WRITE_SUMMARY = os.environ.get("KLRL_WRITE_SUMMARY")
 
@@ -68,11 +77,15 @@ EXPERIMENTS = {
     "mvi_q": {"dir": "minatar_mvi_q", "title": "MVI(q)", "figure": "mvi_q_minatar"},
 }
 
+RUN_DIRS, RUNS_GIVEN = run_paths([os.path.join(RESULTS, spec["dir"]) for spec in EXPERIMENTS.values()])
+MUNCHAUSEN_AGENTS = ("dqn", "soft_dqn", "al", "mdqn")
+
 
 def save(fig, name):
-    if FIGURES:
-        os.makedirs(FIGURES, exist_ok=True)
-        fig.savefig(os.path.join(FIGURES, name), dpi=110)
+    os.makedirs(FIGURES, exist_ok=True)
+    path = os.path.join(FIGURES, name)
+    fig.savefig(path, dpi=110)
+    print("wrote", path)
 
 
 def group_name(key, columns):
@@ -99,6 +112,7 @@ def load_run(path):
     agents = cfg["agent"]["name"] if isinstance(cfg["agent"]["name"], list) else [cfg["agent"]["name"]]
     done = {a: max([r["step"] for r in rows if r["agent"] == a], default=0) for a in agents}
     return {"path": path, "record": record, "groups": groups, "agents": agents, "steps_done": done, "score": score,
+            "columns": columns,
             "total_steps": cfg["train"]["total_steps"], "seeds": len(cfg["train"]["seeds"]),
             "complete": os.path.exists(os.path.join(path, "summary.json"))}
 
@@ -110,27 +124,48 @@ def order_groups(names):
                   else (1, protocol.index(n) if n in protocol else len(protocol), n))
 
 
-def find_games(exp_dir):
-    """{game: run} for every <exp_dir>/<Game>/ holding config.json + metrics.csv."""
-    top = os.path.join(RESULTS, exp_dir)
-    found = {}
-    for sub in sorted(os.listdir(top)) if os.path.isdir(top) else []:
-        path = os.path.join(top, sub)
-        if os.path.isfile(os.path.join(path, "config.json")) and os.path.isfile(os.path.join(path, "metrics.csv")):
-            run = load_run(path)
-            game = run["record"]["config"]["env"]["name"].replace("-MinAtar", "")
-            if game in found:                     # two runs of one game: keep a finished one
-                keep = found[game] if found[game]["complete"] or not run["complete"] else run
-                print(f"  note: {game} run twice ({found[game]['path']}, {path}); using {keep['path']}")
-                run = keep
-            found[game] = run
-    return {g: found[g] for g in sorted(found, key=lambda g: (GAMES.index(g) if g in GAMES else len(GAMES), g))}
+def experiment_of(run):
+    """The experiment a run belongs to ('munchausen' or 'mvi_q'), by its env and agents."""
+    env, agents = run["record"]["config"]["env"]["name"], run["agents"]
+    if env.endswith("-MinAtar"):
+        if "entropic_index" in run["columns"] and set(agents) == {"mvi"}:
+            return "mvi_q"
+        if set(agents) <= set(MUNCHAUSEN_AGENTS):
+            return "munchausen"
+    raise NotebookInputError(
+        f"KLRL_RUNS: got {run['path']!r} ({env}, agents {', '.join(agents)}); allowed MinAtar runs of "
+        f"{', '.join(MUNCHAUSEN_AGENTS)} (experiments/minatar_munchausen.toml) or of mvi swept over "
+        "agent.entropic_index (experiments/minatar_mvi_q.toml)")
 
 
-RUNS = {name: find_games(spec["dir"]) for name, spec in EXPERIMENTS.items()}
+def find_games(paths):
+    """{experiment: {game: run}} of the run directories in `paths`, each run sorted into its
+    experiment (experiment_of); of two runs of one game, a finished one is kept."""
+    found = {name: {} for name in EXPERIMENTS}
+    for path in find_train_runs(paths, "MinAtar Munchausen or MVI(q) agents"):
+        run = load_run(path)
+        exp = found[experiment_of(run)]
+        game = run["record"]["config"]["env"]["name"].replace("-MinAtar", "")
+        if game in exp:                           # two runs of one game: keep a finished one
+            keep = exp[game] if exp[game]["complete"] or not run["complete"] else run
+            print(f"  note: {game} run twice ({exp[game]['path']}, {path}); using {keep['path']}")
+            run = keep
+        exp[game] = run
+    return {name: {g: runs[g] for g in sorted(runs, key=game_order)} for name, runs in found.items()}
+
+
+def game_order(game):
+    """The protocol's games first, in its order, then any other game by name."""
+    return (GAMES.index(game) if game in GAMES else len(GAMES), game)
+
+
+try:                                              # unset KLRL_RUNS: the committed folders that exist
+    RUNS = find_games(RUN_DIRS if RUNS_GIVEN else [p for p in RUN_DIRS if os.path.isdir(p)] or RUN_DIRS[:1])
+except NotebookInputError as err:
+    fail(err)
 for name, spec in EXPERIMENTS.items():
     runs = RUNS[name]
-    print(f"{spec['title']} ({os.path.join(RESULTS, spec['dir'])}):")
+    print(f"{spec['title']}:")
     if not runs:
         print("  nothing found")
     for game, run in runs.items():
@@ -245,8 +280,7 @@ def random_policy_returns(game, episodes=RANDOM_EPISODES, seed=RANDOM_SEED):
     return np.asarray(ret, dtype=float), np.asarray(length)
 
 
-ALL_GAMES = sorted({g for runs in RUNS.values() for g in runs},
-                   key=lambda g: (GAMES.index(g) if g in GAMES else len(GAMES), g))
+ALL_GAMES = sorted({g for runs in RUNS.values() for g in runs}, key=game_order)
 RANDOM, DQN = {}, {}
 for game in ALL_GAMES:
     ret, length = random_policy_returns(game)

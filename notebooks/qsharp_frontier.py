@@ -34,16 +34,20 @@
 # IQM over seeds with a stratified-bootstrap 95% CI (`klrl.results`).
 # With 3 seeds the IQM is the mean and the CIs are wide; the seed count is printed.
 #
-# The notebook never trains. It reads every run directory under `KLRL_RESULTS_DIR` (default
-# `results/qsharp_frontier`), writes figures and `frontier.csv`/`frontier.json` there
-# (`KLRL_FIGURES_DIR` overrides the figure folder). To regenerate the committed runs
-# (about 10 minutes on 2 CPU cores):
+# The notebook never trains. Parameters (the next cell, or the environment): `KLRL_RUNS`, the
+# run directories to draw (or folders holding them; separated by `:` or commas; default the
+# committed `results/qsharp_frontier`, or `KLRL_RESULTS_DIR`); `KLRL_FIGURES_DIR`, where the
+# figures and `frontier.csv`/`frontier.json` go (default `figures/qsharp_frontier/`, outside
+# `results/`). Runs without a `kl_ref` metric (no `agent.reference`) give no point; if none has
+# one, the notebook ends with one line saying so (exit status 2). To regenerate the committed
+# runs (about 10 minutes on 2 CPU cores), then redraw into the committed folder:
 #
 # ```
 # klrl train experiments/qsharp_reference.toml     --out results/qsharp_frontier/reference
 # klrl train experiments/qsharp_frontier.toml      --out results/qsharp_frontier/td
 # klrl train experiments/qsharp_frontier_rollout.toml --out results/qsharp_frontier/rollout
 # klrl train experiments/qsharp_frontier_c51.toml  --out results/qsharp_frontier/c51
+# KLRL_FIGURES_DIR=results/qsharp_frontier python notebooks/qsharp_frontier.py
 # ```
 
 # %%
@@ -62,10 +66,15 @@ from klrl.results import (  # noqa: E402
     final_scores, iqm, read_metrics, score_rule, stratified_bootstrap_ci, swept_columns,
 )
 
-RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join("results", "qsharp_frontier"))
-FIGURES = os.environ.get("KLRL_FIGURES_DIR", RESULTS)
+from klrl.notebook_io import NotebookInputError, fail, figures_dir, find_train_runs, repo_root, run_paths  # noqa: E402
+
+# Parameters: set them here, or in the environment.
+HERE = os.path.dirname(os.path.abspath(__file__)) if "__file__" in globals() else os.getcwd()
+ROOT = repo_root(HERE)
+RESULTS = os.environ.get("KLRL_RESULTS_DIR", os.path.join(ROOT, "results", "qsharp_frontier"))
+RUN_DIRS, _ = run_paths([RESULTS])              # KLRL_RUNS: the run directories to draw
+FIGURES = figures_dir(ROOT, "qsharp_frontier")   # KLRL_FIGURES_DIR
 REPS = int(os.environ.get("KLRL_BOOTSTRAP_REPS", "2000"))
-os.makedirs(FIGURES, exist_ok=True)
 
 # %% [markdown]
 # ## Read the runs
@@ -82,11 +91,13 @@ def method_of(agent: str, config: dict) -> str:
     return f"{name} ({mode})" if agent in ("qsharp", "qsharp_cd", "kl_prior") else name
 
 
+try:
+    RUN_PATHS = find_train_runs(RUN_DIRS, "Q♯ / KL-to-reference agents")
+except NotebookInputError as err:
+    fail(err)
 runs, points = [], []
-for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
-    run = os.path.join(RESULTS, name)
-    if not (os.path.isfile(os.path.join(run, "metrics.csv")) and os.path.isfile(os.path.join(run, "config.json"))):
-        continue
+for run in RUN_PATHS:
+    name = os.path.basename(os.path.normpath(run))
     with open(os.path.join(run, "config.json")) as fh:
         record = json.load(fh)
     config = record["config"]
@@ -113,7 +124,10 @@ for name in sorted(os.listdir(RESULTS)) if os.path.isdir(RESULTS) else []:
             "kl_iqm": iqm(k), "kl_ci": stratified_bootstrap_ci(k, reps=REPS),
             "returns": [float(x) for x in r], "kls": [float(x) for x in k],
         })
-print(f"{len(runs)} run(s) in {RESULTS}: " + ", ".join(f"{r['run']} ({r['env']})" for r in runs))
+print(f"{len(runs)} run(s) in {', '.join(RUN_DIRS)}: " + ", ".join(f"{r['run']} ({r['env']})" for r in runs))
+if not points:
+    fail(NotebookInputError(f"KLRL_RUNS: got {', '.join(RUN_DIRS)}, whose runs have no kl_ref metric; allowed "
+                            "runs of agents with agent.reference set (qsharp, qsharp_cd, kl_prior, c51)"))
 
 # %% [markdown]
 # ## The table
@@ -126,14 +140,15 @@ for p in sorted(points, key=lambda p: (p["method"], p["eta"])):
           f"{p['return_iqm']:>7.1f} [{p['return_ci'][0]:.1f}, {p['return_ci'][1]:.1f}]".ljust(40)
           + f" {p['kl_iqm']:>7.3f} [{p['kl_ci'][0]:.3f}, {p['kl_ci'][1]:.3f}]")
 
-with open(os.path.join(RESULTS, "frontier.csv"), "w", newline="") as fh:
+os.makedirs(FIGURES, exist_ok=True)
+with open(os.path.join(FIGURES, "frontier.csv"), "w", newline="") as fh:
     w = csv.writer(fh)
     w.writerow(["run", "method", "agent", "eta", "seeds", "return_iqm", "return_ci_low", "return_ci_high",
                 "kl_iqm", "kl_ci_low", "kl_ci_high"])
     for p in points:
         w.writerow([p["run"], p["method"], p["agent"], p["eta"], p["seeds"], p["return_iqm"], *p["return_ci"],
                     p["kl_iqm"], *p["kl_ci"]])
-with open(os.path.join(RESULTS, "frontier.json"), "w") as fh:
+with open(os.path.join(FIGURES, "frontier.json"), "w") as fh:
     json.dump({"points": points, "runs": runs, "provenance": provenance()}, fh, indent=2)
     fh.write("\n")
 

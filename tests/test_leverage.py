@@ -11,6 +11,8 @@ from klrl.errors import ConfigError
 from klrl.tabular import leverage
 from klrl.tabular.experiment import run_experiment
 
+from fabricate import fabricate
+
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                       "experiments", "leverage_average.toml")
 
@@ -134,27 +136,52 @@ def test_quick_run_writes_tidy_metrics_config_and_figures(quick_run):
     json.dumps(summary)  # the summary is plain JSON
 
 
-def test_notebook_draws_figures_from_the_quick_results(quick_run, tmp_path):
-    """notebooks/leverage_average.py redraws the figures from a results directory (no
-    retraining) and only reads it."""
+def _notebook(env, cwd, notebook=None):
     import subprocess
     import sys
+
+    root = os.path.dirname(os.path.dirname(CONFIG))
+    env = {k: v for k, v in {**os.environ, "MPLBACKEND": "Agg", **env}.items() if v is not None}
+    return subprocess.run([sys.executable, notebook or os.path.join(root, "notebooks", "leverage_average.py")],
+                          env=env, cwd=str(cwd), capture_output=True, text=True, timeout=300)
+
+
+def test_notebook_draws_figures_from_the_quick_results(quick_run, tmp_path):
+    """notebooks/leverage_average.py redraws the figures from a results directory (KLRL_RUNS, no
+    retraining), only reads it, and by default writes into <checkout>/figures/leverage_average/
+    (the notebook copied into a scratch checkout, so that the default is checked), not results/."""
+    import shutil
 
     from klrl.tabular.plots import FIGURES
 
     results, _ = quick_run
     before = sorted(os.listdir(results))
     assert before == sorted(["metrics.csv", "summary.json", "config.json", *FIGURES])
-    figures = tmp_path / "figures"
-    env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_FIGURES_DIR": str(figures), "MPLBACKEND": "Agg"}
-    root = os.path.dirname(os.path.dirname(CONFIG))
-    proc = subprocess.run([sys.executable, os.path.join(root, "notebooks", "leverage_average.py")],
-                          env=env, cwd=root, capture_output=True, text=True, timeout=300)
+    checkout = tmp_path / "checkout"
+    (checkout / "notebooks").mkdir(parents=True)
+    shutil.copy(os.path.join(os.path.dirname(os.path.dirname(CONFIG)), "notebooks", "leverage_average.py"),
+                checkout / "notebooks")
+    proc = _notebook({"KLRL_RUNS": str(results), "KLRL_FIGURES_DIR": None, "KLRL_RESULTS_DIR": None}, tmp_path,
+                     str(checkout / "notebooks" / "leverage_average.py"))
     assert proc.returncode == 0, proc.stderr[-3000:]
     for name in FIGURES:
-        assert (figures / name).stat().st_size > 10_000, name
+        assert (checkout / "figures" / "leverage_average" / name).stat().st_size > 10_000, name
     assert "log-log slope" in proc.stdout
     assert sorted(os.listdir(results)) == before       # the notebook only reads
+
+
+def test_notebook_refuses_a_folder_that_is_not_its_output(tmp_path):
+    """A `klrl train` run given to the notebook: one line naming KLRL_RUNS, exit status 2, no figure."""
+    train_run = tmp_path / "train_run"
+    fabricate(os.path.join(os.path.dirname(CONFIG), "quickstart.toml"), train_run,
+              ["train.seeds=1", "train.total_steps=25000"])
+    figures = tmp_path / "figures"
+    proc = _notebook({"KLRL_RUNS": str(train_run), "KLRL_FIGURES_DIR": str(figures)}, tmp_path)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: KLRL_RUNS: got {str(train_run)!r}, whose metrics.csv is not a Leverage-the-Average table "
+        "(a `klrl train` run?); allowed the output folder of `klrl tabular experiments/leverage_average.toml`"]
+    assert not figures.exists()                        # nothing written
 
 
 def test_quick_run_shows_the_paper_effects(quick_run):

@@ -119,6 +119,6 @@ def test_plot_marks_empty_panels_without_warnings(tmp_path):
     rows, columns = read_metrics(str(tmp_path / "metrics.csv")), swept_columns(str(tmp_path / "metrics.csv"))
     fig, (empty, full) = plt.subplots(1, 2)
     assert plot_curves(empty, rows, "eval_return", columns, "eval") == 0
-    assert [t.get_text() for t in empty.texts] == ["— nothing measured yet —"]
+    assert [t.get_text() for t in empty.texts] == ["nothing measured yet"]
     assert plot_curves(full, rows, "train_return", columns, "train") == 3 and not full.texts
     plt.close(fig)

@@ -92,7 +92,7 @@ def _set_rule(run_dir, **rule):
 def _run_notebook(results, tmp_path, tag, env):
     summary = tmp_path / f"summary_{tag}.json"
     figures = tmp_path / f"figures_{tag}"
-    nb_env = {**env, "KLRL_RESULTS_DIR": str(results), "KLRL_FIGURES_DIR": str(figures),
+    nb_env = {**env, "KLRL_RUNS": str(results), "KLRL_FIGURES_DIR": str(figures),
               "KLRL_BOOTSTRAP_REPS": str(REPS), "KLRL_WRITE_SUMMARY": str(summary), "MPLBACKEND": "Agg"}
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=nb_env, capture_output=True,
                          text=True, timeout=300)
@@ -214,9 +214,12 @@ def test_notebook_refuses_a_folder_without_runs(tmp_path):
     empty.mkdir()
     (empty / "notes").mkdir()
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), capture_output=True, text=True,
-                         env={**os.environ, "KLRL_RESULTS_DIR": str(empty), "MPLBACKEND": "Agg"}, timeout=120)
-    assert res.returncode != 0
-    assert "no Atari runs found" in res.stderr and str(empty) in res.stderr
+                         env={**os.environ, "KLRL_RUNS": str(empty), "KLRL_FIGURES_DIR": str(tmp_path / "figures"),
+                              "MPLBACKEND": "Agg"}, timeout=120)
+    assert res.returncode == 2
+    (line,) = res.stderr.strip().splitlines()           # one line, no traceback
+    assert line.startswith(f"error: KLRL_RUNS: got {str(empty)!r}: no Atari runs found")
+    assert not (tmp_path / "figures").exists()         # nothing written
 
 
 def test_notebook_is_a_jupytext_percent_script():

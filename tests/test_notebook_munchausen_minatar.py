@@ -66,27 +66,31 @@ def _train_tiny_runs(results, env):
     assert procs[1].returncode == -signal.SIGKILL, outs[1][1][-3000:]
 
 
-def _fabricate_tiny_runs(results):
-    """The same four run directories written without training (tests/fabricate.py); Breakout's
-    Munchausen run stops after DQN's population, as the killed real run does."""
-    for i, (exp_dir, toml, sweep, game) in enumerate([
-            ("minatar_munchausen", MUNCHAUSEN, AGENTS_SWEEP, "Asterix"),
-            ("minatar_mvi_q", MVI, Q_SWEEP, "Asterix"),
-            ("minatar_mvi_q", MVI, Q_SWEEP, "Breakout")]):
-        toml, out, overrides, _ = _job(results, exp_dir, toml, sweep, game)
-        fabricate(toml, out, overrides, seed=i, nan_every=4)
-        assert os.path.isfile(os.path.join(out, "summary.json"))
-    toml, out, overrides, _ = _job(results, "minatar_munchausen", MUNCHAUSEN, AGENTS_SWEEP, "Breakout")
-    fabricate(toml, out, overrides, seed=3, stop_after_agent="dqn", finished=False)
+def _fabricate_tiny_runs(runs):
+    """The same four run directories written without training (tests/fabricate.py), in a user's
+    own folder names (the notebook sorts them by what they ran); Breakout's Munchausen run stops
+    after DQN's population, as the killed real run does. Returns that unfinished run's path."""
+    for i, (name, toml, sweep, game) in enumerate([
+            ("ablation_asterix", MUNCHAUSEN, AGENTS_SWEEP, "Asterix"),
+            ("q_asterix", MVI, Q_SWEEP, "Asterix"),
+            ("q_breakout", MVI, Q_SWEEP, "Breakout")]):
+        _, _, overrides, _ = _job(runs, "", toml, sweep, game)
+        fabricate(toml, os.path.join(runs, name), overrides, seed=i, nan_every=4)
+        assert os.path.isfile(os.path.join(runs, name, "summary.json"))
+    _, _, overrides, _ = _job(runs, "", MUNCHAUSEN, AGENTS_SWEEP, "Breakout")
+    out = os.path.join(runs, "ablation_breakout")
+    fabricate(MUNCHAUSEN, out, overrides, seed=3, stop_after_agent="dqn", finished=False)
+    return out
 
 
-def _check_notebook_on(results, tmp_path, env):
-    assert not os.path.exists(os.path.join(results, "minatar_munchausen", "Breakout", "summary.json"))
+def _check_notebook_on(results, tmp_path, env, unfinished, runs_env="KLRL_RESULTS_DIR"):
+    """The notebook on `results` (given as `runs_env`); `unfinished`: Breakout's Munchausen run."""
+    assert os.path.isdir(unfinished) and not os.path.exists(os.path.join(unfinished, "summary.json"))
     before = sorted(os.walk(results))
 
     summary_path = tmp_path / "summary" / "minatar.json"
     figures = tmp_path / "figures"
-    nb_env = {**env, "KLRL_RESULTS_DIR": results, "KLRL_FIGURES_DIR": str(figures), "KLRL_BOOTSTRAP_REPS": "200",
+    nb_env = {**env, runs_env: results, "KLRL_FIGURES_DIR": str(figures), "KLRL_BOOTSTRAP_REPS": "200",
               "KLRL_WRITE_SUMMARY": str(summary_path), "MPLBACKEND": "Agg"}
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=nb_env, capture_output=True,
                          text=True, timeout=600)
@@ -121,9 +125,28 @@ def _check_notebook_on(results, tmp_path, env):
 
 
 def test_notebook_on_fabricated_minatar_runs(tmp_path):
-    results = str(tmp_path / "results")
-    _fabricate_tiny_runs(results)
-    _check_notebook_on(results, tmp_path, dict(os.environ))
+    """A user's runs (KLRL_RUNS, own folder names): figures into KLRL_FIGURES_DIR."""
+    runs = str(tmp_path / "my_runs")
+    unfinished = _fabricate_tiny_runs(runs)
+    _check_notebook_on(runs, tmp_path, dict(os.environ), unfinished, runs_env="KLRL_RUNS")
+
+
+def test_notebook_refuses_a_run_of_another_experiment(tmp_path):
+    """A MinAtar run that is neither the ablation nor MVI(q) (dqn, mdqn and mvi at one q):
+    one line naming it, exit status 2, before any figure or JAX compile."""
+    other = tmp_path / "my_runs" / "breakout_three_agents"
+    fabricate(os.path.join(ROOT, "experiments", "minatar_breakout.toml"), other,
+              ["train.seeds=1", "train.total_steps=2000", "train.chunk_steps=1000"])
+    figures = tmp_path / "figures"
+    res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "KLRL_RUNS": str(tmp_path / "my_runs"), "KLRL_FIGURES_DIR": str(figures),
+                              "MPLBACKEND": "Agg"})
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines() == [
+        f"error: KLRL_RUNS: got {str(other)!r} (Breakout-MinAtar, agents dqn, mdqn, mvi); allowed MinAtar runs of "
+        "dqn, soft_dqn, al, mdqn (experiments/minatar_munchausen.toml) or of mvi swept over agent.entropic_index "
+        "(experiments/minatar_mvi_q.toml)"]
+    assert not figures.exists()                        # nothing written
 
 
 @pytest.mark.slow
@@ -132,7 +155,7 @@ def test_notebook_on_tiny_minatar_runs(tmp_path, jax_cache_env):
     env = {**os.environ, **jax_cache_env}
     env.pop("KLRL_TEST_KILL_AFTER_CHUNKS", None)
     _train_tiny_runs(results, env)
-    _check_notebook_on(results, tmp_path, env)
+    _check_notebook_on(results, tmp_path, env, os.path.join(results, "minatar_munchausen", "Breakout"))
 
 
 def test_notebook_is_a_jupytext_percent_script():

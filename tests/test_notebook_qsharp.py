@@ -52,7 +52,10 @@ def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
                                                                                     "score_k": 2})
     _tiny_run(str(results / "c51"), ["c51"], "td", None)
     _tiny_run(str(results / "reference"), ["dqn"], "td", None, kl=False)
-    env = {**os.environ, "KLRL_RESULTS_DIR": str(results), "KLRL_BOOTSTRAP_REPS": "50", "MPLBACKEND": "Agg"}
+    before = sorted(os.walk(results))
+    figures = tmp_path / "figures"
+    env = {**os.environ, "KLRL_RUNS": str(results), "KLRL_FIGURES_DIR": str(figures), "KLRL_BOOTSTRAP_REPS": "50",
+           "MPLBACKEND": "Agg"}
     res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=env, capture_output=True,
                          text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
@@ -60,12 +63,13 @@ def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
     for method in ("Q♯ (td)", "Q♯ (rollout)", "CD (td)", "soft-Q prior (td)", "C51"):
         assert method in res.stdout
     for name in ("qsharp_frontier.png", "qsharp_vs_eta.png"):
-        assert os.path.getsize(results / name) > 5_000
-    with open(results / "frontier.csv") as fh:
+        assert os.path.getsize(figures / name) > 5_000
+    assert sorted(os.walk(results)) == before          # everything goes to KLRL_FIGURES_DIR
+    with open(figures / "frontier.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 3 * 2 + 2 + 1           # (method, η) points; the reference run has no kl_ref
     assert all(int(r["seeds"]) == 3 for r in rows)
-    meta = json.loads((results / "frontier.json").read_text())
+    meta = json.loads((figures / "frontier.json").read_text())
     assert "provenance" in meta
     assert {r["run"]: r["score"] for r in meta["runs"]} == {
         "c51": "mean of the last 3 evaluations", "reference": "mean of the last 3 evaluations",   # the default rule
@@ -78,6 +82,22 @@ def test_notebook_draws_the_frontier_of_tiny_runs(tmp_path):
         k = 2 if p["run"] == "rollout" else 3
         assert p["returns"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["eval_return"].items())]
         assert p["kls"] == [float(np.mean(v[-k:])) for _, v in sorted(vals["kl_ref"].items())]
+
+
+def test_notebook_refuses_runs_without_kl_ref(tmp_path):
+    """A user's runs that give no frontier point (no kl_ref): one line naming KLRL_RUNS, exit 2,
+    no figure."""
+    runs = tmp_path / "my_runs"
+    _tiny_run(str(runs / "dqn_only"), ["dqn"], "td", None, kl=False)
+    figures = tmp_path / "figures"
+    env = {**os.environ, "KLRL_RUNS": str(runs), "KLRL_FIGURES_DIR": str(figures), "MPLBACKEND": "Agg"}
+    res = subprocess.run([sys.executable, NOTEBOOK], cwd=str(tmp_path), env=env, capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 2, res.stderr[-3000:]
+    assert res.stderr.strip().splitlines() == [
+        f"error: KLRL_RUNS: got {runs}, whose runs have no kl_ref metric; allowed runs of agents with "
+        "agent.reference set (qsharp, qsharp_cd, kl_prior, c51)"]
+    assert not figures.exists()                        # nothing written
 
 
 def test_notebook_is_a_jupytext_percent_script():
