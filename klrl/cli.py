@@ -94,8 +94,11 @@ def _dry_run(args: argparse.Namespace) -> None:
     """`klrl config` and `klrl train --dry-run`: klrl.dryrun (checks, prints, writes nothing)."""
     from klrl.dryrun import dry_run
 
-    if args.command != "config" and args.resume:
-        raise ConfigError("--dry-run: got --resume; allowed a dry run of a new run (without --resume)")
+    if args.command != "config":
+        for flag, given in (("--resume", args.resume), ("--distributed", args.distributed),
+                            ("--task", args.task is not None or args.num_tasks is not None)):
+            if given:
+                raise ConfigError(f"--dry-run: got {flag}; allowed a dry run of one new run (without {flag})")
     dry_run(args.config, args.overrides, out=args.out, estimate=args.estimate)
 
 

@@ -86,6 +86,10 @@ def test_dry_run_refuses_what_a_run_refuses_in_one_line(cfg, tmp_path):
     res = cli_in_process("train", cfg)
     assert res.returncode == 2 and res.stderr == ("klrl: error: --out: got nothing; allowed a run directory "
                                                   "(required unless --dry-run)\n")
+    for flags in (["--resume"], ["--distributed"], ["--task", "0", "--num-tasks", "2"]):
+        res = cli_in_process("train", cfg, "--dry-run", *flags)
+        assert res.returncode == 2 and res.stderr == f"klrl: error: --dry-run: got {flags[0]}; allowed a dry run " \
+            f"of one new run (without {flags[0]})\n"
     assert _files(tmp_path) == ["exp.toml", "used/x"]
 
 
