@@ -1,7 +1,8 @@
 """`klrl train CONFIG --dry-run` and `klrl config CONFIG`: what a config resolves to, before running it.
 
-Printed, section by section: every key the run reads with its value (marked `(default)` when
-it is the engine's default), the config hash, one population per agent with its member table
+Printed, section by section: every key config.json would record with its value (marked
+`(default)` when it is the engine's default; a traced hyperparameter that not every agent
+reads names its readers), the config hash, one population per agent with its member table
 (member id, seed, grid point, swept values), and the swept values each agent IGNORES. A swept
 hyperparameter that an agent does not read is collapsed for that agent (klrl.population: its
 members take the base value and their column stays empty), so with `agent.tau` and
@@ -17,6 +18,7 @@ estimated from a short measured slice (klrl.estimate).
 from __future__ import annotations
 
 import json
+import math
 import os
 from typing import Sequence
 
@@ -31,10 +33,9 @@ def ignored_sweeps(exp: Experiment) -> dict[str, list[str]]:
 
 
 def _grid_size(exp: Experiment, names) -> int:
-    size = 1
-    for n in names:
-        size *= len(exp.swept_hparams()[n])
-    return size
+    """Grid points of the product of the swept hyperparameters `names`."""
+    swept = exp.swept_hparams()
+    return math.prod(len(swept[n]) for n in names)
 
 
 def _ignored_parts(exp: Experiment) -> list[str]:
