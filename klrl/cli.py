@@ -87,7 +87,8 @@ def _dry_run_flags(p: argparse.ArgumentParser, dry_run: bool) -> None:
                        help="print the resolved config, the member table per agent and the swept values each "
                             "agent ignores; write nothing")
     p.add_argument("--estimate", action="store_true",
-                   help="with --dry-run: also estimate the wall time from a short measured slice (compiles)")
+                   help=("with --dry-run: " if dry_run else "") + "also estimate the wall time from a short "
+                        "measured slice (compiles each agent's program; writes nothing)")
 
 
 def _dry_run(args: argparse.Namespace) -> None:
