@@ -1,4 +1,6 @@
-"""Command line: `klrl train | sweep | merge | plot | tabular | bench`.
+"""Command line: `klrl train | sweep | config | merge | plot | tabular | bench`.
+
+`klrl config CONFIG` (or `klrl train CONFIG --dry-run`) prints what a config resolves to and writes nothing.
 
 `klrl merge OUT` joins an array job's finished tasks (`train --task I --num-tasks N`) into OUT (klrl.merge).
 
@@ -28,10 +30,11 @@ def _parser() -> argparse.ArgumentParser:
     for name in ("train", "sweep"):
         t = sub.add_parser(name, help="train one population per agent from a TOML experiment")
         t.add_argument("config", help="experiment TOML file (see experiments/)")
-        t.add_argument("--out", required=True, help="run directory (created)")
+        t.add_argument("--out", default=None, help="run directory (created; required unless --dry-run)")
         t.add_argument("--set", dest="overrides", action="append", default=[],
                        metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
         t.add_argument("--resume", action="store_true", help="resume from the last checkpoint in --out")
+        _dry_run_flags(t, dry_run=True)
         d = t.add_argument_group("several processes (klrl.distributed)")
         d.add_argument("--distributed", action="store_true",
                        help="one run over several processes with jax.distributed (process 0 writes)")
@@ -43,6 +46,13 @@ def _parser() -> argparse.ArgumentParser:
         t.add_argument("--task", default=None, metavar="I",
                        help="array job: train only the members m with m mod N == I, into OUT/task-I/")
         t.add_argument("--num-tasks", default=None, metavar="N", help="array job: the number of tasks N")
+
+    c = sub.add_parser("config", help="what a config resolves to (same as `klrl train CONFIG --dry-run`)")
+    c.add_argument("config", help="experiment TOML file (see experiments/)")
+    c.add_argument("--set", dest="overrides", action="append", default=[],
+                   metavar="SECTION.KEY=VALUE", help="override a config key (repeatable)")
+    c.add_argument("--out", default=None, help="name the run directory a run would write to (nothing is written)")
+    _dry_run_flags(c, dry_run=False)
 
     mg = sub.add_parser("merge", help="join the finished tasks OUT/task-*/ of an array job into OUT")
     mg.add_argument("out", help="the --out of the tasks' `klrl train ... --task I --num-tasks N`")
@@ -70,6 +80,29 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--total-steps", type=int, default=None, metavar="N",
                    help="train: env steps per member (default: the preset's, 50000)")
     return p
+
+
+def _dry_run_flags(p: argparse.ArgumentParser, dry_run: bool) -> None:
+    """--dry-run (train, sweep) and --estimate (klrl.dryrun, klrl.estimate)."""
+    if dry_run:
+        p.add_argument("--dry-run", action="store_true",
+                       help="print the resolved config, the member table per agent and the swept values each "
+                            "agent ignores; write nothing")
+    p.add_argument("--estimate", action="store_true",
+                   help=("with --dry-run: " if dry_run else "") + "also estimate the wall time from a short "
+                        "measured slice (compiles each agent's program; writes nothing)")
+
+
+def _dry_run(args: argparse.Namespace) -> None:
+    """`klrl config` and `klrl train --dry-run`: klrl.dryrun (checks, prints, writes nothing)."""
+    from klrl.dryrun import dry_run
+
+    if args.command != "config":
+        for flag, given in (("--resume", args.resume), ("--distributed", args.distributed),
+                            ("--task", args.task is not None or args.num_tasks is not None)):
+            if given:
+                raise ConfigError(f"--dry-run: got {flag}; allowed a dry run of one new run (without {flag})")
+    dry_run(args.config, args.overrides, out=args.out, estimate=args.estimate)
 
 
 _BENCH_OPTIONS = {"members": ("train", "atari"), "env": ("train",), "total_steps": ("train",)}
@@ -119,8 +152,15 @@ def _host_devices() -> None:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        if args.command in ("train", "sweep"):
+        if args.command in ("train", "sweep", "config"):
             _host_devices()
+        if args.command == "config" or (args.command in ("train", "sweep") and args.dry_run):
+            _dry_run(args)
+        elif args.command in ("train", "sweep"):
+            if args.out is None:
+                raise ConfigError("--out: got nothing; allowed a run directory (required unless --dry-run)")
+            if args.estimate:
+                raise ConfigError("--estimate: got it without --dry-run; allowed only with --dry-run")
             from klrl.distributed import check_flags, initialize
             from klrl.runner import run_experiment
             from klrl.tasks import parse_task

@@ -19,6 +19,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 from klrl.distributed import is_primary
+from klrl.eta import phase_speeds, phase_steps, time_left
 from klrl.loop import Hook, LoopRun
 from klrl.results import format_chunk
 
@@ -79,20 +80,42 @@ class DivergenceLog(Hook):
         self.diverged |= new
 
 
-class ProgressLog(Hook):
-    """The progress line: chunk, step, throughput, medians over members, ETA."""
+def fmt_metric(x: float, spec: str = ".1f") -> str:
+    """`x` formatted by `spec`, or "—" when nothing was measured yet (NaN)."""
+    return "—" if math.isnan(x) else format(x, spec)
 
-    def __init__(self, total_steps: int):
-        self.total_steps = total_steps
+
+class ProgressLog(Hook):
+    """The progress line: chunk, step, throughput, medians over members ("—" for nothing
+    measured yet), and the time left at each phase's measured speed (klrl.eta; "ETA ~" while
+    only the steps before `learning_starts` have been timed: a lower bound)."""
+
+    def __init__(self, total_steps: int, learning_starts: int = 0):
+        self.total_steps, self.learning_starts = total_steps, learning_starts
+
+    def on_start(self, run: LoopRun) -> None:
+        self.timed: list[tuple[int, int, float]] = []   # (steps before learning, with learning, seconds)
+        self.seconds = run.run_seconds
+
+    def eta(self, run: LoopRun) -> str:
+        """`ETA H:MM:SS` for the steps left, or `ETA ~H:MM:SS` (a lower bound)."""
+        stop = run.done * run.chunk_steps
+        left = time_left(phase_speeds(self.timed), stop, run.num_chunks * run.chunk_steps, self.learning_starts)
+        if left.lower_bound:
+            return f"ETA ~{fmt_eta(left.seconds)} (updates not timed yet: longer)"
+        return f"ETA {fmt_eta(left.seconds)}"
 
     def on_chunk(self, run: LoopRun, metrics: Mapping[str, np.ndarray]) -> None:
+        stop = run.done * run.chunk_steps
+        self.timed.append((*phase_steps(stop - run.chunk_steps, stop, self.learning_starts),
+                           run.run_seconds - self.seconds))
+        self.seconds = run.run_seconds
         m = run.pop.size
         rate = m * run.steps_done / max(run.run_seconds, 1e-9)
-        eta = (run.num_chunks - run.done) * run.run_seconds / run.ran
         log(f"[{run.pop.agent}] chunk {run.done}/{run.num_chunks} step {int(metrics['step'].max())}/"
-            f"{self.total_steps} | {rate:,.0f} agent-steps/s | eval {nanmedian(metrics['eval_return']):.1f} "
-            f"train {nanmedian(metrics['train_return']):.1f} (medians over {m}) | "
-            f"loss {nanmedian(metrics['loss']):.4g} | ETA {fmt_eta(eta)}")
+            f"{self.total_steps} | {rate:,.0f} agent-steps/s | eval {fmt_metric(nanmedian(metrics['eval_return']))} "
+            f"train {fmt_metric(nanmedian(metrics['train_return']))} (medians over {m}) | "
+            f"loss {fmt_metric(nanmedian(metrics['loss']), '.4g')} | {self.eta(run)}")
 
 
 class Checkpoints(Hook):
@@ -137,4 +160,4 @@ def kill_after() -> int | None:
 
 
 __all__ = ["KILL_ENV", "Checkpoints", "DivergenceLog", "KillAfterChunks", "MetricsRows", "ProgressLog",
-           "describe_member", "fmt_eta", "kill_after", "log", "nanmedian"]
+           "describe_member", "fmt_eta", "fmt_metric", "kill_after", "log", "nanmedian"]

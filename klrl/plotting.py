@@ -27,11 +27,13 @@ PANELS = (("eval_return", "greedy evaluation return"), ("train_return", "trainin
           ("loss", "TD loss"))
 
 
-def plot_curves(ax, rows, metric: str, columns, title: str, colors=None) -> None:
+def plot_curves(ax, rows, metric: str, columns, title: str, colors=None) -> int:
     """Median over seeds with an interquartile band, one line per group (colours: `colors`,
-    group key -> colour, default matplotlib's cycle)."""
+    group key -> colour, default matplotlib's cycle); returns the number of lines drawn (a
+    group with no finite value yet draws none, a panel with none says so)."""
     colors = colors or {}
     data = curves(rows, metric, columns)
+    drawn = 0
     for key in group_order(data):
         steps, vals = data[key]
         with np.errstate(all="ignore"):
@@ -44,10 +46,16 @@ def plot_curves(ax, rows, metric: str, columns, title: str, colors=None) -> None
         label = f"{group_label(key, columns)} (n={vals.shape[0]})"
         (line,) = ax.plot(s, med, label=label, color=colors.get(key))
         ax.fill_between(s, lo, hi, color=line.get_color(), alpha=0.2, linewidth=0)
+        drawn += 1
     ax.set_title(title)
     ax.set_xlabel("environment steps per member")
     ax.grid(alpha=0.3)
     readable_ticks(ax)
+    if not drawn:   # e.g. a short Atari run: no episode has ended yet
+        ax.text(0.5, 0.5, "nothing measured yet", transform=ax.transAxes, ha="center", va="center", color="0.4")
+        ax.set_xticks([])
+        ax.set_yticks([])
+    return drawn
 
 
 def _point(scores) -> tuple[float, float, float]:
@@ -195,8 +203,7 @@ def run_figure(run_dir: str):
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.6 * nrows), squeeze=False)
     axes = axes.ravel()
     for ax, (metric, title) in zip(axes, PANELS):
-        plot_curves(ax, rows, metric, columns, title, colors)
-        if metric == "loss":
+        if plot_curves(ax, rows, metric, columns, title, colors) and metric == "loss":
             ax.set_yscale("log")
     for ax, column in zip(axes[len(PANELS):], score_panels):
         plot_final_scores(ax, rows, columns, score_rule(config), colors, column)

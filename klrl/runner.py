@@ -35,6 +35,7 @@ from typing import Sequence
 from klrl import placement, relayout
 from klrl.config import Experiment, load_experiment
 from klrl.distributed import DistributedError, any_process, barrier, is_primary
+from klrl.dryrun import ignored_notice
 from klrl.errors import ConfigError
 from klrl.hooks import (
     KILL_ENV, Checkpoints, DivergenceLog, KillAfterChunks, MetricsRows, ProgressLog, kill_after, log, nanmedian,
@@ -53,14 +54,19 @@ from klrl.tasks import Task, split_populations
 from klrl.tracking import check_sinks, tracking_group, tracking_hooks
 
 
+def initial_state(pop: Population, trainer, sharded: ShardedTrainer, keys, hparams):
+    """A population's fresh state on its devices (π_ref's parameters loaded on the host and
+    passed to the program; a host pool reset outside it, per shard)."""
+    ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
+    return sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
+
+
 def _start_state(pop: Population, pop_static, trainer, sharded: ShardedTrainer, keys, hparams, ckpt, resume: bool):
     """(state, metric history, chunks done): a fresh initial state, or with `resume` the
     latest checkpoint's (klrl.rundir.resumed_state), re-laid when it was written on another
     device count (klrl.relayout)."""
-    # π_ref's parameters are loaded here, on the host, and passed to the program.
-    ref_params = sharded.put_replicated(trainer.reference.load() if trainer.reference is not None else ())
-    # A host pool resets outside the program (per shard); the same call re-resets it on resume.
-    state = sharded.init(keys, hparams, ref_params, sharded.env_start(pop.keys, keys, 0))
+    # A host pool's reset (initial_state) is the same call that re-resets it on resume.
+    state = initial_state(pop, trainer, sharded, keys, hparams)
     if not (resume and ckpt.latest_step() is not None):
         if resume:
             log(f"[{pop.agent}] no checkpoint yet in {ckpt.directory}: starting from chunk 0")
@@ -127,7 +133,8 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
         f"init+compile {compile_s:.1f}s")
 
     hooks = [MetricsRows(writer), *([tracking(pop)] if tracking else []), DivergenceLog(),
-             ProgressLog(static.train.total_steps), *([StopOnSignal(stop, any_process)] if stop else []),
+             ProgressLog(static.train.total_steps, static.train.learning_starts),
+             *([StopOnSignal(stop, any_process)] if stop else []),
              Checkpoints(ckpt, exp.checkpoint_every, lambda s: saved_state(s, trainer),   # (also on a stop)
                          {"agent": pop.agent, "members": M, **layout(M, sharded.shards)}),
              KillAfterChunks(chunk_counter, kill_after(), ckpt.close), *pause_hooks()]
@@ -147,7 +154,7 @@ def run_population(exp: Experiment, pop: Population, trainer, out: str, writer: 
     return timing
 
 
-def _prepare(exp: Experiment, task: Task | None = None, record: dict | None = None):
+def prepare(exp: Experiment, task: Task | None = None, record: dict | None = None):
     """The populations (an array task's share of them), their (uncompiled) programs, what
     config.json records about the members (the whole run's table; with a task, the split and
     the members it trains) and where they run ("placement": the device count per agent and the
@@ -235,6 +242,13 @@ def _guarded(processes: int, fn, *args, **kwargs):
                                "(the run's files so far are kept; restart every process with --resume)") from err
 
 
+def _notice_ignored(exp: Experiment) -> None:
+    """One line, once the run is accepted: the swept values an agent does not read (klrl.dryrun)."""
+    notice = ignored_notice(exp)
+    if notice:
+        log(notice)
+
+
 def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = (), resume: bool = False,
                    task: Task | None = None, stop: StopSignals | None = None) -> str:
     """Run (or resume) an experiment into `out_dir`; returns the run directory used (`stop`:
@@ -255,7 +269,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     # A resumed run's record (read, not checked yet) keeps the `auto` values it resolved.
     records = {e.static.env.name: read_record(os.path.join(base, e.static.env.name if exp.envs else "", RUN_RECORD))
                if resume else None for e in exp.per_env()}
-    runs = [(e, _prepare(e, task, records[e.static.env.name])) for e in exp.per_env()]
+    runs = [(e, prepare(e, task, records[e.static.env.name])) for e in exp.per_env()]
     import jax
 
     processes = jax.process_count()
@@ -272,6 +286,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     if not exp.envs:
         out = resolve_out_dir(out_dir, exp, resume, task=task)
         barrier("klrl: output checked")   # every process has looked before the primary writes
+        _notice_ignored(exp)
         _guarded(processes, _run, exp, runs[0][1], out, config_path, overrides, resume, prov, counter=[0],
                  group=tracking_group(tracked), stop=stop)
         return out
@@ -279,6 +294,7 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     resumes = {e.static.env.name: resume and os.path.isfile(os.path.join(root, e.static.env.name, RUN_RECORD))
                for e, _ in runs}
     barrier("klrl: output checked")
+    _notice_ignored(exp)
     if not resume and is_primary():
         os.makedirs(root, exist_ok=True)
         write_json(os.path.join(root, SWEEP_RECORD), sweep_record(exp, config_path, overrides, task, prov))
@@ -295,4 +311,4 @@ def run_experiment(config_path: str, out_dir: str, overrides: Sequence[str] = ()
     return root
 
 
-__all__ = ["KILL_ENV", "run_experiment", "run_population"]
+__all__ = ["KILL_ENV", "initial_state", "prepare", "run_experiment", "run_population"]

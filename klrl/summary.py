@@ -15,7 +15,9 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from klrl.results import ScoreRule, final_scores, group_label, read_metrics, score_rule, summarize, swept_columns
+from klrl.results import (
+    ScoreRule, final_scores, group_label, json_safe, read_metrics, score_rule, summarize, swept_columns,
+)
 from klrl.rundir import FINAL_EVAL, METRICS
 
 
@@ -43,7 +45,7 @@ def summary_rows(metrics_path: str, columns: Sequence[str], final_eval_path: str
             row.update(final_evaluation=summarize(scores_f), final_evaluation_returns=[float(s) for s in scores_f],
                        final_evaluation_min_episodes=int(np.min(episodes)))
         out.append(row)
-    return out
+    return json_safe(out)   # strict JSON: a score not measured yet is null, never a bare NaN
 
 
 def run_summary(run_dir: str, config: Mapping) -> list[dict]:
@@ -56,13 +58,19 @@ def run_summary(run_dir: str, config: Mapping) -> list[dict]:
                         score_rule(config))
 
 
+def _num(x) -> str:
+    """One decimal, or "—" for a score not measured (null in summary.json)."""
+    return "—" if x is None or x != x else f"{x:.1f}"
+
+
 def _table(title: str, last_column: str, rows: Sequence[tuple[str, dict, str]], width: int, file) -> None:
     print(title, file=file)
     print(f"{'group':<{width}}  {'seeds':>5}  {'median':>7}  {'IQM':>7}  {'IQM 95% CI':<17}  {last_column:>8}",
           file=file)
     for group, s, last in rows:
-        ci = f"[{s['iqm_ci_low']:.1f}, {s['iqm_ci_high']:.1f}]"
-        print(f"{group:<{width}}  {s['n']:>5}  {s['median']:>7.1f}  {s['iqm']:>7.1f}  {ci:<17}  {last:>8}", file=file)
+        ci = "—" if s["iqm_ci_low"] is None else f"[{_num(s['iqm_ci_low'])}, {_num(s['iqm_ci_high'])}]"
+        print(f"{group:<{width}}  {s['n']:>5}  {_num(s['median']):>7}  {_num(s['iqm']):>7}  {ci:<17}  {last:>8}",
+              file=file)
 
 
 def print_summary(summary: list[dict], file=None, score: ScoreRule = ScoreRule()) -> None:

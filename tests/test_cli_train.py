@@ -481,3 +481,19 @@ def test_resume_without_a_checkpoint_says_so_and_starts_over(tiny, tracked):
     line = f"[dqn] no checkpoint yet in {os.path.join(out, 'checkpoints', 'dqn')}: starting from chunk 0"
     assert line in res.stderr.splitlines()
     assert open(os.path.join(out, "metrics.csv"), "rb").read() == open(os.path.join(tracked["out"], "metrics.csv"), "rb").read()
+
+
+def test_a_real_run_names_the_ignored_swept_values_in_one_line_and_writes_strict_json(tiny):
+    """dqn does not read agent.alpha: the run says so once, before training; summary.json
+    parses with NaN refused (diverged members' scores are null, not NaN)."""
+    notices = [line for line in tiny["stderr"].splitlines() if "swept values an agent does not read" in line]
+    assert notices == ["klrl: swept values an agent does not read are collapsed for it: "
+                       "dqn ignores agent.alpha [0.5, 0.9] (4 members, not 8)"]
+    assert tiny["stderr"].index(notices[0]) < tiny["stderr"].index("agent-steps/s")
+
+    def refuse(constant):
+        raise ValueError(constant)
+
+    with open(os.path.join(tiny["out"], "summary.json")) as fh:
+        json.loads(fh.read(), parse_constant=refuse)
+    assert "nan" not in tiny["stderr"].lower()

@@ -4,7 +4,8 @@ The choice: a scalar `discount` with a batched `reward` is REFUSED (one-line Val
 `discount`), because a scalar would bootstrap through terminal states; for a single transition
 (0-d reward) a Python float is the right shape and is accepted. Coefficients (τ, α, ...) keep
 accepting scalars. Concrete out-of-range actions are refused; under jit the range is a
-documented precondition (≥ A reads NaN, negative counts from the end). No check changes a result.
+documented precondition that `jax.experimental.checkify` checks (unchecked: ≥ A reads NaN,
+negative counts from the end). No check changes a result.
 """
 
 from __future__ import annotations
@@ -95,7 +96,9 @@ def test_select_action_checks_shape_dtype_and_range():
 
 
 def test_out_of_range_action_under_jit_is_the_documented_precondition():
-    """Traced actions cannot be checked: ≥ A reads NaN, a negative action counts from the end."""
+    """Traced actions raise no Python error: unchecked (no checkify, the trainer's program), ≥ A
+    reads NaN (a non-finite loss, reported as divergence) and a negative action counts from
+    the end; `checkify` refuses both (the test below)."""
     y = jax.jit(ops.select_action)(Q, jnp.array([0, 3, -1, 1], jnp.int32))
     assert float(y[0]) == float(Q[0, 0]) and bool(jnp.isnan(y[1]))
     assert float(y[2]) == float(Q[2, A - 1]) and float(y[3]) == float(Q[3, 1])
@@ -139,3 +142,59 @@ def test_coefficients_still_accept_scalars_and_per_example_arrays():
     per_example = ops.munchausen_target(Q, Q2, ACTION, REWARD, DISCOUNT, tau=jnp.full((B,), 0.03))
     scalar = ops.munchausen_target(Q, Q2, ACTION, REWARD, DISCOUNT, tau=0.03)
     np.testing.assert_allclose(per_example, scalar, rtol=1e-6)
+
+
+def test_quantile_targets_refuse_a_scalar_discount_naming_it():
+    z = jnp.zeros((B, 5, A), jnp.float32)
+    with pytest.raises(ValueError, match=r"^discount: shape \(\) does not match reward's \(4,\)"):
+        ops.quantile_q_learning_target(z, Q2, REWARD, 0.99)
+    with pytest.raises(ValueError, match=r"^discount: shape \(\) does not match reward's \(4,\)"):
+        ops.munchausen_quantile_target(z, Q, Q2, ACTION, REWARD, 0.99)
+    assert ops.munchausen_quantile_target(z, Q, Q2, ACTION, REWARD, DISCOUNT).shape == (B, 5)
+
+
+@pytest.mark.parametrize("name", ["al", "munchausen", "tsallis_munchausen"])
+def test_traced_out_of_range_action_is_refused_under_checkify(name):
+    """Under jit the range is a `checkify.debug_check`: checkified, an action ≥ A or < 0 is an
+    error naming `action`; in range, no error and the same numbers as the unchecked program."""
+    from jax.experimental import checkify
+
+    def target(action):
+        return _targets(DISCOUNT, action=action)[name]()
+
+    checked = checkify.checkify(jax.jit(target))
+    for bad in (3, -1):
+        err, _ = checked(ACTION.at[2].set(bad))
+        with pytest.raises(checkify.JaxRuntimeError, match=r"action: a value outside 0\.\.2"):
+            err.throw()
+    err, y = checked(ACTION)
+    assert err.get() is None
+    np.testing.assert_array_equal(y, jax.jit(target)(ACTION))
+
+
+def test_categorical_cross_entropy_checks_its_action():
+    from jax.experimental import checkify
+
+    logits, target = jnp.zeros((B, A, 5)), jnp.full((B, 5), 0.2)
+    with pytest.raises(ValueError, match=r"^action: values in \[0, 3\]; allowed 0..2$"):
+        ops.categorical_cross_entropy(logits, ACTION.at[1].set(3), target)
+    err, _ = checkify.checkify(jax.jit(ops.categorical_cross_entropy))(logits, ACTION.at[1].set(3), target)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"action: a value outside 0\.\.2"):
+        err.throw()
+
+
+def test_every_public_operator_documents_args_returns_and_its_paper():
+    """rlax's form: Args (shapes, dtypes), Returns, the equation's source (a year of a paper);
+    `select_action` is indexing, with no paper."""
+    import inspect
+    import re
+
+    missing = {}
+    for name in ops.__all__:
+        doc = inspect.getdoc(getattr(ops, name)) or ""
+        lacks = [k for k in ("Args:", "Returns:") if k not in doc]
+        if name != "select_action" and not re.search(r"\b(19|20)\d\d\b", doc):
+            lacks.append("a paper")
+        if lacks:
+            missing[name] = lacks
+    assert missing == {}

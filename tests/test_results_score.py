@@ -81,7 +81,8 @@ def _set_rule(run_dir, rule, k) -> dict:
 
 
 def _reported(summary) -> dict[str, list[float]]:
-    return {row["agent"]: row["final_eval_returns"] for row in summary}
+    """Each agent's reported scores, a score not measured (null in strict JSON) as NaN."""
+    return {row["agent"]: [math.nan if v is None else v for v in row["final_eval_returns"]] for row in summary}
 
 
 def _notebook_scores(results, tmp_path) -> dict[str, list[float]]:

@@ -1,14 +1,21 @@
 """Input checks of the targets: one-line `ValueError`s that name the argument.
 
 Shapes are static under `jit`, so the shape checks cost nothing at run time. Action values
-are checked only when they are concrete (eager calls); under `jit` an action outside
-[0, A) is a documented precondition. Nothing here changes a result.
+are checked when they are concrete (eager calls: a ValueError). Traced actions (under `jit`,
+`vmap`, `scan`) cannot raise a Python error; for them an action in [0, A) is a precondition,
+checked by `jax.experimental.checkify`: wrapped in `checkify.checkify(fn)`, a program whose
+actions leave the range returns an error (`err.throw()` raises "action: a value outside
+0..A-1"). Without checkify the check is a no-op that XLA removes, so the trainer's program and
+its numbers are unchanged; an unchecked out-of-range action reads NaN (≥ A, a non-finite loss
+the trainer reports as divergence) or counts from the end (< 0). Nothing here changes a result.
 """
 
 from __future__ import annotations
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from jax.experimental import checkify
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -39,17 +46,22 @@ def check_transition(reward, discount, **q_arrays) -> None:
 
 
 def check_action(action, num_actions: int, lead: tuple[int, ...]) -> None:
-    """`action` is an integer array of shape `lead`, with values in [0, num_actions) when concrete.
+    """`action` is an integer array of shape `lead`, with values in [0, num_actions).
 
     Raises:
-      ValueError: on a wrong shape or dtype, or (eager calls only) an out-of-range action.
+      ValueError: on a wrong shape or dtype, or (concrete actions) an out-of-range action.
+        A traced action's range is a `checkify.debug_check` (see the module docstring).
     """
     if _shape(action) != tuple(lead):
         raise ValueError(f"action: shape {_shape(action)} does not match the leading shape {tuple(lead)}")
     dtype = np.dtype(action.dtype) if hasattr(action, "dtype") else np.result_type(action)
     if not np.issubdtype(dtype, np.integer):
         raise ValueError(f"action: dtype {dtype}; allowed an integer array")
-    if isinstance(action, jax.core.Tracer) or np.size(action) == 0:
+    if np.size(action) == 0:
+        return
+    if isinstance(action, jax.core.Tracer):
+        checkify.debug_check(jnp.all((action >= 0) & (action < num_actions)),
+                             f"action: a value outside 0..{num_actions - 1}")
         return
     values = np.asarray(action)
     low, high = int(values.min()), int(values.max())

@@ -14,7 +14,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from klrl.operators.checks import check_transition
+from klrl.operators.checks import check_action, check_transition
 from klrl.operators.policies import _coef, _shift, soft_value
 
 Array = chex.Array
@@ -73,7 +73,8 @@ def categorical_td_target(
 
 
 def categorical_mean(logits: Array, atoms: Array) -> Array:
-    """E[Z] = Σ_i p_i z_i with p = softmax(logits).
+    """E[Z] = Σ_i p_i z_i with p = softmax(logits): a categorical critic's action value (C51,
+    Bellemare et al. 2017).
 
     Args:
       logits: [..., A, N], unnormalized log-probabilities over the atoms.
@@ -129,7 +130,16 @@ def categorical_cross_entropy(logits: Array, action: Array, target: Array) -> Ar
     """−Σ_i y_i ln p_i(s, a), p(s, a) = softmax(logits[a]): the categorical critic's loss (C51,
     Bellemare et al. 2017; Q♯'s critic, Zhou et al. 2025) against a target distribution y.
 
-    logits [B, A, N], action int [B], target [B, N] (callers stop its gradient). Returns [B]."""
+    Args:
+      logits: [B, A, N], float, unnormalized log-probabilities over the atoms per action.
+      action: a [B], integer in [0, A) (concrete values out of range are refused; traced ones
+        are a checkify-able precondition, klrl.operators.checks).
+      target: y [B, N], float, rows summing to 1 (callers stop its gradient).
+
+    Returns:
+      [B]: the cross-entropy per example.
+    """
     chex.assert_rank([logits, action, target], [3, 1, 2])
+    check_action(action, logits.shape[1], logits.shape[:1])
     logits_sa = jnp.take_along_axis(logits, action[:, None, None].astype(jnp.int32), axis=1)[:, 0]
     return -jnp.sum(target * jax.nn.log_softmax(logits_sa, axis=-1), axis=-1)

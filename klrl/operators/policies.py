@@ -80,7 +80,8 @@ def _lse(x: Array) -> Array:
 
 
 def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
-    """τ·ln softmax(q/τ) over the last axis, computed stably.
+    """τ·ln softmax(q/τ) over the last axis, computed stably (the log-policy term of M-DQN,
+    Vieillard et al. 2020).
 
     τ ln π(a) = q(a) − max q − τ·lse((q − max q)/τ). Every term is bounded by the spread of
     q, so τ → 0 with large q stays finite (it tends to q(a) − max q, the action gap).
@@ -98,7 +99,8 @@ def scaled_log_softmax(q: Array, tau: Numeric) -> Array:
 
 
 def softmax_policy(q: Array, tau: Numeric) -> Array:
-    """π = softmax(q/τ) over the last axis (Boltzmann policy).
+    """π = softmax(q/τ) over the last axis: the Boltzmann policy, greedy for the entropy-regularized
+    value τ·lse(q/τ) (soft Q-learning, Haarnoja et al. 2017).
 
     Args:
       q: action values [..., A], float.
@@ -136,7 +138,8 @@ def soft_value(q: Array, tau: Numeric, log_prior: Array | None = None) -> Array:
 
 
 def log_q(x: Array, entropic_index: Numeric) -> Array:
-    """Tsallis q-logarithm ln_q x = (x^(q−1) − 1)/(q−1); ln x at q = 1.
+    """Tsallis q-logarithm ln_q x = (x^(q−1) − 1)/(q−1); ln x at q = 1 (Tsallis 1988; the
+    convention of MVI(q), Zhu et al. 2023).
 
     For q > 1, ln_q(0) = −1/(q−1) is finite. `entropic_index` may be traced: both branches
     are evaluated and selected, with the unused one made safe.
@@ -158,7 +161,8 @@ def log_q(x: Array, entropic_index: Numeric) -> Array:
 
 
 def exp_q(x: Array, entropic_index: Numeric) -> Array:
-    """Tsallis q-exponential exp_q x = [1 + (q−1)x]_+^(1/(q−1)); exp x at q = 1.
+    """Tsallis q-exponential exp_q x = [1 + (q−1)x]_+^(1/(q−1)); exp x at q = 1, the inverse of
+    `log_q` on its range (Tsallis 1988; Zhu et al. 2023).
 
     Args:
       x: array, any shape, float.
@@ -253,7 +257,7 @@ def tsallis_policy(z: Array, entropic_index: Numeric) -> Array:
 
 
 def tsallis_entropy(pi: Array, entropic_index: Numeric) -> Array:
-    """S_q(π) = −<π, ln_q π> = (1 − Σ π^q)/(q − 1); Shannon entropy at q = 1.
+    """S_q(π) = −<π, ln_q π> = (1 − Σ π^q)/(q − 1); Shannon entropy at q = 1 (Tsallis 1988).
 
     Args:
       pi: a policy [..., A], float, rows summing to 1.

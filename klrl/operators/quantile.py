@@ -11,6 +11,7 @@ from __future__ import annotations
 import chex
 import jax.numpy as jnp
 
+from klrl.operators.checks import check_transition
 from klrl.operators.policies import scaled_log_softmax, softmax_policy
 from klrl.operators.targets import select_action
 from klrl.operators.values import munchausen_bonus
@@ -20,12 +21,21 @@ Numeric = chex.Numeric
 
 
 def quantile_huber_loss(z_sa: Array, taus: Array, target: Array, kappa: float = 1.0) -> Array:
-    """Σ_i (1/N') Σ_j ρ^κ_{τ_i}(y_j − Z_{τ_i}), ρ^κ_τ(δ) = |τ − 1{δ < 0}|·L_κ(δ)/κ (Dabney et al. 2018, IQN).
+    """Quantile Huber loss (Dabney et al. 2018, IQN):
 
-    z_sa [B, N] predicted quantile values at fractions `taus` [B, N]; target [B, N'] target
-    samples y_j (held fixed by the caller); L_κ is the Huber loss with threshold κ > 0
-    (½δ² for |δ| ≤ κ, κ(|δ| − ½κ) beyond). Summed over the N predicted fractions and averaged
-    over the N' target samples, as in IQN. Returns [B].
+        loss = Σ_i (1/N') Σ_j ρ^κ_{τ_i}(y_j − Z_{τ_i}),   ρ^κ_τ(δ) = |τ − 1{δ < 0}|·L_κ(δ)/κ,
+
+    with L_κ the Huber loss of threshold κ (½δ² for |δ| ≤ κ, κ(|δ| − ½κ) beyond): summed over
+    the N predicted fractions, averaged over the N' target samples.
+
+    Args:
+      z_sa: predicted quantile values Z_τ(s, a) [B, N], float.
+      taus: their fractions τ ∈ (0, 1) [B, N], float, the shape of `z_sa`.
+      target: target samples y_j [B, N'], float (held fixed by the caller: stop its gradient).
+      kappa: Huber threshold κ > 0, a Python float.
+
+    Returns:
+      [B]: the loss per example.
     """
     chex.assert_rank([z_sa, taus, target], 2)
     chex.assert_equal_shape([z_sa, taus])
@@ -37,10 +47,21 @@ def quantile_huber_loss(z_sa: Array, taus: Array, target: Array, kappa: float = 
 
 
 def quantile_q_learning_target(z_target_next: Array, q_target_next: Array, reward: Array, discount: Array) -> Array:
-    """y_j = r + d·Z̄_j(s', a*), a* = argmax_a q̄(s', a) (IQN's target, one sample per fraction j).
+    """IQN's target (Dabney et al. 2018), one sample per target fraction j:
 
-    z_target_next [B, N', A] target-network quantile values at s'; q_target_next [B, A] the
-    action values a* is chosen from; reward, discount [B]. Returns [B, N']."""
+        y_j = r + d·Z̄_j(s', a*),   a* = argmax_a q̄(s', a).
+
+    Args:
+      z_target_next: target-network quantile values Z̄(s') [B, N', A], float.
+      q_target_next: q̄(s') [B, A], float, the action values a* is chosen from.
+      reward: r [B], float.
+      discount: γ·(1 − terminated) [B], float, shaped like `reward` (a scalar is refused: it
+        would bootstrap through terminal states).
+
+    Returns:
+      [B, N']: the target samples (no stop_gradient: the caller holds them fixed).
+    """
+    check_transition(reward, discount, q_target_next=q_target_next)
     chex.assert_rank([z_target_next, q_target_next, reward, discount], [3, 2, 1, 1])
     greedy = jnp.argmax(q_target_next, axis=-1)
     z_next = select_action(z_target_next, jnp.broadcast_to(greedy[:, None], z_target_next.shape[:2]))
@@ -50,14 +71,29 @@ def quantile_q_learning_target(z_target_next: Array, q_target_next: Array, rewar
 def munchausen_quantile_target(z_target_next: Array, q_target_s: Array, q_target_next: Array, action: Array,
                                reward: Array, discount: Array, *, alpha: Numeric = 0.9, tau: Numeric = 0.03,
                                clip_min: Numeric = -1.0) -> Array:
-    """Munchausen-IQN (Vieillard et al. 2020): per target fraction j,
+    """Munchausen-IQN (Vieillard et al. 2020), per target fraction j:
 
         y_j = r + α·clip(τ ln π̄(a|s), l0, 0) + d·Σ_a' π̄(a'|s')·(Z̄_j(s', a') − τ ln π̄(a'|s')),
 
     π̄ = softmax(q̄/τ) of the target network's action values at s and s'. α = 0 gives the
-    soft (entropy-regularized) IQN target. z_target_next [B, N', A]; q_target_s,
-    q_target_next [B, A]; action int [B]; reward, discount [B]. Returns [B, N'].
+    soft (entropy-regularized) IQN target.
+
+    Args:
+      z_target_next: target-network quantile values Z̄(s') [B, N', A], float.
+      q_target_s: q̄(s) [B, A], float.
+      q_target_next: q̄(s') [B, A], float.
+      action: a [B], integer in [0, A) (concrete values out of range are refused; traced
+        ones are a checkify-able precondition, klrl.operators.checks).
+      reward: r [B], float.
+      discount: γ·(1 − terminated) [B], float, shaped like `reward` (a scalar is refused).
+      alpha: Munchausen scale α (paper: 0.9), a number or an array [B].
+      tau: entropy weight τ > 0 (paper: 0.03), a number or an array [B].
+      clip_min: l0 ≤ 0 (paper: −1), a number or an array [B].
+
+    Returns:
+      [B, N']: the target samples (no stop_gradient: the caller holds them fixed).
     """
+    check_transition(reward, discount, q_target_s=q_target_s, q_target_next=q_target_next)
     chex.assert_rank([z_target_next, q_target_s, q_target_next, action, reward, discount], [3, 2, 2, 1, 1, 1])
     bonus = select_action(munchausen_bonus(q_target_s, alpha=alpha, tau=tau, clip_min=clip_min), action)
     pi_next = softmax_policy(q_target_next, tau)                        # [B, A]

@@ -46,8 +46,11 @@ def select_action(x: Array, action: Array) -> Array:
     """x[..., action]: the entry of the taken action.
 
     Args:
-      x: per-action values [..., A].
-      action: integer actions [...] (the leading shape of `x`), in [0, A).
+      x: per-action values [..., A], any dtype.
+      action: integer actions [...] (the leading shape of `x`), in [0, A). A concrete
+        out-of-range action raises a one-line ValueError; a traced one is a precondition
+        that `jax.experimental.checkify.checkify` checks (klrl.operators.checks); unchecked,
+        ≥ A reads NaN and < 0 counts from the end.
 
     Returns:
       [...]: `x` at the taken actions.
@@ -65,12 +68,13 @@ def q_learning_target(q_target_next: Array, reward: Array, discount: Array) -> A
     """DQN (Mnih et al. 2015): y = r + d·max_a' q̄(s', a').
 
     Args:
-      q_target_next: q̄(s') [..., A].
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_next: q̄(s') [..., A], float.
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_next=q_target_next)
     return _bootstrap(reward, discount, greedy_value(q_target_next))
@@ -82,13 +86,14 @@ def double_q_target(q_online_next: Array, q_target_next: Array, reward: Array, d
     The online network chooses the next action, the target network evaluates it.
 
     Args:
-      q_online_next: q(s') [..., A] from the online network.
+      q_online_next: q(s') [..., A], float, from the online network.
       q_target_next: q̄(s') [..., A], the shape of `q_online_next`.
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_online_next=q_online_next, q_target_next=q_target_next)
     chex.assert_equal_shape([q_online_next, q_target_next])
@@ -100,13 +105,14 @@ def soft_q_target(q_target_next: Array, reward: Array, discount: Array, *, tau: 
     """Soft Q-learning (Haarnoja et al. 2017): y = r + d·τ·lse(q̄(s')/τ) = r + d<π̄, q̄ − τ ln π̄>.
 
     Args:
-      q_target_next: q̄(s') [..., A].
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_next: q̄(s') [..., A], float.
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       tau: entropy weight τ > 0.
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_next=q_target_next)
     return _bootstrap(reward, discount, soft_value(q_target_next, tau))
@@ -121,14 +127,15 @@ def kl_prior_target(
     It is the TD soft-Q baseline of Q♯ (Zhou et al. 2025).
 
     Args:
-      q_target_next: q̄(s') [..., A].
-      log_prior_next: ln π_ref(·|s') [..., A], the shape of `q_target_next`.
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_next: q̄(s') [..., A], float.
+      log_prior_next: ln π_ref(·|s') [..., A], float, the shape of `q_target_next`.
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       eta: KL temperature η > 0.
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_next=q_target_next, log_prior_next=log_prior_next)
     return _bootstrap(reward, discount, soft_value(q_target_next, eta, log_prior_next))
@@ -142,15 +149,16 @@ def advantage_learning_target(
     The action gap of the fixed point grows by 1/(1−α).
 
     Args:
-      q_target_s: q̄(s) [..., A].
-      q_target_next: q̄(s') [..., A].
-      action: a [...], integer in [0, A).
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_s: q̄(s) [..., A], float.
+      q_target_next: q̄(s') [..., A], float.
+      action: a [...], integer in [0, A) (see `select_action`).
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       alpha: gap scale α ∈ [0, 1).
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_s=q_target_s, q_target_next=q_target_next)
     penalty = _coef_lead(alpha, q_target_s) * select_action(action_gap(q_target_s), action)
@@ -165,7 +173,7 @@ def persistent_advantage_learning_target(
     Args: as `advantage_learning_target`.
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     al = advantage_learning_target(q_target_s, q_target_next, action, reward, discount, alpha=alpha)
     persist = _bootstrap(reward, discount, select_action(q_target_next, action))
@@ -190,17 +198,18 @@ def munchausen_target(
     advantage learning with parameter α (when gaps stay within |l0|).
 
     Args:
-      q_target_s: q̄(s) [..., A].
-      q_target_next: q̄(s') [..., A].
-      action: a [...], integer in [0, A).
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_s: q̄(s) [..., A], float.
+      q_target_next: q̄(s') [..., A], float.
+      action: a [...], integer in [0, A) (see `select_action`).
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       alpha: Munchausen scale α (paper: 0.9).
       tau: entropy weight τ > 0 (paper: 0.03).
       clip_min: l0 ≤ 0, the lower clip of τ ln π̄ (paper: −1).
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_s=q_target_s, q_target_next=q_target_next)
     bonus = select_action(munchausen_bonus(q_target_s, alpha=alpha, tau=tau, clip_min=clip_min), action)
@@ -227,11 +236,12 @@ def tsallis_munchausen_target(
     the sparse-max Bellman target.
 
     Args:
-      q_target_s: q̄(s) [..., A].
-      q_target_next: q̄(s') [..., A].
-      action: a [...], integer in [0, A).
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_s: q̄(s) [..., A], float.
+      q_target_next: q̄(s') [..., A], float.
+      action: a [...], integer in [0, A) (see `select_action`).
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       entropic_index: Tsallis index q ≥ 1 (1: M-DQN, 2: sparsemax); may be traced.
       alpha: Munchausen scale α.
       tau: entropy weight τ > 0.
@@ -239,7 +249,7 @@ def tsallis_munchausen_target(
       consistent_weight: static; True makes π̄ greedy for the weight τ (policy of q̄/(qτ)).
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_s=q_target_s, q_target_next=q_target_next)
     bonus = tsallis_munchausen_bonus(
@@ -259,15 +269,16 @@ def mirror_descent_target(
     with π₋ the policy of the PREVIOUS target network at s' (callers must store it).
 
     Args:
-      q_target_next: q̄(s') [..., A].
-      log_pi_prev_next: ln π₋(·|s') [..., A], the shape of `q_target_next`.
-      reward: r [...].
-      discount: γ·(1 − terminated) [...], shaped like `reward`.
+      q_target_next: q̄(s') [..., A], float.
+      log_pi_prev_next: ln π₋(·|s') [..., A], float, the shape of `q_target_next`.
+      reward: r [...], float.
+      discount: γ·(1 − terminated) [...], float, shaped like `reward` (a scalar is refused:
+        it would bootstrap through terminal states).
       lam: KL weight λ ≥ 0.
       tau: entropy weight τ ≥ 0, with λ + τ > 0.
 
     Returns:
-      y [...].
+      y [...], in the dtype of the q-arrays, stop-gradient.
     """
     check_transition(reward, discount, q_target_next=q_target_next, log_pi_prev_next=log_pi_prev_next)
     return _bootstrap(reward, discount, mirror_descent_value(q_target_next, log_pi_prev_next, lam=lam, tau=tau))

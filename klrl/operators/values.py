@@ -32,7 +32,7 @@ Numeric = chex.Numeric
 
 
 def greedy_value(q: Array) -> Array:
-    """v(s) = max_a q(s, a): the unregularized (DQN / value iteration) state value.
+    """v(s) = max_a q(s, a): the unregularized state value (Q-learning, Watkins 1989; DQN, Mnih et al. 2015).
 
     Args:
       q: action values [..., A], float.
@@ -44,7 +44,8 @@ def greedy_value(q: Array) -> Array:
 
 
 def action_gap(q: Array) -> Array:
-    """max_b q(b) − q(a) ≥ 0 for every action a: the gap advantage learning penalizes.
+    """max_b q(b) − q(a) ≥ 0 for every action a: the action gap advantage learning penalizes
+    (Bellemare et al. 2016).
 
     Args:
       q: action values [..., A], float.
