@@ -65,6 +65,19 @@ def oracle_p(tokens: jax.Array, t: jax.Array, path: jax.Array, tail: jax.Array, 
     return jnp.where(on_path, tail_t, 0.0)[:, None] * jax.nn.one_hot(y_t, num_tokens)
 
 
+def guided_success(log_ref_path: jax.Array, path: jax.Array, eta, guidance: str) -> jax.Array:
+    """Exact success probability [n] of the oracle-guided policy (Q♯ or CD): off the path every
+    p is 0, so it is Π_t π(y*_t | y*_{<t}) with π the guided policy at the on-path states. For Q♯
+    it equals `optimal_success`; for CD it is lower wherever some tail lies strictly in (0, 1)."""
+    from klrl.stargraph.guidance import guided_log_policy
+
+    tail = success_tail(log_ref_path, path)
+    p = tail[..., None] * jax.nn.one_hot(path, log_ref_path.shape[-1])
+    lp = jnp.take_along_axis(guided_log_policy(log_ref_path, p, eta, guidance), path[..., None].astype(jnp.int32),
+                             axis=-1)[..., 0]
+    return jnp.exp(jnp.sum(lp, axis=1))
+
+
 def optimal_success(p0: jax.Array, eta) -> jax.Array:
     """P*(success) = p0 e^{1/η} / (1 − p0 + p0 e^{1/η})."""
     w = p0 * jnp.exp(1.0 / eta)
@@ -76,5 +89,5 @@ def optimal_kl(p0: jax.Array, eta) -> jax.Array:
     return optimal_success(p0, eta) / eta - jnp.log1p(p0 * jnp.expm1(1.0 / eta))
 
 
-__all__ = ["optimal_kl", "optimal_success", "oracle_p", "path_log_probs", "path_states", "success_probability",
+__all__ = ["guided_success", "optimal_kl", "optimal_success", "oracle_p", "path_log_probs", "path_states", "success_probability",
            "success_tail"]

@@ -86,15 +86,17 @@ def make_step(model: CausalLM, opt: optax.GradientTransformation, data: jax.Arra
     return step
 
 
+_target_log_probs_jit = jax.jit(target_log_probs, static_argnums=(0, 3))
+
+
 def per_position_accuracy(model: CausalLM, params, tokens: np.ndarray, prompt_len: int,
                           chunk: int = 500) -> dict:
     """Teacher-forced argmax accuracy of each target position [ℓ], the mean target NLL, and the
     fraction of sequences whose every target token is the argmax (teacher-forced exact match)."""
-    fwd = jax.jit(lambda p, x: target_log_probs(model, p, x, prompt_len))
     hits, nll = [], []
     for i in range(0, tokens.shape[0], chunk):
         x = jnp.asarray(tokens[i:i + chunk])
-        logp = np.asarray(fwd(params, x))
+        logp = np.asarray(_target_log_probs_jit(model, params, x, prompt_len))
         y = np.asarray(x[:, prompt_len:])
         hits.append(logp.argmax(-1) == y)
         nll.append(-np.take_along_axis(logp, y[..., None], axis=-1)[..., 0])
