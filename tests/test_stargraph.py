@@ -15,6 +15,7 @@ from klrl.envs import env_spec, make_env
 from klrl.errors import ConfigError
 from klrl.stargraph import exact, guidance, sampler
 from klrl.stargraph.env import initial_states, token_env
+from klrl.stargraph.shortcut import shortcut_reference
 from klrl.stargraph.graphs import SPLITS, StarGraphTask, dataset, path_from_edges
 from klrl.stargraph.tokenizer import (Vocabulary, decode, encode, from_text, prompt_length, sequence_length,
                                       to_text)
@@ -163,22 +164,6 @@ def test_closed_forms_at_p0_one_over_d():
     np.testing.assert_allclose(exact.optimal_kl(jnp.array(0.2), 0.1), math.log(5), atol=2e-3)
 
 
-def _edge_follower(task: StarGraphTask, bonus: float, key):
-    """A stand-in π_ref with the star graph's shortcut: it favours (by `bonus` in its logits) the
-    children of its last token in the prompt's edge list, s after the prompt, plus fixed noise
-    that depends on the last token — so p0 lies strictly between 0 and 1 and differs by prompt."""
-    voc, E = Vocabulary(task.num_nodes), task.num_edges
-    noise = jax.random.normal(key, (voc.size, voc.size))
-
-    def log_ref(tokens):
-        last = jnp.take_along_axis(tokens, (jnp.sum(tokens != voc.pad, -1) - 1)[..., None], -1)[..., 0]
-        edges = tokens[..., :2 * E].reshape(tokens.shape[:-1] + (E, 2))
-        child = jnp.sum(jax.nn.one_hot(edges[..., 1], voc.size) * (edges[..., :1] == last[..., None, None]), -2)
-        start = jax.nn.one_hot(tokens[..., 2 * E + 1], voc.size) * (last == voc.eq)[..., None]
-        return guidance.truncate(bonus * (child + start) + noise[last], top_k=8)
-    return log_ref
-
-
 def test_oracle_guided_sampler_matches_p_star_and_kl_per_prompt():
     """With the exact p from one teacher-forced pass of π_ref, the guided sampler's success rate
     and mean per-episode KL match P* and KL(π*‖π_ref) of every prompt to sampling error (Q♯); CD's
@@ -186,7 +171,7 @@ def test_oracle_guided_sampler_matches_p_star_and_kl_per_prompt():
     n, S, P, V = 4, 3000, prompt_length(TINY), Vocabulary(8).size
     g = dataset(TINY, "test", n, 0)
     starts, path = jnp.asarray(initial_states(TINY, g), jnp.int32), jnp.asarray(g.path)
-    log_ref = _edge_follower(TINY, 3.0, jax.random.PRNGKey(1))
+    log_ref = shortcut_reference(TINY, 3.0, jax.random.PRNGKey(1), top_k=8)
     lrp = exact.path_log_probs(log_ref, starts, path, P)
     tail, p0 = exact.success_tail(lrp, path), exact.success_probability(lrp, path)
     assert bool(jnp.all((p0 > 0.02) & (p0 < 0.9))), p0
@@ -226,15 +211,15 @@ def test_pretraining_a_tiny_set_lowers_its_loss_and_saves(tmp_path):
     from klrl.stargraph.pretrain import PretrainConfig, load, per_position_accuracy, pretrain, save
     from klrl.stargraph.reference import lm_reference
 
-    cfg = PretrainConfig(task=TINY, layers=1, width=32, heads=2, train_size=64, test_size=16, steps=80,
-                         batch_size=32, lr=3e-3, final_lr=3e-4, warmup=10, eval_every=80)
+    cfg = PretrainConfig(task=TINY, layers=1, width=32, heads=2, train_size=64, test_size=16, steps=50,
+                         batch_size=32, lr=3e-3, final_lr=3e-4, warmup=10, eval_every=50)
     model, params, report = pretrain(cfg, log=lambda line: None)
     tokens = encode(TINY, dataset(TINY, "pretrain", 64, 0))
     before = per_position_accuracy(model, model.init(jax.random.PRNGKey(0), jnp.asarray(tokens[:1])), tokens,
                                    prompt_length(TINY))
     after = per_position_accuracy(model, params, tokens, prompt_length(TINY))
     assert after["nll"] < 0.6 * before["nll"] and len(after["accuracy"]) == TINY.path_length
-    assert [r["step"] for r in report["history"]] == [80] and report["test"]["step"] == 80
+    assert [r["step"] for r in report["history"]] == [50] and report["test"]["step"] == 50
     save(str(tmp_path / "lm"), cfg, params, report)
     cfg2, _, params2 = load(str(tmp_path / "lm"))
     assert cfg2 == cfg

@@ -43,7 +43,8 @@ def path_log_probs(log_ref: Callable[[jax.Array], jax.Array], starts: jax.Array,
 def success_tail(log_ref_path: jax.Array, path: jax.Array) -> jax.Array:
     """tail_t = Π_{s>t} π_ref(y*_s | y*_{<s}) [n, ℓ], from the teacher-forced [n, ℓ, V]."""
     lp = jnp.take_along_axis(log_ref_path, path[..., None].astype(jnp.int32), axis=-1)[..., 0]
-    after = jnp.cumsum(lp[:, ::-1], axis=1)[:, ::-1] - lp                   # Σ_{s>t} ln π_ref(y*_s)
+    # Σ_{s>t} ln π_ref(y*_s) as an exclusive reverse cumsum (no subtraction: ln 0 = −inf stays exact)
+    after = jnp.concatenate([jnp.cumsum(lp[:, :0:-1], axis=1)[:, ::-1], jnp.zeros_like(lp[:, :1])], axis=1)
     return jnp.exp(after)
 
 

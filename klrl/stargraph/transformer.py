@@ -43,10 +43,11 @@ class Block(nn.Module):
 
 
 class CausalLM(nn.Module):
-    """Decoder-only transformer; `num_outputs` > 1 gives [..., L, V, num_outputs] (a critic head)."""
+    """Decoder-only transformer: [..., L] tokens -> [..., L, outputs] (`outputs` 0: the vocabulary,
+    next-token logits; 1: one scalar per position, a V-type critic head)."""
 
     config: LMConfig
-    num_outputs: int = 1
+    outputs: int = 0
 
     @nn.compact
     def __call__(self, tokens):
@@ -59,10 +60,7 @@ class CausalLM(nn.Module):
         for _ in range(c.layers):
             x = Block(c.width, c.heads)(x, mask)
         x = nn.LayerNorm()(x)
-        out = nn.Dense(c.vocab_size * self.num_outputs)(x)
-        if self.num_outputs == 1:
-            return out
-        return out.reshape(out.shape[:-1] + (c.vocab_size, self.num_outputs))
+        return nn.Dense(self.outputs or c.vocab_size)(x)
 
 
 def last_position(tokens: jax.Array, pad: int) -> jax.Array:
@@ -71,10 +69,10 @@ def last_position(tokens: jax.Array, pad: int) -> jax.Array:
 
 
 def next_token_logits(model: CausalLM, params, tokens: jax.Array, pad: int) -> jax.Array:
-    """Logits of the next token of each PAD-tailed state [..., L] -> [..., V(, outputs)]."""
+    """The outputs at the last written position of each PAD-tailed state [..., L] -> [..., outputs]."""
     out = model.apply(params, tokens)
     idx = last_position(tokens, pad)
-    idx = idx.reshape(idx.shape + (1,) * (out.ndim - tokens.ndim + 1))
+    idx = idx[..., None, None]
     return jnp.take_along_axis(out, idx, axis=tokens.ndim - 1).squeeze(tokens.ndim - 1)
 
 
