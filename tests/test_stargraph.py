@@ -228,3 +228,18 @@ def test_pretraining_a_tiny_set_lowers_its_loss_and_saves(tmp_path):
     obs = jnp.asarray(initial_states(TINY, dataset(TINY, "test", 3, 0)))
     lp = ref.log_probs(ref.load(), obs)
     assert lp.shape == (3, Vocabulary(8).size) and bool(jnp.all(jnp.sum(jnp.isfinite(lp), -1) == 5))
+
+
+def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    from klrl.stargraph.__main__ import main
+
+    cases = [(["pretrain", str(tmp_path / "o"), "bogus=1"], r"stargraph: got 'bogus'; allowed batch_size, degree"),
+             (["pretrain", str(tmp_path / "o"), "degree=1"], r"stargraph\.degree: got 1; allowed an integer >= 2"),
+             (["pretrain", str(tmp_path / "o"), "steps=x"], r"stargraph\.steps: got 'x'; allowed a value of type int"),
+             (["oracle", str(tmp_path / "none"), str(tmp_path / "r.json")], r"REF_DIR: got .*; allowed a directory")]
+    for argv, pattern in cases:
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("klrl: error: ")
+        assert __import__("re").search(pattern, err), err
+    assert not list(tmp_path.iterdir())

@@ -45,7 +45,7 @@ def _typed(default, key: str, value: str):
     try:
         return type(default)(value)
     except ValueError:
-        raise ConfigError(f"stargraph.{key}: got {value!r}; allowed a {type(default).__name__}") from None
+        raise ConfigError(f"stargraph.{key}: got {value!r}; allowed a value of type {type(default).__name__}") from None
 
 
 def parse(args: list[str], *bases: NamedTuple) -> list:
