@@ -30,16 +30,30 @@ def oracle_p_fn(log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_le
     return lambda tokens, t, lref: exact.oracle_p(tokens, t, path, tail, prompt_len, num_tokens)
 
 
+def evaluator(log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_len: int,
+              p_fn: Callable | None = None, rule: str = "qsharp") -> Callable:
+    """`run(key, eta) -> dict`, compiled once (η is traced): one sample per test prompt,
+    exact-match accuracy and per-episode KL(π‖π_ref), with 95% CIs over prompts."""
+    def sample(key, eta):
+        if p_fn is None:
+            log_policy = lambda tokens, t, lref: lref  # noqa: E731
+        else:
+            log_policy = lambda tokens, t, lref: guidance.guided_log_policy(lref, p_fn(tokens, t, lref), eta, rule)  # noqa: E731
+        out = sampler.sample(key, starts, log_ref, log_policy, prompt_len, path.shape[-1])
+        return sampler.exact_match(out.tokens, path, prompt_len), out.kl
+
+    compiled = jax.jit(sample)
+
+    def run(key, eta=0.1) -> dict:
+        success, kl = compiled(key, jnp.float32(eta))
+        return {"accuracy": mean_ci(success), "kl": mean_ci(kl), "n": int(success.shape[0])}
+    return run
+
+
 def evaluate(key, log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_len: int,
              p_fn: Callable | None = None, eta=0.1, rule: str = "qsharp") -> dict:
-    """One sample per test prompt: exact-match accuracy and per-episode KL(π‖π_ref), with CIs."""
-    if p_fn is None:
-        log_policy = lambda tokens, t, lref: lref  # noqa: E731
-    else:
-        log_policy = lambda tokens, t, lref: guidance.guided_log_policy(lref, p_fn(tokens, t, lref), eta, rule)  # noqa: E731
-    out = jax.jit(lambda k: sampler.sample(k, starts, log_ref, log_policy, prompt_len, path.shape[-1]))(key)
-    success = sampler.exact_match(out.tokens, path, prompt_len)
-    return {"accuracy": mean_ci(success), "kl": mean_ci(out.kl), "n": int(success.shape[0])}
+    """One evaluation (`evaluator` compiled for a single call)."""
+    return evaluator(log_ref, starts, path, prompt_len, p_fn, rule)(key, eta)
 
 
 def calibration(p_fn: Callable, log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_len: int,
@@ -66,4 +80,4 @@ def calibration(p_fn: Callable, log_ref: Callable, starts: jax.Array, path: jax.
     return {k: np.round(v, 4).tolist() for k, v in rows.items()}
 
 
-__all__ = ["calibration", "evaluate", "mean_ci", "oracle_p_fn"]
+__all__ = ["calibration", "evaluate", "evaluator", "mean_ci", "oracle_p_fn"]

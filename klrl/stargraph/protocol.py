@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from klrl.stargraph import exact
 from klrl.stargraph.critic import CriticConfig, critic_p
 from klrl.stargraph.env import initial_states
-from klrl.stargraph.evaluate import calibration, evaluate, oracle_p_fn
+from klrl.stargraph.evaluate import calibration, evaluate, evaluator, oracle_p_fn
 from klrl.stargraph.graphs import dataset
 from klrl.stargraph.guidance import GUIDANCES
 from klrl.stargraph.offline import labelled_pairs, train_critic
@@ -49,11 +49,12 @@ def oracle_run(ref_dir: str, test_size: int = 2000, etas=(0.03, 0.1, 0.3, 1.0), 
            "pi_ref": evaluate(key, log_ref, starts, path, P)}
     log({"pi_ref": out["pi_ref"], "p0_mean": out["p0_mean"]})
     p_fn = oracle_p_fn(log_ref, starts, path, P, V)
+    runs = {rule: evaluator(log_ref, starts, path, P, p_fn, rule) for rule in GUIDANCES}
     for eta in etas:
         row = {"closed_form": {"success": float(exact.optimal_success(p0, eta).mean()),
                                "kl": float(exact.optimal_kl(p0, eta).mean())}}
         for rule in GUIDANCES:
-            row[rule] = evaluate(key, log_ref, starts, path, P, p_fn, eta, rule)
+            row[rule] = runs[rule](key, eta)
         out[f"eta={eta}"] = row
         log({f"eta={eta}": row})
     out["seconds"] = round(time.time() - start, 1)
