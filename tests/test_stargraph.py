@@ -15,6 +15,7 @@ from klrl.envs import env_spec, make_env
 from klrl.errors import ConfigError
 from klrl.stargraph import exact, guidance, sampler
 from klrl.stargraph.env import initial_states, token_env
+from klrl.stargraph.registry import TokenEnvSource
 from klrl.stargraph.shortcut import shortcut_reference
 from klrl.stargraph.graphs import SPLITS, StarGraphTask, dataset, path_from_edges
 from klrl.stargraph.tokenizer import (Vocabulary, decode, encode, from_text, prompt_length, sequence_length,
@@ -91,11 +92,13 @@ def test_env_reward_is_exact_match_and_episodes_have_l_steps():
     one wrong token anywhere gives 0; the next step autoresets (valid False)."""
     g = dataset(TINY, "posttrain", 6, 0)
     M, E = 2, 3
-    env = token_env(TINY, g, M, E)
+    env = token_env(TINY, TokenEnvSource(TINY, "posttrain", 6, 0), M, E)
     state, obs = env.reset(_keys(0, (M, E)))
     P, pad = prompt_length(TINY), Vocabulary(8).pad
-    idx = np.asarray(state.inner[0])
-    np.testing.assert_array_equal(np.asarray(obs), initial_states(TINY, g)[idx])
+    # every episode starts from one of the split's 6 graphs, regenerated in-graph
+    starts = initial_states(TINY, g)
+    idx = np.array([[int(np.flatnonzero((starts == o).all(1))[0]) for o in row] for row in np.asarray(obs)])
+    np.testing.assert_array_equal(np.asarray(state.inner[2]), g.path[idx])
     wrong_at = np.array([[-1, 0, 1], [2, -1, 2]])                 # -1: play the path; else corrupt step t
     for t in range(TINY.path_length):
         a = g.path[idx, t].copy()

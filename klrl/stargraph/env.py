@@ -14,20 +14,21 @@ truncated). This is the setting where Q♯'s identity Q* = η ln E[exp(Z/η)] is
 deterministic, Zhou et al. 2025).
 
 The backend `tokens` (klrl.envs.token_backend) serves the registered tasks `STAR_GRAPH_ENVS`: each draws its
-episodes from the dataset its entry of klrl.stargraph.registry names (the post-training split) (klrl.stargraph.graphs.dataset, seed 0).
+episodes from the split its entry of klrl.stargraph.registry names (the post-training split,
+seed 0), regenerating graph i in-graph (klrl.stargraph.graphs.graph_at) rather than holding the
+set as a program constant (large closed-over constants broke the runner's AOT-compiled chunk).
 """
 
 from __future__ import annotations
 
-import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from klrl.envs.base import EnvSpec
 from klrl.envs.in_graph import InGraphEnv, OneStep
-from klrl.stargraph.graphs import Graphs, StarGraphTask, dataset
-from klrl.stargraph.registry import STAR_GRAPH_ENVS
+from klrl.stargraph.graphs import Graphs, StarGraphTask, graph_at, split_key
+from klrl.stargraph.registry import STAR_GRAPH_ENVS, TokenEnvSource
 from klrl.stargraph.tokenizer import Vocabulary, encode, prompt_length, sequence_length
 
 
@@ -48,34 +49,38 @@ def initial_states(task: StarGraphTask, graphs: Graphs) -> np.ndarray:
     return tokens.astype(np.uint8)
 
 
-def token_env(task: StarGraphTask, graphs: Graphs, members: int, envs: int, name: str = "") -> InGraphEnv:
-    """[members, envs] copies of the token MDP over `graphs` (episodes draw a graph uniformly)."""
+def _start(task: StarGraphTask, graph: Graphs) -> jax.Array:
+    """uint8 [L] first state of one (traced) graph: prompt, then ℓ PAD tokens."""
+    voc = Vocabulary(task.num_nodes)
+    tail = jnp.array([voc.sep], jnp.int32), graph.source[None], graph.goal[None], jnp.array([voc.eq], jnp.int32)
+    prompt = jnp.concatenate([graph.edges.reshape(-1), *tail])
+    return jnp.concatenate([prompt, jnp.full((task.path_length,), voc.pad, jnp.int32)]).astype(jnp.uint8)
+
+
+def token_env(task: StarGraphTask, source: TokenEnvSource, members: int, envs: int, name: str = "") -> InGraphEnv:
+    """[members, envs] copies of the token MDP; an episode draws graph i ~ U{0..size−1} of the
+    source's split and regenerates it in-graph (klrl.stargraph.graphs.graph_at): no dataset is
+    held as a program constant."""
     spec = token_spec(task, name)
-    starts = jnp.asarray(initial_states(task, graphs))
-    paths = jnp.asarray(graphs.path.astype(np.uint8))
+    key = split_key(source.seed, source.split)
     P, ell = prompt_length(task), task.path_length
 
-    def reset_one(key):
-        i = jax.random.randint(key, (), 0, starts.shape[0])
-        return (i, jnp.zeros((), jnp.int32), starts[i]), starts[i]
+    def reset_one(k):
+        i = jax.random.randint(k, (), 0, source.size)
+        graph = graph_at(task, key, i)
+        start = _start(task, graph)
+        return (jnp.zeros((), jnp.int32), start, graph.path.astype(jnp.uint8)), start
 
-    def step_one(key, inner, action) -> OneStep:
-        i, t, tokens = inner
+    def step_one(k, inner, action) -> OneStep:
+        t, tokens, path = inner
         written = tokens.at[P + t].set(action.astype(jnp.uint8))
         terminated = t + 1 >= ell
-        reward = (terminated & jnp.all(written[P:] == paths[i])).astype(jnp.float32)
-        (j, _, fresh), _ = reset_one(key)
-        nxt = jax.tree.map(lambda a, b: jnp.where(terminated, a, b), (j, jnp.zeros_like(t), fresh),
-                           (i, t + 1, written))
-        return OneStep(nxt, nxt[2], written, reward, terminated, jnp.zeros((), bool))
+        reward = (terminated & jnp.all(written[P:] == path)).astype(jnp.float32)
+        fresh, _ = reset_one(k)
+        nxt = jax.tree.map(lambda a, b: jnp.where(terminated, a, b), fresh, (t + 1, written, path))
+        return OneStep(nxt, nxt[1], written, reward, terminated, jnp.zeros((), bool))
 
     return InGraphEnv(spec, members, envs, reset_one, step_one)
-
-
-@functools.lru_cache(maxsize=None)
-def _graphs(name: str) -> Graphs:
-    src = STAR_GRAPH_ENVS[name]
-    return dataset(src.task, src.split, src.size, src.seed)
 
 
 def registered_spec(name: str) -> EnvSpec:
@@ -84,8 +89,9 @@ def registered_spec(name: str) -> EnvSpec:
 
 
 def registered_env(name: str, members: int, envs: int) -> InGraphEnv:
-    """[members, envs] copies of a registered token MDP (its dataset built once per process)."""
-    return token_env(STAR_GRAPH_ENVS[name].task, _graphs(name), members, envs, name)
+    """[members, envs] copies of a registered token MDP."""
+    source = STAR_GRAPH_ENVS[name]
+    return token_env(source.task, source, members, envs, name)
 
 
 __all__ = ["initial_states", "registered_env", "registered_spec", "token_env",

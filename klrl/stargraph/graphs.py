@@ -6,16 +6,19 @@ distinct labels drawn from {0, …, N − 1}. The goal g is the last node of one
 path from s to g is s followed by that arm (ℓ nodes). The E = d(ℓ − 1) directed (parent, child)
 edges are shuffled per graph, so nothing but the edges says which arm leads to g.
 
-Generation (vectorized over n graphs, numpy): a random permutation of the N labels per graph; its
-first label is s, the next d blocks of ℓ − 1 labels are the arms, block 0 is the goal's arm (the
-edge shuffle hides which one it is). Every draw comes from `numpy.random.default_rng` seeded by
-(seed, split), so a dataset is a pure function of (task, seed, split, size).
+Generation (pure JAX, one graph per key): a random permutation of the N labels; its first label
+is s, the next d blocks of ℓ − 1 labels are the arms, block 0 is the goal's arm (the edge
+shuffle, a second permutation, hides which one it is). Graph i of a split is generated from
+fold_in(split key, i), so a dataset is a pure function of (task, seed, split, size) and an
+environment can regenerate any of its graphs in-graph instead of holding the set as a constant.
 """
 
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
 from klrl.errors import ConfigError
@@ -62,28 +65,43 @@ class Graphs(NamedTuple):
         return Graphs(*(x[index] for x in self))
 
 
-def generate(task: StarGraphTask, n: int, rng: np.random.Generator) -> Graphs:
-    """n independent graphs of G(d, ℓ, N) drawn with `rng` (see the module docstring)."""
-    d, ell, num = task.check()
-    used = 1 + d * (ell - 1)
-    labels = np.argsort(rng.random((n, num)), axis=1)[:, :used].astype(np.int32)
-    source = labels[:, 0]
-    arms = labels[:, 1:].reshape(n, d, ell - 1)
-    parents = np.concatenate([np.broadcast_to(source[:, None, None], (n, d, 1)), arms[:, :, :-1]], axis=2)
-    edges = np.stack([parents, arms], axis=-1).reshape(n, task.num_edges, 2)
-    order = np.argsort(rng.random((n, task.num_edges)), axis=1)
-    edges = np.take_along_axis(edges, order[:, :, None], axis=1)
-    path = np.concatenate([source[:, None], arms[:, 0]], axis=1)
-    return Graphs(edges=np.ascontiguousarray(edges), source=source, goal=arms[:, 0, -1].copy(), path=path)
+def split_key(seed: int, split: str) -> jax.Array:
+    """The key of a split: fold_in(PRNGKey(seed), index of `split` in SPLITS)."""
+    if split not in SPLITS:
+        raise ConfigError(f"stargraph.split: got {split!r}; allowed one of {', '.join(SPLITS)}")
+    return jax.random.fold_in(jax.random.PRNGKey(seed), SPLITS.index(split))
+
+
+def generate_one(task: StarGraphTask, key: jax.Array) -> Graphs:
+    """One graph of G(d, ℓ, N) from `key` (pure JAX: traceable, vmappable; see module docstring)."""
+    d, ell, num = task
+    k_labels, k_order = jax.random.split(key)
+    labels = jax.random.permutation(k_labels, num)[:1 + d * (ell - 1)].astype(jnp.int32)
+    source, arms = labels[0], labels[1:].reshape(d, ell - 1)
+    parents = jnp.concatenate([jnp.full((d, 1), source), arms[:, :-1]], axis=1)
+    edges = jnp.stack([parents, arms], axis=-1).reshape(task.num_edges, 2)
+    edges = edges[jax.random.permutation(k_order, task.num_edges)]
+    return Graphs(edges=edges, source=source, goal=arms[0, -1], path=jnp.concatenate([source[None], arms[0]]))
+
+
+def graph_at(task: StarGraphTask, key: jax.Array, index: jax.Array) -> Graphs:
+    """Graph `index` of the split whose key is `key`: generate_one(fold_in(key, index))."""
+    return generate_one(task, jax.random.fold_in(key, index))
 
 
 def dataset(task: StarGraphTask, split: str, size: int, seed: int = 0) -> Graphs:
-    """The fixed dataset `split` (one of SPLITS) of `size` graphs: a pure function of its arguments.
-    The splits use independent streams; with N = 50 a graph may recur across splits by chance
-    (as in the paper's independently drawn sets)."""
-    if split not in SPLITS:
-        raise ConfigError(f"stargraph.split: got {split!r}; allowed one of {', '.join(SPLITS)}")
-    return generate(task, size, np.random.default_rng([seed, SPLITS.index(split)]))
+    """The fixed dataset `split` (one of SPLITS) of `size` graphs, numpy: graph i is
+    `graph_at(task, split_key(seed, split), i)`, so a dataset is a pure function of its arguments,
+    a larger size extends a smaller one, and the env (klrl.stargraph.env) regenerates graph i
+    in-graph without storing the set. Splits use independent keys; with N = 50 a graph may recur
+    across splits by chance (as in the paper's independently drawn sets)."""
+    task.check()
+    key = split_key(seed, split)
+    make = jax.jit(jax.vmap(lambda i: graph_at(task, key, i)))
+    with jax.default_device(jax.devices("cpu")[0]):
+        parts = [make(jnp.arange(i, min(i + 50_000, size))) for i in range(0, size, 50_000)]
+    return Graphs(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) if parts else
+                    np.zeros((0,), np.int32) for f in Graphs._fields))
 
 
 def path_from_edges(edges: np.ndarray, source: int, goal: int) -> list[int] | None:
@@ -106,4 +124,4 @@ def path_from_edges(edges: np.ndarray, source: int, goal: int) -> list[int] | No
     return paths[0] if paths else None
 
 
-__all__ = ["Graphs", "SPLITS", "StarGraphTask", "dataset", "generate", "path_from_edges"]
+__all__ = ["Graphs", "SPLITS", "StarGraphTask", "dataset", "generate_one", "graph_at", "path_from_edges", "split_key"]
