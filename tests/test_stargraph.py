@@ -157,7 +157,7 @@ def test_qsharp_equals_cd_iff_p_is_zero_or_one():
 
 
 def test_closed_forms_at_p0_one_over_d():
-    """STARGRAPH numbers: d = 2, η = 0.1 → P* ≈ 0.99995, KL ≈ ln 2; η = 1 → 0.731, 0.111;
+    """The closed forms at p0 = 1/d: d = 2, η = 0.1 → P* ≈ 0.99995, KL ≈ ln 2; η = 1 → 0.731, 0.111;
     d = 5, η = 0.1 → 0.99982, KL ≈ ln 5."""
     np.testing.assert_allclose(exact.optimal_success(jnp.array(0.5), 0.1), 0.99995, atol=1e-5)
     np.testing.assert_allclose(exact.optimal_kl(jnp.array(0.5), 0.1), math.log(2), atol=1e-3)
