@@ -16,7 +16,9 @@ deterministic, Zhou et al. 2025).
 The backend `tokens` (klrl.envs.token_backend) serves the registered tasks `STAR_GRAPH_ENVS`: each draws its
 episodes from the split its entry of klrl.stargraph.registry names (the post-training split,
 seed 0), regenerating graph i in-graph (klrl.stargraph.graphs.graph_at) rather than holding the
-set as a program constant (large closed-over constants broke the runner's AOT-compiled chunk).
+set as a program constant (closed-over arrays become constant arguments of the program, which
+the runner's AOT-compiled chunk does not pass: `Computation compiled for N inputs but called with
+N − k`).
 """
 
 from __future__ import annotations
@@ -52,7 +54,7 @@ def initial_states(task: StarGraphTask, graphs: Graphs) -> np.ndarray:
 def _start(task: StarGraphTask, graph: Graphs) -> jax.Array:
     """uint8 [L] first state of one (traced) graph: prompt, then ℓ PAD tokens."""
     voc = Vocabulary(task.num_nodes)
-    tail = jnp.array([voc.sep], jnp.int32), graph.source[None], graph.goal[None], jnp.array([voc.eq], jnp.int32)
+    tail = jnp.full((1,), voc.sep, jnp.int32), graph.source[None], graph.goal[None], jnp.full((1,), voc.eq, jnp.int32)
     prompt = jnp.concatenate([graph.edges.reshape(-1), *tail])
     return jnp.concatenate([prompt, jnp.full((task.path_length,), voc.pad, jnp.int32)]).astype(jnp.uint8)
 
@@ -62,12 +64,13 @@ def token_env(task: StarGraphTask, source: TokenEnvSource, members: int, envs: i
     source's split and regenerates it in-graph (klrl.stargraph.graphs.graph_at): no dataset is
     held as a program constant."""
     spec = token_spec(task, name)
-    key = split_key(source.seed, source.split)
     P, ell = prompt_length(task), task.path_length
 
     def reset_one(k):
         i = jax.random.randint(k, (), 0, source.size)
-        graph = graph_at(task, key, i)
+        # the split key is built inside the trace from Python ints: a closed-over key array would
+        # become a constant argument of the program, which the runner's AOT-compiled chunk drops
+        graph = graph_at(task, split_key(source.seed, source.split), i)
         start = _start(task, graph)
         return (jnp.zeros((), jnp.int32), start, graph.path.astype(jnp.uint8)), start
 
