@@ -5,6 +5,7 @@ prompt, Q♯ = CD where p ∈ {0, 1}, and π_ref pretraining lowering its loss. 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -177,7 +178,7 @@ def test_oracle_guided_sampler_matches_p_star_and_kl_per_prompt():
     log_ref = shortcut_reference(TINY, 3.0, jax.random.PRNGKey(1), top_k=8)
     lrp = exact.path_log_probs(log_ref, starts, path, P)
     tail, p0 = exact.success_tail(lrp, path), exact.success_probability(lrp, path)
-    assert bool(jnp.all((p0 > 0.02) & (p0 < 0.9))), p0
+    assert bool(jnp.all((p0 > 0.005) & (p0 < 0.9))), p0
 
     @jax.jit
     def run(key, starts, path, tail, eta):
@@ -246,3 +247,20 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
         assert err.count("\n") == 1 and err.startswith("klrl: error: ")
         assert __import__("re").search(pattern, err), err
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.slow
+def test_the_tokens_backend_trains_through_the_engine(tmp_path):
+    """`klrl train` on a registered token MDP (DQN with the MLP torso on token ids: a wiring
+    check, not a method): the run finishes and writes its metrics."""
+    from engine_helpers import cli_in_process
+
+    sets = ["env.backend=tokens", "env.name=StarGraph-d2-l3-n8", "agent.name=dqn", "train.total_steps=2000",
+            "train.chunk_steps=1000", "train.learning_starts=500", "train.seeds=1", "train.buffer_size=1000",
+            "agent.hidden=[32]"]
+    args = ["train", Path(__file__).resolve().parents[1] / "experiments" / "quickstart.toml", "--out", tmp_path / "run"]
+    for s in sets:
+        args += ["--set", s]
+    done = cli_in_process(*args)
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "run" / "metrics.csv").read_text().count("\n") > 5

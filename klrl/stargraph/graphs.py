@@ -15,6 +15,7 @@ environment can regenerate any of its graphs in-graph instead of holding the set
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import jax
@@ -96,12 +97,20 @@ def dataset(task: StarGraphTask, split: str, size: int, seed: int = 0) -> Graphs
     in-graph without storing the set. Splits use independent keys; with N = 50 a graph may recur
     across splits by chance (as in the paper's independently drawn sets)."""
     task.check()
-    key = split_key(seed, split)
-    make = jax.jit(jax.vmap(lambda i: graph_at(task, key, i)))
+    split_key(seed, split)                      # checks the split name
+    # fixed chunk shapes (powers of two up to 2^15), so a few compiles serve every size
+    chunk = min(1 << 15, max(64, 1 << max(size - 1, 1).bit_length()))
+    make = _generator(task, seed, split)
     with jax.default_device(jax.devices("cpu")[0]):
-        parts = [make(jnp.arange(i, min(i + 50_000, size))) for i in range(0, size, 50_000)]
-    return Graphs(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts]) if parts else
+        parts = [make(jnp.arange(i, i + chunk)) for i in range(0, size, chunk)]
+    return Graphs(*(np.concatenate([np.asarray(getattr(p, f)) for p in parts])[:size] if parts else
                     np.zeros((0,), np.int32) for f in Graphs._fields))
+
+
+@functools.lru_cache(maxsize=None)
+def _generator(task: StarGraphTask, seed: int, split: str):
+    """The jitted vmapped generator of one split (built once per process)."""
+    return jax.jit(jax.vmap(lambda i: graph_at(task, split_key(seed, split), i)))
 
 
 def path_from_edges(edges: np.ndarray, source: int, goal: int) -> list[int] | None:
