@@ -16,6 +16,7 @@ from klrl.stargraph.evaluate import calibration, evaluate, oracle_p_fn
 from klrl.stargraph.graphs import StarGraphTask, dataset
 from klrl.stargraph.guidance import truncate
 from klrl.stargraph.shortcut import shortcut_reference
+from klrl.stargraph.protocol import children_in_top_k
 from klrl.stargraph.offline import labelled_pairs, train_critic
 from klrl.stargraph.tokenizer import Vocabulary, encode, prompt_length
 
@@ -79,6 +80,10 @@ def test_oracle_is_calibrated_and_evaluation_reports_cis():
     cal = calibration(p_fn, log_ref, starts, path, P, V)
     assert cal["abs_error"] == [0.0] * 3 and cal["off_path_p"] == [0.0] * 3
     assert cal["ranks_correct_first"] == [1.0] * 3
+    lrp = exact.path_log_probs(log_ref, starts, path, P)
+    assert children_in_top_k(TINY, starts, path, lrp) == 1.0          # the bonus puts both children in the top 4
+    top1 = shortcut_reference(TINY, 3.0, jax.random.PRNGKey(1), top_k=1)
+    assert children_in_top_k(TINY, starts, path, exact.path_log_probs(top1, starts, path, P)) == 0.0
     ref = evaluate(jax.random.PRNGKey(3), log_ref, starts, path, P)
     assert ref["kl"]["mean"] == 0.0 and ref["n"] == 16 and 0.0 <= ref["accuracy"]["mean"] <= 1.0
     guided = evaluate(jax.random.PRNGKey(3), log_ref, starts, path, P, p_fn, eta=0.3)

@@ -37,6 +37,16 @@ def _setup(ref_dir: str, split: str, size: int, top_k: int):
     return task, (lambda tokens: lp(params, tokens)), starts, path
 
 
+def children_in_top_k(task, starts: jax.Array, path: jax.Array, log_ref_path: jax.Array) -> float:
+    """Fraction of prompts where ALL d children of s are in π_ref's (truncated) support right
+    after s (the decision the shortcut gets wrong: guidance can fix it only if both are there)."""
+    E = task.num_edges
+    edges = starts[:, :2 * E].reshape(-1, E, 2)
+    is_child = edges[..., 0] == path[:, :1]
+    finite = jnp.isfinite(jnp.take_along_axis(log_ref_path[:, 1], edges[..., 1], axis=-1))
+    return float(jnp.mean(jnp.all(finite | ~is_child, axis=-1)))
+
+
 def oracle_run(ref_dir: str, test_size: int = 2000, etas=(0.03, 0.1, 0.3, 1.0), top_k: int = 10, seed: int = 0,
                log=print) -> dict:
     """See the module docstring."""
@@ -44,10 +54,12 @@ def oracle_run(ref_dir: str, test_size: int = 2000, etas=(0.03, 0.1, 0.3, 1.0), 
     task, log_ref, starts, path = _setup(ref_dir, "test", test_size, top_k)
     P, V = prompt_length(task), Vocabulary(task.num_nodes).size
     key = jax.random.PRNGKey(seed)
-    p0 = exact.success_probability(exact.path_log_probs(log_ref, starts, path, P), path)
+    lrp = exact.path_log_probs(log_ref, starts, path, P)
+    p0 = exact.success_probability(lrp, path)
     out = {"test_size": test_size, "top_k": top_k, "p0_mean": float(p0.mean()),
+           "children_in_top_k": children_in_top_k(task, starts, path, lrp),
            "pi_ref": evaluate(key, log_ref, starts, path, P)}
-    log({"pi_ref": out["pi_ref"], "p0_mean": out["p0_mean"]})
+    log({k: out[k] for k in ("pi_ref", "p0_mean", "children_in_top_k")})
     p_fn = oracle_p_fn(log_ref, starts, path, P, V)
     runs = {rule: evaluator(log_ref, starts, path, P, p_fn, rule) for rule in GUIDANCES}
     for eta in etas:
@@ -84,4 +96,4 @@ def offline_run(ref_dir: str, critic: CriticConfig, posttrain_size: int = 20_000
     return out
 
 
-__all__ = ["offline_run", "oracle_run"]
+__all__ = ["children_in_top_k", "offline_run", "oracle_run"]
