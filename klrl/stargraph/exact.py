@@ -23,6 +23,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from klrl.stargraph.guidance import guided_log_policy
+
 
 def path_states(starts: jax.Array, path: jax.Array, prompt_len: int) -> jax.Array:
     """The ℓ on-path states of each prompt: [n, ℓ, L], state t holding y*_{<t} after the prompt."""
@@ -70,8 +72,6 @@ def guided_success(log_ref_path: jax.Array, path: jax.Array, eta, guidance: str)
     """Exact success probability [n] of the oracle-guided policy (Q♯ or CD): off the path every
     p is 0, so it is Π_t π(y*_t | y*_{<t}) with π the guided policy at the on-path states. For Q♯
     it equals `optimal_success`; for CD it is lower wherever some tail lies strictly in (0, 1)."""
-    from klrl.stargraph.guidance import guided_log_policy
-
     tail = success_tail(log_ref_path, path)
     p = tail[..., None] * jax.nn.one_hot(path, log_ref_path.shape[-1])
     lp = jnp.take_along_axis(guided_log_policy(log_ref_path, p, eta, guidance), path[..., None].astype(jnp.int32),

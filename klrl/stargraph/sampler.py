@@ -18,6 +18,8 @@ from typing import Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from klrl.stargraph.guidance import kl
+
 
 class Samples(NamedTuple):
     tokens: jax.Array     # [n, L] the completed sequences
@@ -30,8 +32,6 @@ def sample(key: jax.Array, starts: jax.Array, log_ref: Callable[[jax.Array], jax
            log_policy: Callable[[jax.Array, jax.Array, jax.Array], jax.Array], prompt_len: int,
            ell: int) -> Samples:
     """ℓ autoregressive steps from the PAD-tailed prompts `starts` [n, L] (see module docstring)."""
-    from klrl.stargraph.guidance import kl
-
     n = starts.shape[0]
 
     def body(t, carry):
