@@ -29,14 +29,14 @@ def _keys(seed, shape):
 # ---- the registry ---------------------------------------------------------------------------------
 
 def test_lookup_and_traits_declared_once_by_the_env_classes():
-    assert tuple(BACKENDS) == ("jax", "pool", "ale", "envpool")
+    assert tuple(BACKENDS) == ("jax", "pool", "ale", "envpool", "tokens")
     for name, b in BACKENDS.items():
         assert backend(name) is b and b.name == name and TRAITS[name] is b.traits
-    assert backend("jax").traits is InGraphEnv.traits == Traits(in_graph_reset=True, checkpointable=True)
+    assert backend("jax").traits is backend("tokens").traits is InGraphEnv.traits == Traits(in_graph_reset=True, checkpointable=True)
     for name in ("pool", "ale", "envpool"):
         assert backend(name).traits is HostPoolEnv.traits == Traits(in_graph_reset=False, checkpointable=False)
     assert PoolEnv.traits is AtariEnv.traits is HostPoolEnv.traits
-    with pytest.raises(ConfigError, match=r"^env\.backend: got 'gym'; allowed jax, pool, ale, envpool$"):
+    with pytest.raises(ConfigError, match=r"^env\.backend: got 'gym'; allowed jax, pool, ale, envpool, tokens$"):
         backend("gym")
 
 

@@ -104,7 +104,7 @@ def test_members_and_envs_get_distinct_streams():
 
 
 def test_declared_traits_for_each_backend():
-    assert set(BACKENDS) == {"jax", "pool", "ale", "envpool"} == set(TRAITS)   # Atari: tests/test_atari_env.py
+    assert set(BACKENDS) == {"jax", "pool", "ale", "envpool", "tokens"} == set(TRAITS)   # Atari: tests/test_atari_env.py
     assert TRAITS["jax"].in_graph_reset and TRAITS["jax"].checkpointable
     assert not TRAITS["pool"].in_graph_reset and not TRAITS["pool"].checkpointable
     for backend in ("jax", "pool"):
@@ -123,7 +123,7 @@ def test_unknown_env_or_backend_is_a_one_line_config_error():
          r"^env\.name: got 'Pong-v5'; allowed one of .*CartPole-v1.*\(backend jax\)"),
         (lambda: check_env("Pong-v5"), r"^env\.name: got 'Pong-v5'"),
         (lambda: env_spec("Pong-v5"), r"^env\.name: got 'Pong-v5'"),
-        (lambda: check_env("CartPole-v1", "gym"), r"^env\.backend: got 'gym'; allowed jax, pool, ale, envpool"),
+        (lambda: check_env("CartPole-v1", "gym"), r"^env\.backend: got 'gym'; allowed jax, pool, ale, envpool, tokens"),
         (lambda: make_env("CartPole-v1", 1, 1, "gym"), r"^env\.backend: got 'gym'"),
         # an env one backend serves and the other does not
         (lambda: check_env("Acrobot-v1", "pool"), r"^env\.name: got 'Acrobot-v1'; allowed one of .*\(backend pool\)"),

@@ -20,6 +20,9 @@ spec of a name computed without building anything (cached per process) and its f
   "dopamine"). Games are named in CamelCase (`Pong`, `Breakout`, `MsPacman`); the list is
   the backend's installed ROM set, read on first use (klrl never imports ale_py or envpool
   before an Atari env is asked for).
+- `tokens` (klrl.envs.token_backend, klrl.stargraph.env): token MDPs, in-graph like `jax`: the star-graph task
+  G(d, ℓ, N) (`StarGraph-d2-l5-n50`, …), state = the token prefix, action = the next token,
+  terminal exact-match reward (docs/stargraph.md).
 The host pools share klrl.envs.host_pool.HostPoolEnv.
 
 Addressing by strings, as the [env] table does (`check_env`, `env_spec`, `make_env` with the
@@ -36,9 +39,10 @@ from klrl.envs.atari import ATARI_BACKENDS, DEFAULT_PRESET
 from klrl.envs.base import Backend, Env, EnvSpec, EnvStep, EpisodeStats, Traits, stacked_shape
 from klrl.envs.jax_backend import JAX, MINATAR, TABULAR
 from klrl.envs.pool import POOL
+from klrl.envs.token_backend import TOKENS
 from klrl.errors import ConfigError
 
-BACKENDS: dict[str, Backend] = {b.name: b for b in (JAX, POOL, _atari.ALE, _atari.ENVPOOL)}
+BACKENDS: dict[str, Backend] = {b.name: b for b in (JAX, POOL, _atari.ALE, _atari.ENVPOOL, TOKENS)}
 _BUILT_IN = frozenset(BACKENDS)
 PRESETS = tuple(_atari.PRESETS)
 BACKEND_ENVS = {name: b.names() for name, b in BACKENDS.items()}   # Atari's: the installed ROMs, lazily
