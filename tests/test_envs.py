@@ -397,3 +397,24 @@ def test_obs_scale_is_applied_inside_the_network():
 def test_unknown_torso_is_rejected():
     with pytest.raises(ValueError, match=r"^torso: got 'resnet'; allowed mlp, minatar_cnn, nature_cnn"):
         make_network("resnet", (8,), 2)
+
+
+
+def test_tabular_env_trains_through_the_runners_ahead_of_time_program():
+    """The runner compiles a chunk with `lower(...).compile()` and calls the compiled program
+    with (state, hparams) alone: an env closing over jax.Arrays made them hoisted program
+    arguments, and the call failed ("compiled for 60 inputs but called with 54")."""
+    from klrl.config import load_experiment
+    from klrl.runner import initial_state, prepare
+    from klrl.sharding import ShardedTrainer
+
+    sets = ["env.name=QSharpTree-v0", "agent.name=dqn", "train.total_steps=200", "train.chunk_steps=100",
+            "train.learning_starts=50", "train.seeds=1", "agent.hidden=[8]", "train.batch_size=8",
+            "train.buffer_size=200"]
+    (pop,), (trainer,), *_ = prepare(load_experiment("experiments/quickstart.toml", sets).per_env()[0])
+    sharded = ShardedTrainer(trainer, pop.size)
+    keys = sharded.put_members(pop.keys)
+    hparams = {k: sharded.put_members(v) for k, v in pop.hparams.items()}
+    state = initial_state(pop, trainer, sharded, keys, hparams)
+    _, metrics = sharded.run_chunk().lower(state, hparams).compile()(state, hparams)
+    assert np.isfinite(np.asarray(metrics["loss"])).all()

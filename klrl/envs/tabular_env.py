@@ -62,10 +62,11 @@ def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps:
     """[members, envs] copies of a finite MDP with one-hot observations (in-graph)."""
     mdp = tabular_mdp(name) if mdp is None else mdp
     spec = tabular_spec(name, mdp, max_episode_steps)
-    P = jnp.asarray(mdp.P, jnp.float32)
-    r = jnp.asarray(mdp.r, jnp.float32)
-    terminal = jnp.asarray(mdp.terminal, bool)
-    S, A = r.shape
+    # numpy here, jnp inside the trace: a closed-over jax.Array becomes a hoisted argument of the
+    # program, which an ahead-of-time compiled chunk (`lower().compile()`) is then called without.
+    P_np, r_np = np.asarray(mdp.P, np.float32), np.asarray(mdp.r, np.float32)
+    terminal_np = np.asarray(mdp.terminal, bool)
+    S, A = r_np.shape
     cap = spec.max_episode_steps
     one_hot = lambda s: jax.nn.one_hot(s, S, dtype=jnp.float32)  # noqa: E731
 
@@ -75,6 +76,7 @@ def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps:
 
     def step_one(key, inner, action) -> OneStep:
         s, t = inner
+        P, r, terminal = jnp.asarray(P_np), jnp.asarray(r_np), jnp.asarray(terminal_np)
         # log(0) = -inf excludes impossible successors; deterministic rows are exact.
         s_next = jax.random.categorical(key, jnp.log(P[s, action])).astype(jnp.int32)
         terminated = terminal[s_next]
