@@ -60,3 +60,14 @@ def test_bad_options_fail_before_any_work(tmp_path, argv, capsys):
     out = tmp_path / "x.json"
     assert bd.main(argv + ["--out", str(out)]) == 2
     assert capsys.readouterr().err.startswith("klrl: error: ") and not out.exists()
+
+
+# two subprocesses, each compiling on its own device count: ~1 min quiet, several under load
+@pytest.mark.slow
+def test_quick_run_on_one_and_two_host_devices(tmp_path):
+    out = tmp_path / "d.json"
+    r = bd.bench_devices("purejaxrl", (1, 2), (2,), quick=True, rounds=1, out_path=str(out))
+    assert [(x["devices"], x["members"]) for x in r["rows"]] == [(1, 2), (2, 2)]
+    assert all(x["seconds"] > 0 and x["compile_seconds"] > 0 for x in r["rows"])
+    assert r["rows"][0]["speedup_vs_1_device"] == 1.0
+    assert json.loads(out.read_text())["rows"] == r["rows"]
