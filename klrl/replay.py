@@ -159,8 +159,10 @@ def _draw(key: jax.Array, valid: jax.Array, pos: jax.Array, lo: jax.Array, n: ja
     # First valid candidate; argmax of an all-False row is 0, so fall back to the last one.
     any_ok = ok.any(axis=-1)
     pick = jnp.where(any_ok, jnp.argmax(ok, axis=-1), candidates - 1)[:, None]
-    age = jnp.take_along_axis(age, pick, axis=-1)[:, 0]
-    col = jnp.take_along_axis(col, pick, axis=-1)[:, 0]
+    # The picked candidate as a masked integer sum (exact): it fuses with the draw, a gather would not.
+    chosen = jnp.arange(candidates) == pick
+    age = jnp.sum(jnp.where(chosen, age, 0), axis=-1)
+    col = jnp.sum(jnp.where(chosen, col, 0), axis=-1)
     return age, _time_index(pos, age, T), col, any_ok.astype(jnp.float32)
 
 
@@ -178,13 +180,14 @@ def _sample_frames(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, 
     ages = age[:, None] + (k - 1 - jnp.arange(k + 1))          # [B, k+1]
     wt = _time_index(pos, ages, T)
     frames = data["frame"][wt, col[:, None]]                    # [B, k+1, *obs_shape]
-    first = data["first"][wt, col[:, None]][:, :k]              # obs window only
-    # Latest episode start inside the obs window (0 if none: nothing to zero). A valid slot's
-    # next obs is never a first obs, so the same start pads next_obs.
-    start = jnp.max(jnp.where(first, jnp.arange(k), 0), axis=-1)
-    keep = jnp.arange(k + 1)[None, :] >= start[:, None]
-    keep = keep.reshape(keep.shape + (1,) * (frames.ndim - 2))
-    frames = jnp.where(keep, frames, jnp.zeros_like(frames))
+    if k > 1:   # a one-frame window has no older frame to zero: skip its gather and select
+        first = data["first"][wt, col[:, None]][:, :k]          # obs window only
+        # Latest episode start inside the obs window (0 if none: nothing to zero). A valid
+        # slot's next obs is never a first obs, so the same start pads next_obs.
+        start = jnp.max(jnp.where(first, jnp.arange(k), 0), axis=-1)
+        keep = jnp.arange(k + 1)[None, :] >= start[:, None]
+        keep = keep.reshape(keep.shape + (1,) * (frames.ndim - 2))
+        frames = jnp.where(keep, frames, jnp.zeros_like(frames))
     batch = Batch(
         obs=_concat_frames(frames[:, :k]),
         action=data["action"][ti, col],

@@ -17,7 +17,8 @@ def _positive(x) -> bool:
 # each ~20 s on a quiet 2-core machine (two whole-run compiles), up to ~60 s under load: in
 # `make test-all` only (make test's time budget); the option checks below stay in make test
 @pytest.mark.slow
-@pytest.mark.parametrize("env,name", [("cartpole", "CartPole-v1"), ("minatar", "Breakout-MinAtar")])
+@pytest.mark.parametrize("env,name", [("cartpole", "CartPole-v1"), ("minatar", "Breakout-MinAtar"),
+                                      ("purejaxrl", "CartPole-v1")])
 def test_quick_members_rows(tmp_path, env, name):
     out = tmp_path / f"{env}.json"
     assert main(["bench", "train", "--quick", "--members", "1,2", "--env", env, "--out", str(out)]) == 0

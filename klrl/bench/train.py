@@ -1,6 +1,8 @@
 """`klrl bench train`: whole-run throughput of M-DQN populations (CartPole-v1 or MinAtar Breakout).
 
 Presets (`env`):
+- `purejaxrl`: the `cartpole` reference as DQN, 100k env steps per member and one evaluation
+  episode: the shape of PureJaxRL's dqn.py CartPole config, for side-by-side timings.
 - `cartpole`, the reference configuration: 10 parallel envs per member, buffer
   10,000, batch 128, one gradient update per vector step (= per 10 env steps) after 10,000
   warm-up steps, hard target update every 500 env steps, lr 2.5e-4, ε 1 → 0.05 over half the
@@ -89,6 +91,12 @@ def _cartpole(quick: bool) -> tuple[StaticConfig, dict[str, float]]:
     return (QUICK if quick else REFERENCE), {"learning_rate": 2.5e-4}
 
 
+def _purejaxrl(quick: bool) -> tuple[StaticConfig, dict[str, float]]:
+    """PureJaxRL's dqn.py CartPole shape: DQN (not M-DQN), 100k env steps, one evaluation episode."""
+    cfg = (QUICK if quick else REFERENCE.replace(train={"total_steps": 100_000, "chunk_steps": 100_000}))
+    return cfg.replace(agent={"name": "dqn"}, eval={"episodes": 1}), {"learning_rate": 2.5e-4}
+
+
 def _minatar(quick: bool) -> tuple[StaticConfig, dict[str, float]]:
     """experiments/minatar_munchausen.toml's M-DQN population, shortened (its base hparams)."""
     from klrl.config import load_experiment
@@ -100,6 +108,9 @@ def _minatar(quick: bool) -> tuple[StaticConfig, dict[str, float]]:
 PRESETS = {
     "cartpole": Preset("cartpole", "whole M-DQN training runs on CartPole-v1, population vmapped in one jit",
                        (1, 8, 32, 64), DEFAULT_OUT, _cartpole),
+    "purejaxrl": Preset("purejaxrl", "whole DQN training runs on CartPole-v1 shaped as PureJaxRL's dqn.py (100k env "
+                         "steps per member), population vmapped in one jit", (1, 8, 32),
+                         os.path.join("results", "bench", "train_purejaxrl.json"), _purejaxrl),
     "minatar": Preset("minatar", "whole M-DQN training runs on Breakout-MinAtar (minatar_cnn), population "
                       "vmapped in one jit", (1, 4, 16), os.path.join("results", "bench", "train_minatar.json"),
                       _minatar),
@@ -282,10 +293,14 @@ NOTES = ("seconds exclude compilation; per_member_cost_ratio = seconds / (member
 
 def bench_train(out_path: str | None = None, quick: bool = False, members: tuple[int, ...] | None = None,
                 repeats: int | None = None, env: str = "cartpole", total_steps: int | None = None,
-                budget_s: float | None = None, timing: Timing = TIMING) -> dict:
+                budget_s: float | None = None, timing: Timing = TIMING, devices: tuple[int, ...] | None = None) -> dict:
     """Run the benchmark of one preset and write its JSON (default: the preset's path, e.g.
     results/bench/train.json; with `quick` a `_quick` file so a smoke test never replaces the
-    committed measurement). The JSON is rewritten after every size."""
+    committed measurement). The JSON is rewritten after every size. With `devices` (e.g.
+    (1, 2)): the same populations on each host device count instead (klrl.bench.devices)."""
+    if devices:
+        from klrl.bench.devices import bench_devices
+        return bench_devices(env, devices, members, quick, total_steps, out_path=out_path)
     preset_config(env, quick, total_steps)     # a bad env or length fails before any work
     members = tuple(sorted(set(members or ((1, 2) if quick else PRESETS[env].members))))
     out_path = out_path or default_out(env, quick)
@@ -412,6 +427,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--members", default=None, metavar="M,M,...", help="population sizes, e.g. 1,64,256,1024")
     p.add_argument("--total-steps", type=int, default=None, help="env steps per member (default: the preset's)")
     p.add_argument("--repeats", type=int, default=None, help="runs per size, best kept (default 3 at M = 1, else 1)")
+    p.add_argument("--devices", default=None, metavar="N,N,...", help="host device counts, e.g. 1,2 (subprocesses)")
     p.add_argument("--budget", type=float, default=None, help="seconds: the time guard (default none)")
     p.add_argument("--suite", default=None, choices=sorted(SUITES),
                    help="measure a suite's parts instead (--env/--members/--total-steps/--repeats not used)")
@@ -422,7 +438,7 @@ def main(argv: list[str] | None = None) -> int:
                         a.suite, quick=a.quick, budget_s=a.budget)
         else:
             bench_train(a.out, quick=a.quick, members=parse_members(a.members), repeats=a.repeats, env=a.env,
-                        total_steps=a.total_steps, budget_s=a.budget)
+                        total_steps=a.total_steps, budget_s=a.budget, devices=parse_members(a.devices))
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
         return 2

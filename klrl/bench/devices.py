@@ -1,0 +1,176 @@
+"""`klrl bench train --devices 1,2`: one preset's populations on 1..N host devices.
+
+JAX fixes its device count when it starts, so each device count runs in a subprocess of its
+own (`python -m klrl.bench.devices --child N ...`) whose XLA_FLAGS carry
+`--xla_force_host_platform_device_count=N` (the user's other flags are kept; on GPU/TPU the
+flag has no effect and N must not exceed the real devices). A child shards each population
+over its N devices as `klrl train` does (klrl.sharding.ShardedTrainer: S shards of
+ceil(M / S) members, the trainer's own program per shard) and prints one JSON row per size.
+
+Rounds alternate the order of the device counts (1, 2, 2, 1, ...), so a machine whose speed
+drifts biases no count; a row's `seconds` is the median over the rounds of each round's best
+run (each child compiles once and runs `repeats` times). `speedup_vs_1_device` = the
+1-device row's seconds over this row's, same members.
+
+Output (results/bench/train_<preset>_devices.json): header, "env", "config", "hparams",
+"devices", "rounds", "rows": [{"devices", "members", "seconds", "all_round_seconds",
+"compile_seconds", "agent_steps_per_second", "speedup_vs_1_device"}].
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+DEVICE_FLAG = "--xla_force_host_platform_device_count"
+
+
+def child_env(devices: int, environ: dict | None = None) -> dict:
+    """The environment of a child on `devices` host devices: XLA_FLAGS with the device-count
+    flag replaced (any other flag the user set is kept)."""
+    env = dict(os.environ if environ is None else environ)
+    flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_FLAG)]
+    env["XLA_FLAGS"] = " ".join(flags + [f"{DEVICE_FLAG}={int(devices)}"])
+    return env
+
+
+def round_orders(devices: tuple[int, ...], rounds: int) -> list[tuple[int, ...]]:
+    """The order of the device counts in each round: as given, then reversed, alternating."""
+    return [tuple(devices) if r % 2 == 0 else tuple(reversed(devices)) for r in range(rounds)]
+
+
+def sharded_rows(env: str, members: tuple[int, ...], quick: bool, total_steps: int | None,
+                 repeats: int) -> list[dict]:
+    """In this process, on every device it has: each population as `klrl train` shards it
+    (one chunk = the whole run); compile once, then `repeats` timed runs from a fresh init."""
+    import jax
+
+    from klrl.bench.harness import fold_in_keys, population_hparams, timed
+    from klrl.bench.train import preset_config
+    from klrl.sharding import ShardedTrainer
+    from klrl.train import make_train
+
+    cfg, hparams = preset_config(env, quick, total_steps)
+    rows = []
+    for m in members:
+        sharded = ShardedTrainer(make_train(cfg), m)
+        host_keys = jax.device_get(fold_in_keys(m))
+        keys = sharded.put_members(host_keys)
+        hp = {k: sharded.put_members(v) for k, v in population_hparams(hparams, m).items()}
+        start = lambda: sharded.init(keys, hp, sharded.put_replicated(()), sharded.env_start(host_keys, keys, 0))  # noqa: E731
+        state = start()
+        t0 = time.perf_counter()
+        compiled = sharded.run_chunk().lower(state, hp).compile()
+        compile_s = time.perf_counter() - t0
+        runs = []
+        for _ in range(repeats):
+            state = jax.block_until_ready(start())
+            _, wall, _ = timed(lambda: jax.block_until_ready(compiled(state, hp)))
+            runs.append(wall)
+        rows.append({"devices": jax.device_count(), "members": m, "seconds": min(runs), "all_run_seconds": runs,
+                     "compile_seconds": compile_s, "total_steps": cfg.train.total_steps})
+    return rows
+
+
+def run_child(devices: int, env: str, members: tuple[int, ...], quick: bool, total_steps: int | None,
+              repeats: int) -> list[dict]:
+    """One subprocess on `devices` host devices; its rows (raises with its stderr on failure)."""
+    argv = [sys.executable, "-m", "klrl.bench.devices", "--child", "--env", env, "--repeats", str(repeats),
+            "--members", ",".join(map(str, members))] + (["--quick"] if quick else []) + \
+        (["--total-steps", str(total_steps)] if total_steps else [])
+    done = subprocess.run(argv, env=child_env(devices), capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"bench devices child ({devices} devices) failed: {done.stderr.strip()[-2000:]}")
+    rows = [json.loads(line) for line in done.stdout.splitlines() if line.startswith("{")]
+    if any(r["devices"] != devices for r in rows):
+        raise RuntimeError(f"bench devices: asked for {devices} devices, the child had {rows[0]['devices']}")
+    return rows
+
+
+def combine(rounds: list[list[dict]]) -> list[dict]:
+    """Rows of every round -> one row per (devices, members): the median of the rounds' best
+    seconds, and the speed-up over the 1-device row of the same members."""
+    by_key: dict[tuple[int, int], list[dict]] = {}
+    for rows in rounds:
+        for r in rows:
+            by_key.setdefault((r["devices"], r["members"]), []).append(r)
+    out = []
+    for (d, m), rs in sorted(by_key.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        secs = [r["seconds"] for r in rs]
+        med = statistics.median(secs)
+        out.append({"devices": d, "members": m, "seconds": med, "all_round_seconds": secs,
+                    "compile_seconds": statistics.median(r["compile_seconds"] for r in rs),
+                    "agent_steps_per_second": m * rs[0]["total_steps"] / med, "total_steps": rs[0]["total_steps"]})
+    one = {r["members"]: r["seconds"] for r in out if r["devices"] == 1}
+    for r in out:
+        r["speedup_vs_1_device"] = one[r["members"]] / r["seconds"] if r["members"] in one else None
+    return out
+
+
+def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), members: tuple[int, ...] | None = None,
+                  quick: bool = False, total_steps: int | None = None, rounds: int = 2, repeats: int = 1,
+                  out_path: str | None = None, run=run_child) -> dict:
+    """Every device count in `rounds` alternating rounds (each a subprocess per count, see
+    `run_child`, injectable), combined and written to `out_path` (default
+    results/bench/train_<env>_devices[_quick].json), rewritten after every round."""
+    from klrl.bench.harness import header, write_json
+    from klrl.bench.train import PRESETS, preset_config
+
+    cfg, hparams = preset_config(env, quick, total_steps)   # a bad preset or length fails first
+    members = tuple(sorted(set(members or ((1, 2) if quick else PRESETS[env].members))))
+    out_path = out_path or os.path.join("results", "bench", f"train_{env}_devices{'_quick' if quick else ''}.json")
+    result = {**header(f"{PRESETS[env].benchmark}; on 1..N host devices, one subprocess per count", quick),
+              "env": env, "config": cfg.to_dict(), "hparams": hparams, "devices": list(devices),
+              "rounds": rounds, "repeats": repeats, "rows": []}
+    done: list[list[dict]] = []
+    for order in round_orders(tuple(devices), rounds):
+        for d in order:
+            done.append(run(d, env, members, quick, total_steps, repeats))
+            print(f"{env} devices={d} " + "  ".join(f"M={r['members']}: {r['seconds']:.2f}s" for r in done[-1]),
+                  flush=True)
+        result["rows"] = combine(done)
+        write_json(out_path, result)
+    print(f"wrote {out_path}")
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m klrl.bench.devices`: the parent (every count) or, with --child, one count."""
+    from klrl.bench import parse_members
+    from klrl.errors import ConfigError
+
+    p = argparse.ArgumentParser(prog="python -m klrl.bench.devices", description=__doc__.splitlines()[0])
+    p.add_argument("--env", default="purejaxrl", help="the bench train preset (default purejaxrl)")
+    p.add_argument("--devices", default="1,2", metavar="N,N,...", help="host device counts (default 1,2)")
+    p.add_argument("--members", default=None, metavar="M,M,...", help="population sizes (default: the preset's)")
+    p.add_argument("--total-steps", type=int, default=None, help="env steps per member (default: the preset's)")
+    p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
+    p.add_argument("--repeats", type=int, default=1, help="timed runs per child, best kept (default 1)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    p.add_argument("--out", default=None, help="output JSON path")
+    p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    try:
+        members = parse_members(a.members)
+        if a.child:
+            for row in sharded_rows(a.env, members, a.quick, a.total_steps, a.repeats):
+                print(json.dumps(row), flush=True)
+            return 0
+        devices = parse_members(a.devices)
+        if devices is None or devices[0] != 1:
+            raise ConfigError(f"--devices: got {a.devices!r}; allowed comma-separated counts >= 1 starting with 1, "
+                              "e.g. 1,2")
+        bench_devices(a.env, devices, members, a.quick, a.total_steps, a.rounds, a.repeats, a.out)
+    except ConfigError as err:
+        print(f"klrl: error: {err}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

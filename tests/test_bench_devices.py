@@ -1,0 +1,73 @@
+"""`klrl bench train` on 1..N host devices (klrl.bench.devices) and the purejaxrl preset: the
+child's XLA_FLAGS, the alternating rounds, the combined rows and the JSON on fake timings
+(nothing compiled), the option errors."""
+
+import json
+
+import pytest
+
+from klrl.bench import devices as bd
+from klrl.bench.train import preset_config
+
+
+def test_child_env_sets_the_device_count_and_keeps_other_flags():
+    env = bd.child_env(2, {"XLA_FLAGS": "--xla_cpu_foo=1 --xla_force_host_platform_device_count=8", "A": "b"})
+    assert env["XLA_FLAGS"].split() == ["--xla_cpu_foo=1", "--xla_force_host_platform_device_count=2"]
+    assert env["A"] == "b"
+    assert bd.child_env(1, {})["XLA_FLAGS"] == "--xla_force_host_platform_device_count=1"
+
+
+def test_rounds_alternate_the_order():
+    assert bd.round_orders((1, 2, 4), 3) == [(1, 2, 4), (4, 2, 1), (1, 2, 4)]
+
+
+def _fake_run(calls):
+    def run(devices, env, members, quick, total_steps, repeats):
+        calls.append(devices)
+        k = len(calls)
+        return [{"devices": devices, "members": m, "seconds": m / devices + 0.1 * k, "compile_seconds": 1.0,
+                 "total_steps": 1000} for m in members]
+    return run
+
+
+def test_bench_devices_writes_medians_and_speedups(tmp_path):
+    calls, out = [], tmp_path / "d.json"
+    r = bd.bench_devices("purejaxrl", (1, 2), (1, 8), quick=True, rounds=2, out_path=str(out), run=_fake_run(calls))
+    assert calls == [1, 2, 2, 1]
+    saved = json.loads(out.read_text())
+    assert saved["rows"] == r["rows"] and saved["env"] == "purejaxrl" and saved["devices"] == [1, 2]
+    row = {(x["devices"], x["members"]): x for x in r["rows"]}
+    assert row[(1, 8)]["all_round_seconds"] == pytest.approx([8.1, 8.4])
+    assert row[(1, 8)]["seconds"] == pytest.approx(8.25)
+    assert row[(2, 8)]["seconds"] == pytest.approx(4.25)            # rounds 2 and 3: 4.2, 4.3
+    assert row[(2, 8)]["speedup_vs_1_device"] == pytest.approx(8.25 / 4.25)
+    assert row[(1, 1)]["speedup_vs_1_device"] == 1.0
+    assert row[(2, 8)]["agent_steps_per_second"] == pytest.approx(8 * 1000 / 4.25)
+
+
+def test_purejaxrl_preset_is_the_cartpole_reference_as_dqn():
+    cfg, hp = preset_config("purejaxrl")
+    t = cfg.train
+    assert (cfg.agent.name, cfg.agent.loss, cfg.agent.hidden, cfg.env.num_envs) == ("dqn", "l2", (120, 84), 10)
+    assert (t.total_steps, t.chunk_steps, t.buffer_size, t.batch_size, t.learning_starts, t.update_every,
+            t.target_update_every, t.target_update, t.max_grad_norm) == (
+        100_000, 100_000, 10_000, 128, 10_000, 10, 500, "hard", 0.0)
+    assert cfg.eval.episodes == 1 and hp == {"learning_rate": 2.5e-4}
+
+
+@pytest.mark.parametrize("argv", [["--devices", "2,4"], ["--devices", "0"], ["--env", "pong"]])
+def test_bad_options_fail_before_any_work(tmp_path, argv, capsys):
+    out = tmp_path / "x.json"
+    assert bd.main(argv + ["--out", str(out)]) == 2
+    assert capsys.readouterr().err.startswith("klrl: error: ") and not out.exists()
+
+
+# two subprocesses, each compiling on its own device count: ~1 min quiet, several under load
+@pytest.mark.slow
+def test_quick_run_on_one_and_two_host_devices(tmp_path):
+    out = tmp_path / "d.json"
+    r = bd.bench_devices("purejaxrl", (1, 2), (2,), quick=True, rounds=1, out_path=str(out))
+    assert [(x["devices"], x["members"]) for x in r["rows"]] == [(1, 2), (2, 2)]
+    assert all(x["seconds"] > 0 and x["compile_seconds"] > 0 for x in r["rows"])
+    assert r["rows"][0]["speedup_vs_1_device"] == 1.0
+    assert json.loads(out.read_text())["rows"] == r["rows"]
