@@ -75,10 +75,13 @@ def _parser() -> argparse.ArgumentParser:
                    help="train, atari: comma-separated population sizes (defaults: train 1,8,32,64 on "
                         "cartpole, 1,4,16 on minatar; atari 1,4,16 on CPU)")
     b.add_argument("--env", default=None, metavar="PRESET",
-                   help="train: cartpole (CartPole-v1 M-DQN, the default) or minatar (Breakout-MinAtar M-DQN, "
-                        "minatar_cnn)")
+                   help="train: cartpole (CartPole-v1 M-DQN, the default), minatar (Breakout-MinAtar M-DQN, "
+                        "minatar_cnn) or purejaxrl (CartPole DQN shaped as PureJaxRL's dqn.py)")
     b.add_argument("--total-steps", type=int, default=None, metavar="N",
                    help="train: env steps per member (default: the preset's, 50000)")
+    b.add_argument("--devices", default=None, metavar="N,N,...",
+                   help="train: the same populations on each host device count, one subprocess each "
+                        "(e.g. 1,2; results/bench/train_<env>_devices.json)")
     return p
 
 
@@ -105,7 +108,7 @@ def _dry_run(args: argparse.Namespace) -> None:
     dry_run(args.config, args.overrides, out=args.out, estimate=args.estimate)
 
 
-_BENCH_OPTIONS = {"members": ("train", "atari"), "env": ("train",), "total_steps": ("train",)}
+_BENCH_OPTIONS = {"members": ("train", "atari"), "env": ("train",), "total_steps": ("train",), "devices": ("train",)}
 
 
 def _bench(args: argparse.Namespace) -> None:
@@ -125,7 +128,8 @@ def _bench(args: argparse.Namespace) -> None:
         from klrl.bench.train import bench_train
 
         bench_train(out_path=args.out, quick=args.quick, members=parse_members(args.members),
-                    env=args.env or "cartpole", total_steps=args.total_steps)
+                    env=args.env or "cartpole", total_steps=args.total_steps,
+                    devices=parse_members(args.devices, "--devices"))
     elif args.which == "scale":
         from klrl.bench.scale import bench_scale
 

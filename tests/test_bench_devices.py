@@ -71,3 +71,13 @@ def test_quick_run_on_one_and_two_host_devices(tmp_path):
     assert all(x["seconds"] > 0 and x["compile_seconds"] > 0 for x in r["rows"])
     assert r["rows"][0]["speedup_vs_1_device"] == 1.0
     assert json.loads(out.read_text())["rows"] == r["rows"]
+
+
+@pytest.mark.parametrize("argv,needle", [(["bench", "atari", "--devices", "1,2"], "allowed only with bench train"),
+                                         (["bench", "train", "--devices", "x"], "--devices: got 'x'")])
+def test_cli_devices_option_is_checked_before_any_work(argv, needle, capsys):
+    from klrl.cli import main
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and needle in err

@@ -4,8 +4,9 @@ option here; timing, the time guard, provenance, JSON and the timed programs in 
 from __future__ import annotations
 
 
-def parse_members(text: str | None) -> tuple[int, ...] | None:
-    """"1,4,16" -> (1, 4, 16); None -> None (the bench's default sizes); ConfigError otherwise."""
+def parse_members(text: str | None, flag: str = "--members") -> tuple[int, ...] | None:
+    """"1,4,16" -> (1, 4, 16); None -> None (the bench's default sizes); ConfigError (naming
+    `flag`) otherwise."""
     from klrl.errors import ConfigError
 
     if text is None:
@@ -15,5 +16,5 @@ def parse_members(text: str | None) -> tuple[int, ...] | None:
     except ValueError:
         out = ()
     if not out or min(out) < 1:
-        raise ConfigError(f"--members: got {text!r}; allowed comma-separated integers >= 1, e.g. 1,4,16")
+        raise ConfigError(f"{flag}: got {text!r}; allowed comma-separated integers >= 1, e.g. 1,4,16")
     return out
