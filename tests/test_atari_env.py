@@ -291,7 +291,7 @@ def test_bad_input_is_a_one_line_config_error_before_any_pool_is_built(probes):
          r"^env\.preset: got 'nature'; allowed dopamine, machado, atari100k, fast$"),
         (lambda: env_spec("Pong", "ale_nopool", "v5"), r"^env\.preset: got 'v5'; allowed dopamine"),
         (lambda: make_env("Pong", 0, 1, "ale_nopool"), r"^members: got 0; allowed an integer >= 1"),
-        (lambda: make_env("Pong", 1, 1, "atari"), r"^env\.backend: got 'atari'; allowed jax, pool, ale, envpool, ale_nopool$"),
+        (lambda: make_env("Pong", 1, 1, "atari"), r"^env\.backend: got 'atari'; allowed jax, pool, ale, envpool, tokens, ale_nopool$"),
     ]
     for fn, pattern in cases:
         with pytest.raises(ConfigError, match=pattern) as err:

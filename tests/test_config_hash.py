@@ -22,7 +22,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RESULTS = os.path.join(ROOT, "results")
 # Committed runs of schema version 1: plain, an env sweep's run with --set overrides, and a
 # run whose checkpoints are committed too.
-COMMITTED = ["quickstart", "minatar_munchausen/Asterix", "qsharp_frontier/reference"]
+COMMITTED = ["mvi_index_sweep", "minatar_munchausen/Asterix", "qsharp_frontier/reference"]   # version 1 records
 
 
 @pytest.fixture(scope="module")
@@ -116,7 +116,7 @@ def test_an_edited_version_1_record_is_refused(schema, tmp_path):
     """The stored hash vouches for the stored config: an edited config does not resume."""
     from klrl.runner import resolve_out_dir
 
-    rec = _record("quickstart")
+    rec = _record("mvi_index_sweep")
     exp = _experiment(rec, schema=schema)
     edited = json.loads(json.dumps(rec))
     edited["config"]["train"]["gamma"] = 0.5
