@@ -137,6 +137,9 @@ def test_divergence_is_reported_and_contained(tiny):
     assert all(s["diverged_members"] == 2 for s in summary if s["learning_rate"] > 1)
 
 
+# slow: 26 s; the fast suite keeps kill + resume through test_sharding (SIGKILL on 2 devices, resumed
+# on 1) and the SIGTERM stop + resume below (byte-identical metrics.csv).
+@pytest.mark.slow
 def test_sigkill_then_resume_reproduces_the_run_byte_for_byte(tiny):
     out = os.path.join(tiny["base"], "killed")
     # chunk 7 of 8 (mdqn's 3rd): its rows are on disk, its last checkpoint is at chunk 2

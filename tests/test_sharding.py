@@ -122,6 +122,7 @@ def test_killed_on_two_devices_resumes_on_one(runs, tmp_path):
     _same_metrics(runs / "gymnax-2", out)
 
 
+@pytest.mark.slow    # the 2 -> 1 direction stays in the fast suite
 def test_one_device_run_resumes_on_two(runs, tmp_path):
     """The reverse: a 1-device run's checkpoint after chunk 1 continued on 2 devices (padding
     added, frozen) gives the uninterrupted 1-device run's metrics to float rounding."""
