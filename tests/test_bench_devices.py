@@ -81,3 +81,10 @@ def test_cli_devices_option_is_checked_before_any_work(argv, needle, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and needle in err
+
+
+def test_cli_devices_must_start_at_one(capsys):
+    from klrl.cli import main
+
+    assert main(["bench", "train", "--env", "purejaxrl", "--devices", "2,4"]) == 2
+    assert "starting with 1" in capsys.readouterr().err

@@ -120,7 +120,11 @@ def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), mem
     results/bench/train_<env>_devices[_quick].json), rewritten after every round."""
     from klrl.bench.harness import header, write_json
     from klrl.bench.train import PRESETS, preset_config
+    from klrl.errors import ConfigError
 
+    if not devices or devices[0] != 1:      # the speed-ups are relative to one device
+        raise ConfigError(f"--devices: got {','.join(map(str, devices or ()))!r}; allowed comma-separated counts "
+                          ">= 1 starting with 1, e.g. 1,2")
     cfg, hparams = preset_config(env, quick, total_steps)   # a bad preset or length fails first
     members = tuple(sorted(set(members or ((1, 2) if quick else PRESETS[env].members))))
     out_path = out_path or os.path.join("results", "bench", f"train_{env}_devices{'_quick' if quick else ''}.json")
@@ -161,10 +165,7 @@ def main(argv: list[str] | None = None) -> int:
             for row in sharded_rows(a.env, members, a.quick, a.total_steps, a.repeats):
                 print(json.dumps(row), flush=True)
             return 0
-        devices = parse_members(a.devices)
-        if devices is None or devices[0] != 1:
-            raise ConfigError(f"--devices: got {a.devices!r}; allowed comma-separated counts >= 1 starting with 1, "
-                              "e.g. 1,2")
+        devices = parse_members(a.devices, "--devices")
         bench_devices(a.env, devices, members, a.quick, a.total_steps, a.rounds, a.repeats, a.out)
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
