@@ -92,3 +92,21 @@ def test_oracle_is_calibrated_and_evaluation_reports_cis():
     assert 0.05 < float(p0.mean()) < 0.95 and want_acc > float(p0.mean()) + 0.05
     assert abs(guided["accuracy"]["mean"] - want_acc) <= 3 * guided["accuracy"]["ci95"] + 0.07
     assert abs(guided["kl"]["mean"] - want_kl) <= 3 * guided["kl"]["ci95"] + 0.07 and guided["kl"]["mean"] > -1e-5
+
+
+def test_critic_init_from_ref_copies_the_trunk_and_refuses_other_sizes():
+    """`init = ref`: every parameter but the head is π_ref's; a critic of another width is refused."""
+    from klrl.stargraph.critic import HEAD, init_critic
+    from klrl.stargraph.transformer import CausalLM
+
+    cfg = CriticConfig(head="v", layers=1, width=16, heads=2, init="ref")
+    tokens = jnp.zeros((1, P + TINY.path_length), jnp.int32)
+    ref = CausalLM(critic_model(TINY, cfg).config).init(jax.random.PRNGKey(3), tokens)
+    params = init_critic(critic_model(TINY, cfg), cfg, jax.random.PRNGKey(4), tokens, ref)
+    for name, leaf in params["params"].items():
+        if name != HEAD:
+            assert jax.tree.all(jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), leaf, ref["params"][name]))
+    assert params["params"][HEAD]["kernel"].shape == (16, 1)
+    wide = cfg._replace(width=32, heads=2)
+    with pytest.raises(ValueError, match="critic.init"):
+        init_critic(critic_model(TINY, wide), wide, jax.random.PRNGKey(4), tokens, ref)

@@ -19,7 +19,7 @@ import sys
 from typing import NamedTuple
 
 from klrl.errors import ConfigError
-from klrl.stargraph.critic import HEADS, CriticConfig
+from klrl.stargraph.critic import HEADS, INITS, CriticConfig
 from klrl.stargraph.graphs import StarGraphTask
 from klrl.stargraph.pretrain import PretrainConfig
 
@@ -94,6 +94,8 @@ def _run(argv: list[str]) -> int:
             critic, a = parse(rest[2:], CriticConfig(), OfflineArgs())
             if critic.head not in HEADS:
                 raise ConfigError(f"stargraph.head: got {critic.head!r}; allowed {', '.join(HEADS)}")
+            if critic.init not in INITS:
+                raise ConfigError(f"stargraph.init: got {critic.init!r}; allowed {', '.join(INITS)}")
             result = offline_run(rest[0], critic, a.posttrain_size, a.test_size, a.eta, a.top_k, a.tries, a.seed,
                                  log=log)
         with open(rest[1], "w") as fh:

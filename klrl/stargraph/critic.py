@@ -3,7 +3,12 @@ transformer that predicts p(x, a) = P(π_ref completes correctly | prefix x, nex
 trained by binary cross-entropy at EVERY target position of labelled sequences (label r ∈ {0, 1}
 of the whole sequence, the paper's one offline round).
 
-Two heads (`HEADS`):
+Two heads (`HEADS`), and two starts (`INITS`): `scratch` (random), or `ref` — every
+parameter but the output head copied from π_ref (same layers, width and heads), so the critic
+starts from a trunk that already reads the edge list (π_ref follows edges perfectly) and only has
+to learn the decision π_ref's shortcut skips.
+
+Heads:
 - `v` (the paper's): one scalar per position; the logit at the position holding y_t is
   p(y_{<t}, y_t). Scoring k candidate tokens costs k forward passes (`candidate_p`).
 - `q`: V logits per position; the logit of token a at the position holding the state's last
@@ -28,6 +33,8 @@ from klrl.stargraph.tokenizer import Vocabulary, sequence_length
 from klrl.stargraph.transformer import CausalLM, LMConfig, last_position
 
 HEADS = ("v", "q")
+INITS = ("scratch", "ref")
+HEAD = "Dense_0"   # CausalLM's output layer: the one part never copied from π_ref
 
 
 class CriticConfig(NamedTuple):
@@ -44,6 +51,7 @@ class CriticConfig(NamedTuple):
     warmup: int = 100
     weight_decay: float = 0.1
     seed: int = 0
+    init: str = "scratch"     # INITS
 
 
 def critic_model(task: StarGraphTask, cfg: CriticConfig) -> CausalLM:
@@ -52,6 +60,24 @@ def critic_model(task: StarGraphTask, cfg: CriticConfig) -> CausalLM:
         raise ValueError(f"critic.head: got {cfg.head!r}; allowed one of {', '.join(HEADS)}")
     lm = LMConfig(Vocabulary(task.num_nodes).size, sequence_length(task), cfg.layers, cfg.width, cfg.heads)
     return CausalLM(lm, outputs=1 if cfg.head == "v" else 0)
+
+
+def init_critic(model: CausalLM, cfg: CriticConfig, key, sample: jax.Array, ref_params=None):
+    """The critic's initial parameters: random (`scratch`), or π_ref's with a fresh head (`ref`)."""
+    if cfg.init not in INITS:
+        raise ValueError(f"critic.init: got {cfg.init!r}; allowed one of {', '.join(INITS)}")
+    params = model.init(key, sample)
+    if cfg.init == "scratch":
+        return params
+    if ref_params is None:
+        raise ValueError("critic.init: got 'ref' without π_ref's parameters; allowed 'scratch'")
+    ours, theirs = params["params"], ref_params["params"]
+    trunk = {k: v for k, v in theirs.items() if k != HEAD}
+    shapes = jax.tree.map(jnp.shape, {k: ours[k] for k in trunk if k in ours})
+    if set(trunk) != set(ours) - {HEAD} or shapes != jax.tree.map(jnp.shape, trunk):
+        raise ValueError("critic.init: got 'ref' with a critic whose layers/width/heads differ from π_ref's; "
+                         "allowed 'scratch'")
+    return {"params": {**trunk, HEAD: ours[HEAD]}}
 
 
 def target_logits(model: CausalLM, params, tokens: jax.Array, prompt_len: int, ell: int, head: str) -> jax.Array:
@@ -113,5 +139,5 @@ def make_critic_step(model: CausalLM, cfg: CriticConfig, tokens: jax.Array, labe
     return opt.init, step
 
 
-__all__ = ["CriticConfig", "HEADS", "bce_loss", "candidate_p", "critic_model", "critic_p", "make_critic_step",
+__all__ = ["CriticConfig", "HEADS", "INITS", "init_critic", "bce_loss", "candidate_p", "critic_model", "critic_p", "make_critic_step",
            "target_logits"]

@@ -13,7 +13,7 @@ import jax
 import jax.numpy as jnp
 
 from klrl.stargraph import sampler
-from klrl.stargraph.critic import CriticConfig, critic_model, make_critic_step
+from klrl.stargraph.critic import CriticConfig, critic_model, init_critic, make_critic_step
 
 
 class Labelled(NamedTuple):
@@ -46,11 +46,12 @@ def labelled_pairs(key, log_ref: Callable, starts: jax.Array, path: jax.Array, p
 
 
 def train_critic(task, cfg: CriticConfig, data: Labelled, prompt_len: int, log: Callable = print,
-                 log_every: int = 100):
-    """Fit the classifier on `data`; returns (model, params, history of (step, loss, seconds))."""
+                 log_every: int = 100, ref_params=None):
+    """Fit the classifier on `data` (from π_ref's trunk when cfg.init is `ref`: pass
+    `ref_params`); returns (model, params, history of (step, loss, seconds))."""
     model = critic_model(task, cfg)
     k_init, k_data = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = model.init(k_init, data.tokens[:1].astype(jnp.int32))
+    params = init_critic(model, cfg, k_init, data.tokens[:1].astype(jnp.int32), ref_params)
     init_opt, step = make_critic_step(model, cfg, data.tokens.astype(jnp.int32), data.labels, data.weight,
                                       prompt_len, task.path_length)
     opt_state, history, start = init_opt(params), [], time.time()

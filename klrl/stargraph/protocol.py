@@ -82,7 +82,8 @@ def offline_run(ref_dir: str, critic: CriticConfig, posttrain_size: int = 20_000
     data = labelled_pairs(jax.random.PRNGKey(seed), log_ref, starts, path, P, tries)
     log({"pairs": posttrain_size, "with_failure": float(data.weight[posttrain_size:].mean()),
          "seconds": round(time.time() - start, 1)})
-    model, params, history = train_critic(task, critic, data, P, log=log)
+    ref_params = load(ref_dir)[2] if critic.init == "ref" else None
+    model, params, history = train_critic(task, critic, data, P, log=log, ref_params=ref_params)
     _, _, test_starts, test_path = _setup(ref_dir, "test", test_size, top_k)
     read = jax.jit(lambda tokens, lref: critic_p(model, params, tokens, lref, critic.head, voc.pad, top_k))
     p_fn = lambda tokens, t, lref: read(tokens, lref)  # noqa: E731
