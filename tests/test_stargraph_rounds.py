@@ -95,13 +95,17 @@ def test_oracle_guided_rollin_succeeds_more_often_than_pi_ref_on_the_shortcut_re
     n = 512
     starts, path = _prompts(n, "test")
     log_ref = shortcut_reference(TINY, 3.0, jax.random.PRNGKey(1), top_k=4)
-    lrp = exact.path_log_probs(log_ref, starts, path, P)
-    p0, tail = exact.success_probability(lrp, path), exact.success_tail(lrp, path)
-    p_fn = oracle_p_fn(log_ref, starts, path, P, V)
-    guided = lambda x, t, lref: guided_log_policy(lref, p_fn(x, t, lref), 0.1, "qsharp")  # noqa: E731
-    success = lambda policy: jax.jit(lambda k: rollin_switch(k, starts, path, log_ref, policy, P, ELL))  # noqa: E731
-    _, switch, r_guided = success(guided)(jax.random.PRNGKey(2))
-    _, _, r_ref = success(lambda x, t, lref: lref)(jax.random.PRNGKey(2))
+
+    @jax.jit
+    def run(key):   # one compile: the exact tails, the oracle-guided roll-in and π_ref's own samples
+        lrp = exact.path_log_probs(log_ref, starts, path, P)
+        p_fn = oracle_p_fn(log_ref, starts, path, P, V)
+        guided = lambda x, t, lref: guided_log_policy(lref, p_fn(x, t, lref), 0.1, "qsharp")  # noqa: E731
+        _, switch, r_guided = rollin_switch(key, starts, path, log_ref, guided, P, ELL)
+        _, _, r_ref = rollin_switch(key, starts, path, log_ref, lambda x, t, lref: lref, P, ELL)
+        return exact.success_probability(lrp, path), exact.success_tail(lrp, path), switch, r_guided, r_ref
+
+    p0, tail, switch, r_guided, r_ref = run(jax.random.PRNGKey(2))
     exact_h = np.asarray(jnp.concatenate([p0[:, None], tail[:, :-1]], 1))[np.arange(n), np.asarray(switch)]
     sd = np.sqrt(np.sum(exact_h * (1 - exact_h))) / n
     assert abs(float(r_guided.mean()) - exact_h.mean()) < 4 * sd + 2e-3, (float(r_guided.mean()), exact_h.mean())
