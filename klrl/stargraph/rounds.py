@@ -72,7 +72,8 @@ def switched(log_policy: Callable, switch: jax.Array) -> Callable:
 def rollin_switch(key, starts: jax.Array, path: jax.Array, log_ref: Callable, log_policy: Callable, prompt_len: int,
                   ell: int):
     """Roll in with `log_policy` for h ~ Uniform{0, …, ℓ−1} steps per prompt, complete with π_ref
-    (klrl.stargraph.sampler), label by exact match: (tokens [n, L], switch h [n] int32, reward [n])."""
+    (klrl.stargraph.sampler), label by exact match: (tokens [n, L], switch h [n] int32, reward [n]).
+    Static shapes: the roll-in policy is evaluated for every row at every step, used where t < h."""
     k_switch, k_sample = jax.random.split(key)
     switch = jax.random.randint(k_switch, (starts.shape[0],), 0, ell, jnp.int32)
     out = sampler.sample(k_sample, starts, log_ref, switched(log_policy, switch), prompt_len, ell)
