@@ -9,7 +9,8 @@ over test prompts; the η frontier; the critics' calibration; seconds per part).
 - `offline`: the paper's one offline round — labelled pairs (correct path 1, π_ref's first
   failure 0; cached in `cache/pairs.npz` for the later parts), a critic fit by BCE, its
   calibration, Q♯ and CD guided by it at every η;
-- `rounds`: Algorithm 1 (klrl.stargraph.rounds) from the offline pairs, then the same evaluation;
+- `rounds`: Algorithm 1 (klrl.stargraph.rounds) continuing the offline round — its pairs are the
+  first data, its critic guides the first roll-in — then the same evaluation;
 - `baselines`: REINFORCE, RPO, DPO fine-tuned from π_ref (klrl.stargraph.baselines) per seed.
 
 Every evaluation samples one completion per test prompt with π_ref's top-k at temperature 1.
@@ -24,11 +25,12 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import flax.serialization
 import numpy as np
 
 from klrl.errors import ConfigError
 from klrl.stargraph import baselines, rounds
-from klrl.stargraph.critic import critic_p
+from klrl.stargraph.critic import critic_model, critic_p
 from klrl.stargraph.env import initial_states
 from klrl.stargraph.evaluate import calibration, evaluator
 from klrl.stargraph.experiment_config import Experiment
@@ -110,6 +112,27 @@ def offline_pairs(ctx: Context, exp: Experiment, out_dir: str) -> Labelled:
     return data
 
 
+def _critic_path(out_dir: str) -> str:
+    return os.path.join(out_dir, "cache", "critic_offline.msgpack")
+
+
+def _save_critic(out_dir: str, params) -> None:
+    path = _critic_path(out_dir)
+    with open(path + ".tmp", "wb") as fh:
+        fh.write(flax.serialization.to_bytes(params))
+    os.replace(path + ".tmp", path)
+
+
+def _load_critic(ctx: Context, exp: Experiment, out_dir: str):
+    """The offline round's critic (None if that part did not run here)."""
+    if not os.path.isfile(_critic_path(out_dir)):
+        return None
+    model = critic_model(exp.task, exp.critic)
+    template = model.init(jax.random.PRNGKey(0), ctx.test[0][:1])
+    with open(_critic_path(out_dir), "rb") as fh:
+        return flax.serialization.from_bytes(template, fh.read())
+
+
 def _critic_part(ctx: Context, exp: Experiment, model, params, history) -> dict:
     p_fn = learned_p_fn(ctx, exp, model, params)
     return {"train": history, "calibration": calibration(p_fn, ctx.log_ref, *ctx.test, ctx.prompt_len, ctx.vocab),
@@ -123,6 +146,7 @@ def part_offline(ctx: Context, exp: Experiment, out_dir: str, log: Callable) -> 
     log({"offline": "pairs", "prompts": n, "with_failure": float(data.weight[n:].mean()),
          "seconds": round(time.time() - start, 1)})
     model, params, history = train_critic(exp.task, exp.critic, data, ctx.prompt_len, log=log, ref_params=ctx.params)
+    _save_critic(out_dir, params)
     return {"with_failure": float(data.weight[n:].mean()), **_critic_part(ctx, exp, model, params, history)}
 
 
@@ -130,7 +154,8 @@ def part_rounds(ctx: Context, exp: Experiment, out_dir: str, log: Callable) -> d
     data = offline_pairs(ctx, exp, out_dir)
     model, params, history = rounds.run_rounds(
         jax.random.PRNGKey(exp.rounds.seed), exp.task, exp.critic, exp.rounds, ctx.log_ref, *ctx.post,
-        ctx.prompt_len, ctx.pad, exp.eval.top_k, init_data=data, ref_params=ctx.params, log=log)
+        ctx.prompt_len, ctx.pad, exp.eval.top_k, init_data=data, ref_params=ctx.params,
+        init_params=_load_critic(ctx, exp, out_dir), log=log)
     return {"rounds": history, **_critic_part(ctx, exp, model, params, history)}
 
 

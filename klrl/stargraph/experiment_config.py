@@ -23,7 +23,7 @@ from klrl.stargraph.critic import HEADS, INITS, CriticConfig
 from klrl.stargraph.graphs import StarGraphTask
 from klrl.stargraph.guidance import GUIDANCES
 from klrl.stargraph.pretrain import PretrainConfig
-from klrl.stargraph.rounds import RoundsConfig
+from klrl.stargraph.rounds import RoundsConfig, check_rounds
 
 PARTS = ("pretrain", "oracle", "offline", "rounds", "baselines")
 
@@ -131,6 +131,10 @@ def load_experiment(path: str | None, overrides: list[str] = ()) -> Experiment:
         tables.setdefault(section, {})[field] = value
     exp = resolve(tables)
     exp.task.check()
+    try:
+        check_rounds(exp.rounds, exp.offline.posttrain_size)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
     return exp
 
 
