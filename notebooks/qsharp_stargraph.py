@@ -78,10 +78,17 @@ FAMILY_MAPS = {"reference": "Greys", "value": "Blues", "oracle": "Greens", "poli
 FAMILIES = tuple(FAMILY_MAPS)
 
 
-def has_numbers(entry, eta: bool = False) -> bool:
-    """Whether `entry` holds accuracy and kl, each with a numeric mean and ci95 (and eta)."""
+CLOSED_FORM = "closed_form"   # the frontier's exact P*, KL* per η (no CI: averaged closed forms)
+
+
+def has_numbers(entry, eta: bool = False, closed_form: bool = False) -> bool:
+    """Whether `entry` holds accuracy and kl, each with a numeric mean and ci95 (and eta); a
+    closed-form point: eta, success, kl as plain numbers."""
     try:
-        [float(entry[k][f]) for k in ("accuracy", "kl") for f in ("mean", "ci95")]
+        if closed_form:
+            [float(entry[k]) for k in ("success", "kl")]
+        else:
+            [float(entry[k][f]) for k in ("accuracy", "kl") for f in ("mean", "ci95")]
         return not eta or float(entry["eta"]) > 0
     except (KeyError, TypeError, ValueError):
         return False
@@ -104,15 +111,25 @@ def read_summary(paths) -> dict:
     methods = summary.get("methods") if isinstance(summary, dict) else None
     if not methods or not isinstance(methods, dict):
         raise NotebookInputError(f"KLRL_RUNS: got {path!r}, whose summary.json lists no methods; allowed {WANTED}")
-    entries = [(f"method {n!r}", m) for n, m in methods.items()]
-    entries += [(f"frontier {n!r}", p) for n, ps in (summary.get("frontier") or {}).items() for p in ps]
-    for what, entry in entries:
-        if not has_numbers(entry, what.startswith("frontier")):
-            raise NotebookInputError(f"KLRL_RUNS: got {path!r}, whose {what} lacks accuracy/kl mean and ci95"
-                                     f"{' or eta' if what.startswith('frontier') else ''}; allowed {WANTED}")
+    for name, m in methods.items():
+        if not has_numbers(m):
+            raise NotebookInputError(f"KLRL_RUNS: got {path!r}, whose method {name!r} lacks accuracy/kl mean and "
+                                     f"ci95; allowed {WANTED}")
+    for name, points in (summary.get("frontier") or {}).items():
+        if not all(has_numbers(p, eta=True, closed_form=name == CLOSED_FORM) for p in points):
+            want = "eta, success, kl" if name == CLOSED_FORM else "eta and accuracy/kl mean and ci95"
+            raise NotebookInputError(f"KLRL_RUNS: got {path!r}, whose frontier {name!r} has a point without {want}; "
+                                     f"allowed {WANTED}")
     if "degree" not in summary.get("task", {}):
         raise NotebookInputError(f"KLRL_RUNS: got {path!r}, whose summary.json has no task.degree; allowed {WANTED}")
     return summary
+
+
+def colour_of(name: str, family: str) -> tuple:
+    """The method's colour: its family's colormap, one shade per place in METHODS (fixed)."""
+    mates = [n for n in METHODS if METHODS[n][1] == family]
+    place = mates.index(name) if name in mates else len(mates)
+    return plt.get_cmap(FAMILY_MAPS.get(family, "Purples"))(shade(place, len(mates) + 1))
 
 
 def method_rows(methods: dict) -> list[dict]:
@@ -124,10 +141,7 @@ def method_rows(methods: dict) -> list[dict]:
         m = methods[name]
         label, family = METHODS.get(name, (name, m.get("family", "value")))
         family = m.get("family", family)
-        mates = [n for n in order if METHODS[n][1] == family] or [name]
-        cmap = plt.get_cmap(FAMILY_MAPS.get(family, "Purples"))
-        colour = cmap(shade(mates.index(name) if name in mates else len(mates) - 1, len(mates) + 1))
-        rows.append({"name": name, "label": label, "family": family, "colour": colour,
+        rows.append({"name": name, "label": label, "family": family, "colour": colour_of(name, family),
                      "accuracy": float(m["accuracy"]["mean"]), "accuracy_ci95": float(m["accuracy"]["ci95"]),
                      "kl": float(m["kl"]["mean"]), "kl_ci95": float(m["kl"]["ci95"]),
                      "n": int(m.get("n", 0)), "seeds": len(m.get("seeds") or []) or 1,
@@ -147,10 +161,9 @@ rows = method_rows(summary["methods"])
 print(f"{RUN_DIRS[0]}: {TASK}, {len(rows)} method(s): {', '.join(r['name'] for r in rows)}")
 print("machine:", summary.get("machine", "?"), "| seconds:", summary.get("seconds", {}).get("total", "?"),
       "| commit:", summary.get("provenance", {}).get("commit", "?"))
-tf = summary.get("pi_ref", {}).get("teacher_forced", {})
-if tf:
-    print("π_ref teacher-forced accuracy per target position:",
-          ", ".join(f"{a:.2f}" for a in tf.get("accuracy", [])), f"| NLL {tf.get('nll', float('nan')):.3f}")
+tf = summary.get("pi_ref", {}).get("teacher_forced") or {}
+if tf.get("accuracy"):                  # the shortcut: ≈ 1/d at the first child, ≈ 1 elsewhere
+    print("π_ref teacher-forced accuracy per target position:", ", ".join(f"{a:.2f}" for a in tf["accuracy"]))
 
 # %% [markdown]
 # ## The table
@@ -236,30 +249,28 @@ print("wrote", os.path.join(FIGURES, "stargraph_accuracy_kl.png"))
 # %% [markdown]
 # ## The η frontier
 # Accuracy against KL to π_ref for each guided rule over η (a smaller η trusts the critic more and
-# moves further from π_ref). Q♯ and CD coincide where p ∈ {0, 1} and separate where p is strictly
-# between (η ≥ 0.3, or an imperfect critic). Up and to the left is better.
+# moves further from π_ref): the offline round's critic, Algorithm 1's, and the exact p (oracle),
+# with the closed forms P* and KL(π*‖π_ref) of the exact p averaged over the test prompts (dotted;
+# the oracle Q♯ curve samples it). Q♯ and CD coincide where p ∈ {0, 1} and separate where p is
+# strictly between (η ≥ 0.3, or an imperfect critic). Up and to the left is better.
 
 # %%
-CURVES = {"qsharp": ("Q♯", "value", "-", "o"), "cd": ("CD", "value", "--", "s"),
-          "qsharp_oracle": ("Q♯ (oracle)", "oracle", "-", "o"), "cd_oracle": ("CD (oracle)", "oracle", "--", "s")}
-frontier = {k: v for k, v in (summary.get("frontier") or {}).items() if v}
-if not frontier:
-    print("no frontier in this summary: stargraph_frontier.png not drawn")
-else:
-    fig, ax = plt.subplots(figsize=(7.5, 5))
-    order, labels = list(CURVES), []
-    for name, points in sorted(frontier.items(), key=lambda kv: (order.index(kv[0]) if kv[0] in order
-                                                                 else len(order), kv[0])):
-        label, family, style, marker = CURVES.get(name, (name, "value", ":", "^"))
-        colour = plt.get_cmap(FAMILY_MAPS[family])(0.9 if style == "-" else 0.6)
-        pts = sorted(points, key=lambda p: -float(p["eta"]))
-        kl = [float(p["kl"]["mean"]) for p in pts]
-        acc = [float(p["accuracy"]["mean"]) for p in pts]
-        ax.errorbar(kl, acc, xerr=[float(p["kl"]["ci95"]) for p in pts],
-                    yerr=[float(p["accuracy"]["ci95"]) for p in pts], color=colour, linestyle=style,
-                    marker=marker, capsize=3, label=label)
-        labels += [(float(p["eta"]), xk, ya, colour) for p, xk, ya in zip(pts, kl, acc)]
-    # Where the curves coincide (p ∈ {0, 1}) one η label per place is enough.
+def draw_curve(ax, name: str, points: list) -> list:
+    """One guided rule's points over η (Q♯ solid, CD dashed; the bar chart's colour); returns
+    their (η, KL, accuracy, colour) for the labels."""
+    label, family = METHODS.get(name, (name, "value"))
+    colour = colour_of(name, family)
+    pts = sorted(points, key=lambda p: -float(p["eta"]))
+    kl = [float(p["kl"]["mean"]) for p in pts]
+    acc = [float(p["accuracy"]["mean"]) for p in pts]
+    ax.errorbar(kl, acc, xerr=[float(p["kl"]["ci95"]) for p in pts], yerr=[float(p["accuracy"]["ci95"]) for p in pts],
+                color=colour, linestyle="--" if name.startswith("cd") else "-",
+                marker="s" if name.startswith("cd") else "o", capsize=3, label=label)
+    return [(float(p["eta"]), x, y, colour) for p, x, y in zip(pts, kl, acc)]
+
+
+def label_etas(ax, labels: list) -> None:
+    """η beside each point; where curves coincide (p ∈ {0, 1}) one label per place is enough."""
     span = max(max(abs(x) for _, x, _, _ in labels), 1e-9)
     placed = []
     for eta, xk, ya, colour in labels:
@@ -267,6 +278,22 @@ else:
             ax.annotate(f"η={eta:g}", (xk, ya), fontsize=7, xytext=(4, 4), textcoords="offset points", color=colour,
                         bbox={"boxstyle": "round,pad=0.1", "fc": "white", "ec": "none", "alpha": 0.7})
             placed.append((eta, xk, ya))
+
+
+frontier = {k: v for k, v in (summary.get("frontier") or {}).items() if v}
+curves = {k: v for k, v in frontier.items() if k != CLOSED_FORM}
+if not curves:
+    print("no frontier in this summary: stargraph_frontier.png not drawn")
+else:
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    order, labels = list(METHODS), []
+    for name in sorted(curves, key=lambda n: (order.index(n) if n in order else len(order), n)):
+        labels += draw_curve(ax, name, curves[name])
+    label_etas(ax, labels)
+    if CLOSED_FORM in frontier:             # exact P*, KL*: what the oracle curves sample
+        pts = sorted(frontier[CLOSED_FORM], key=lambda p: -float(p["eta"]))
+        ax.plot([float(p["kl"]) for p in pts], [float(p["success"]) for p in pts], color="black", linestyle=":",
+                marker="x", label="closed form P*, KL(π*‖π_ref)")
     ref = next((r for r in rows if r["name"] == "pi_ref"), None)
     if ref is not None:
         ax.errorbar([ref["kl"]], [ref["accuracy"]], yerr=[ref["accuracy_ci95"]], color="black", marker="*",

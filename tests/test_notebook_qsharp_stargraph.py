@@ -38,12 +38,15 @@ def _method(i: int, name: str, seeds: int = 0) -> dict:
 
 
 def _summary(names, frontier=True) -> dict:
-    methods = {n: _method(i, n, seeds=3 if n in ("reinforce", "rpo", "dpo") else 0) for i, n in enumerate(names)}
+    """rpo with one seed's row (as a single-seed run writes it), reinforce and dpo with three."""
+    methods = {n: _method(i, n, seeds={"reinforce": 3, "dpo": 3, "rpo": 1}.get(n, 0)) for i, n in enumerate(names)}
     curves = {}
     if frontier:
-        for j, name in enumerate(("qsharp", "cd", "qsharp_oracle", "cd_oracle")):
-            curves[name] = [{"eta": eta, "accuracy": _stat(0.5 + 0.1 * k, 0.02), "kl": _stat(0.2 * k + 0.01 * j, 0.01)}
-                            for k, eta in enumerate((1.0, 0.3, 0.1, 0.03))]
+        etas = (1.0, 0.3, 0.1, 0.03)
+        for j, name in enumerate(("qsharp", "cd", "qsharp_alg1", "cd_alg1", "qsharp_oracle", "cd_oracle")):
+            curves[name] = [{"eta": eta, "accuracy": _stat(0.5 + 0.1 * k - 0.05 * j, 0.02),
+                             "kl": _stat(0.2 * k + 0.03 * j, 0.01)} for k, eta in enumerate(etas)]
+        curves["closed_form"] = [{"eta": eta, "success": 0.55 + 0.1 * k, "kl": 0.2 * k} for k, eta in enumerate(etas)]
     return {"task": {"degree": 2, "path_length": 5, "num_nodes": 50}, "config": {},
             "pi_ref": {"teacher_forced": {"accuracy": [1.0, 0.5, 1.0, 1.0, 1.0], "nll": 0.17}, "parameters": 1000},
             "methods": methods, "frontier": curves, "seconds": {"total": 1.0}, "machine": "test",
@@ -79,7 +82,7 @@ def test_notebook_draws_bars_frontier_and_table_of_a_summary(tmp_path):
         assert (r["method"], r["family"]) == (LABEL[r["name"]], FAMILY[r["name"]])
         assert float(r["accuracy_mean"]) == m["accuracy"]["mean"] and float(r["accuracy_ci95"]) == m["accuracy"]["ci95"]
         assert float(r["kl_mean"]) == m["kl"]["mean"] and float(r["kl_ci95"]) == m["kl"]["ci95"]
-        assert int(r["n"]) == m["n"] and int(r["seeds"]) == len(m.get("seeds", [None]))
+        assert int(r["n"]) == m["n"] and int(r["seeds"]) == {"reinforce": 3, "dpo": 3}.get(r["name"], 1)
         assert (f"| {LABEL[r['name']]} | {m['family']} | {m['accuracy']['mean']:.3f} ± {m['accuracy']['ci95']:.3f} | "
                 f"{m['kl']['mean']:.3f} ± {m['kl']['ci95']:.3f} | {m['n']} |") in md
     assert "1/d = 0.500" in md
@@ -99,7 +102,8 @@ def test_notebook_draws_the_methods_present_only(tmp_path):
 
 
 def test_notebook_refuses_a_folder_without_a_summary(tmp_path):
-    """An empty folder, then a summary without methods: one line naming KLRL_RUNS, exit 2, nothing written."""
+    """An empty folder, a summary without methods, a frontier point without numbers: one line
+    naming KLRL_RUNS, exit 2, nothing written."""
     (tmp_path / "empty").mkdir()
     res, figures = _run(tmp_path, tmp_path / "empty")
     assert res.returncode == 2, res.stderr[-3000:]
@@ -111,6 +115,13 @@ def test_notebook_refuses_a_folder_without_a_summary(tmp_path):
     res, figures = _run(tmp_path, tmp_path / "no_methods")
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-3000:]
     assert "summary.json lists no methods" in res.stderr
+    assert not figures.exists()
+    broken = _summary(["pi_ref"])
+    del broken["frontier"]["cd"][2]["kl"]
+    _write(tmp_path / "broken", broken)
+    res, figures = _run(tmp_path, tmp_path / "broken")
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1, res.stderr[-3000:]
+    assert "whose frontier 'cd' has a point without eta and accuracy/kl mean and ci95" in res.stderr
     assert not figures.exists()
 
 
