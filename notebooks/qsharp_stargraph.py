@@ -159,7 +159,10 @@ d = int(task["degree"])
 TASK = f"G({d}, {task.get('path_length', '?')}, {task.get('num_nodes', '?')})"
 rows = method_rows(summary["methods"])
 print(f"{RUN_DIRS[0]}: {TASK}, {len(rows)} method(s): {', '.join(r['name'] for r in rows)}")
-print("machine:", summary.get("machine", "?"), "| seconds:", summary.get("seconds", {}).get("total", "?"),
+machine = summary.get("machine", "?")      # provenance's device record, or a name
+if isinstance(machine, dict):
+    machine = f"{machine.get('device_kind', '?')} ({machine.get('platform', '?')})"
+print("machine:", machine, "| seconds:", summary.get("seconds", {}).get("total", "?"),
       "| commit:", summary.get("provenance", {}).get("commit", "?"))
 tf = summary.get("pi_ref", {}).get("teacher_forced") or {}
 if tf.get("accuracy"):                  # the shortcut: ≈ 1/d at the first child, ≈ 1 elsewhere
@@ -175,13 +178,18 @@ if tf.get("accuracy"):                  # the shortcut: ≈ 1/d at the first chi
 HEAD = ["method", "name", "family", "accuracy_mean", "accuracy_ci95", "kl_mean", "kl_ci95", "n", "seeds"]
 
 
+def fixed(x: float) -> str:
+    """x to 3 decimals, without the sign of a rounded-away negative zero (a KL of -1e-9)."""
+    return f"{x:.3f}" if round(x, 3) != 0 else "0.000"
+
+
 def table_lines(rows) -> list[str]:
     """The methods as a markdown table."""
-    lines = [f"| method | family | accuracy ± 95% CI | KL(π‖π_ref) ± 95% CI | n | seeds |",
+    lines = ["| method | family | accuracy ± 95% CI | KL(π‖π_ref) ± 95% CI | n | seeds |",
              "|---|---|---|---|---|---|"]
     for r in rows:
-        lines.append(f"| {r['label']} | {r['family']} | {r['accuracy']:.3f} ± {r['accuracy_ci95']:.3f} | "
-                     f"{r['kl']:.3f} ± {r['kl_ci95']:.3f} | {r['n']} | {r['seeds']} |")
+        lines.append(f"| {r['label']} | {r['family']} | {fixed(r['accuracy'])} ± {fixed(r['accuracy_ci95'])} | "
+                     f"{fixed(r['kl'])} ± {fixed(r['kl_ci95'])} | {r['n']} | {r['seeds']} |")
     return lines
 
 
