@@ -3,8 +3,9 @@
 # `python -m klrl.stargraph run experiments/qsharp_stargraph_gpu.toml` on G(5, 5, 50), then on
 # G(3, 8, 50) (`task.degree=3 task.path_length=8`), each with 6-layer × 384 transformers: π_ref
 # pretrained by next-token prediction, the oracle critic, the paper's one offline round, Algorithm
-# 1's rounds, REINFORCE / RPO / DPO; sized for about 3.5 minutes per task on one H100 (an estimate:
-# see the config's header), at most 8 minutes wall in all.
+# 1's rounds, REINFORCE / RPO / DPO; sized for about 3.5 minutes per task on one H100 (an estimate
+# from XLA's FLOP and memory counts, not a measurement: see the config's header), at most 8 minutes
+# wall in all.
 #
 #   OUT=/path/to/out bash experiments/device/stargraph_gpu.sh   # on the GPU host, from the repo root
 #                                                               # (OUT defaults to results/qsharp_stargraph_gpu)
