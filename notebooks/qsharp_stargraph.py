@@ -172,7 +172,9 @@ if tf.get("accuracy"):                  # the shortcut: ≈ 1/d at the first chi
 # ## The table
 # Exact-match accuracy over test prompts (top-k 10, temperature 1, one sample per prompt) and the
 # per-episode KL `Σ_t KL(π(·|x_t) ‖ π_ref(·|x_t))` along the method's own samples, each with its
-# 95% normal CI over prompts; `n` as the summary gives it, `seeds` the post-training seeds.
+# 95% normal CI over prompts; for a method post-trained with several seeds, the mean over seeds
+# and the 95% CI of that mean over seeds, as summary.json gives them. `n`: test prompts; `seeds`:
+# post-training seeds.
 
 # %%
 HEAD = ["method", "name", "family", "accuracy_mean", "accuracy_ci95", "kl_mean", "kl_ci95", "n", "seeds"]
@@ -197,7 +199,8 @@ lines = table_lines(rows)
 print("\n".join(lines))
 os.makedirs(FIGURES, exist_ok=True)
 with open(os.path.join(FIGURES, "methods.md"), "w") as fh:
-    fh.write(f"Star graph {TASK}; π_ref's shortcut level 1/d = {1 / d:.3f}.\n\n" + "\n".join(lines) + "\n")
+    fh.write(f"Star graph {TASK}; π_ref's shortcut level 1/d = {1 / d:.3f}. 95% CIs over test prompts, or over "
+             "seeds where seeds > 1.\n\n" + "\n".join(lines) + "\n")
 with open(os.path.join(FIGURES, "methods.csv"), "w", newline="") as fh:
     w = csv.writer(fh)
     w.writerow(HEAD)
