@@ -14,6 +14,8 @@ One concept per module:
 - `sampler`: autoregressive sampling with the exact per-episode KL to π_ref;
 - `critic`: the success classifier (V- and Q-type heads, BCE at every target position);
 - `offline`: the paper's one offline round (correct path = 1, first π_ref failure = 0);
+- `rounds`: the paper's Algorithm 1 (roll in with the guided policy, switch to π_ref, label,
+  aggregate, refit; per-position weights);
 - `evaluate`: accuracy and KL with 95% CIs, calibration against the exact p;
 - `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`).
 """

@@ -8,6 +8,10 @@
                                      the one offline round: CriticConfig's keys and
                                      posttrain_size= test_size= eta= top_k= tries=
 
+  run CONFIG.toml OUT_DIR [--ref REF_DIR] [section.key=value ...]
+                                     the whole experiment (klrl.stargraph.experiment): the
+                                     parts not yet in OUT_DIR, then OUT_DIR/summary.json
+
 Progress is printed as JSON lines; a bad key or value is a one-line error with exit status 2.
 """
 
@@ -81,6 +85,19 @@ def _run(argv: list[str]) -> int:
         _, params, report = pretrain(cfg, log=lambda line: print(line, flush=True))
         save(rest[0], cfg, params, report)
         print(f"saved {rest[0]}: {report['parameters']} parameters, {report['seconds']} s", flush=True)
+        return 0
+    if cmd == "run" and len(rest) >= 2:
+        from klrl.stargraph.experiment import run
+        from klrl.stargraph.experiment_config import load_experiment
+
+        overrides, ref = list(rest[2:]), None
+        if "--ref" in overrides:
+            i = overrides.index("--ref")
+            if i + 1 >= len(overrides):
+                raise ConfigError("--ref: got nothing; allowed a directory written by `pretrain`")
+            ref = overrides[i + 1]
+            del overrides[i:i + 2]
+        run(load_experiment(rest[0], overrides), rest[1], ref, log=log)
         return 0
     if cmd in ("oracle", "offline") and len(rest) >= 2:
         from klrl.stargraph.protocol import offline_run, oracle_run

@@ -88,12 +88,20 @@ def target_logits(model: CausalLM, params, tokens: jax.Array, prompt_len: int, e
     return jnp.take_along_axis(out, tokens[:, prompt_len:prompt_len + ell, None].astype(jnp.int32), -1)[..., 0]
 
 
+def weighted_bce(logits: jax.Array, labels: jax.Array, weight: jax.Array) -> jax.Array:
+    """Weighted mean BCE of logits [n, ℓ] against sequence labels [n]: a weight per sequence [n]
+    (the offline round: mean over positions, then over sequences) or per position [n, ℓ]
+    (Algorithm 1: 0 before the switch to π_ref, where the label is not a sample of p)."""
+    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(labels[:, None], logits.shape))
+    if weight.ndim == 1:
+        return jnp.sum(bce.mean(1) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return jnp.sum(bce * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
 def bce_loss(model: CausalLM, params, tokens: jax.Array, labels: jax.Array, weight: jax.Array, prompt_len: int,
              ell: int, head: str) -> jax.Array:
     """Weighted mean BCE over sequences and their ℓ target positions (the equation above)."""
-    logits = target_logits(model, params, tokens, prompt_len, ell, head)
-    bce = optax.sigmoid_binary_cross_entropy(logits, jnp.broadcast_to(labels[:, None], logits.shape))
-    return jnp.sum(bce.mean(1) * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+    return weighted_bce(target_logits(model, params, tokens, prompt_len, ell, head), labels, weight)
 
 
 def candidate_p(model: CausalLM, params, tokens: jax.Array, candidates: jax.Array, pad: int) -> jax.Array:
@@ -119,18 +127,24 @@ def critic_p(model: CausalLM, params, tokens: jax.Array, log_ref: jax.Array, hea
 
 
 def make_critic_step(model: CausalLM, cfg: CriticConfig, tokens: jax.Array, labels: jax.Array, weight: jax.Array,
-                     prompt_len: int, ell: int):
-    """(init_opt_state, jitted step(params, opt_state, key)) over the labelled set [2n, L]: each
-    batch takes batch_size/2 prompts with BOTH their sequences (rows i and n + i)."""
+                     prompt_len: int, ell: int, paired: bool = True):
+    """(init_opt_state, jitted step(params, opt_state, key)) over the labelled set [N, L]: `paired`
+    (the offline round, N = 2n), each batch takes batch_size/2 prompts with BOTH their sequences
+    (rows i and n + i); unpaired (Algorithm 1's rolled-in data), batch_size rows uniformly."""
     schedule = optax.warmup_cosine_decay_schedule(0.0, cfg.lr, max(cfg.warmup, 1), max(cfg.steps, cfg.warmup + 1),
                                                   cfg.final_lr)
     opt = optax.adamw(schedule, b1=0.9, b2=0.999, weight_decay=cfg.weight_decay)
     n = tokens.shape[0] // 2
 
+    def batch_rows(key):
+        if not paired:
+            return jax.random.randint(key, (cfg.batch_size,), 0, tokens.shape[0])
+        i = jax.random.randint(key, (cfg.batch_size // 2,), 0, n)
+        return jnp.concatenate([i, i + n])
+
     @jax.jit
     def step(params, opt_state, key):
-        i = jax.random.randint(key, (cfg.batch_size // 2,), 0, n)
-        rows = jnp.concatenate([i, i + n])
+        rows = batch_rows(key)
         loss, grads = jax.value_and_grad(lambda p: bce_loss(model, p, tokens[rows], labels[rows], weight[rows],
                                                             prompt_len, ell, cfg.head))(params)
         updates, opt_state = opt.update(grads, opt_state, params)
@@ -139,5 +153,5 @@ def make_critic_step(model: CausalLM, cfg: CriticConfig, tokens: jax.Array, labe
     return opt.init, step
 
 
-__all__ = ["CriticConfig", "HEADS", "INITS", "init_critic", "bce_loss", "candidate_p", "critic_model", "critic_p", "make_critic_step",
+__all__ = ["CriticConfig", "HEADS", "INITS", "init_critic", "bce_loss", "weighted_bce", "candidate_p", "critic_model", "critic_p", "make_critic_step",
            "target_logits"]

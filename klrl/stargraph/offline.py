@@ -17,11 +17,14 @@ from klrl.stargraph.critic import CriticConfig, critic_model, init_critic, make_
 
 
 class Labelled(NamedTuple):
-    """2n labelled sequences: rows [0, n) the correct paths, rows [n, 2n) π_ref's first failures."""
+    """Labelled sequences. The offline round (`paired`): 2n rows, [0, n) the correct paths,
+    [n, 2n) π_ref's first failures, a weight per sequence. Algorithm 1 (klrl.stargraph.rounds):
+    unpaired rows with a weight per target position [N, ℓ]."""
 
     tokens: jax.Array   # [2n, L]
     labels: jax.Array   # [2n] float 1/0
-    weight: jax.Array   # [2n] 0 where a prompt had no failure in `tries` samples
+    weight: jax.Array   # [2n] 0 where a prompt had no failure in `tries` samples; or [N, ℓ] per position
+    paired: bool = True  # row i and row n + i are one prompt's pair (the critic's batches keep them together)
 
 
 def first_failures(key, log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_len: int, tries: int):
@@ -46,14 +49,16 @@ def labelled_pairs(key, log_ref: Callable, starts: jax.Array, path: jax.Array, p
 
 
 def train_critic(task, cfg: CriticConfig, data: Labelled, prompt_len: int, log: Callable = print,
-                 log_every: int = 100, ref_params=None):
+                 log_every: int = 100, ref_params=None, params=None):
     """Fit the classifier on `data` (from π_ref's trunk when cfg.init is `ref`: pass
-    `ref_params`); returns (model, params, history of (step, loss, seconds))."""
+    `ref_params`; from given `params` to continue a fit, with a fresh optimiser); returns
+    (model, params, history of (step, loss, seconds))."""
     model = critic_model(task, cfg)
     k_init, k_data = jax.random.split(jax.random.PRNGKey(cfg.seed))
-    params = init_critic(model, cfg, k_init, data.tokens[:1].astype(jnp.int32), ref_params)
+    if params is None:
+        params = init_critic(model, cfg, k_init, data.tokens[:1].astype(jnp.int32), ref_params)
     init_opt, step = make_critic_step(model, cfg, data.tokens.astype(jnp.int32), data.labels, data.weight,
-                                      prompt_len, task.path_length)
+                                      prompt_len, task.path_length, data.paired)
     opt_state, history, start = init_opt(params), [], time.time()
     for i in range(1, cfg.steps + 1):
         params, opt_state, loss = step(params, opt_state, jax.random.fold_in(k_data, i))
