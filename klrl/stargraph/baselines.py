@@ -64,12 +64,24 @@ def sequence_log_prob(model, params, tokens: jax.Array, prompt_len: int) -> jax.
 def dpo_loss(model, params, ref_params, chosen: jax.Array, rejected: jax.Array, weight: jax.Array,
              prompt_len: int, beta: float, rpo_alpha: float = 0.0) -> jax.Array:
     """DPO (rpo_alpha = 0) or RPO over pairs [n, L] (weight 0: a prompt without a failure)."""
-    lp = lambda p, x: sequence_log_prob(model, p, x, prompt_len)  # noqa: E731
-    ref_w, ref_l = jax.lax.stop_gradient(lp(ref_params, chosen)), jax.lax.stop_gradient(lp(ref_params, rejected))
-    w, lo = lp(params, chosen), lp(params, rejected)
+    lp = lambda x: jax.lax.stop_gradient(sequence_log_prob(model, ref_params, x, prompt_len))  # noqa: E731
+    return dpo_loss_given_ref(model, params, chosen, rejected, lp(chosen), lp(rejected), weight, prompt_len, beta,
+                              rpo_alpha)
+
+
+def dpo_loss_given_ref(model, params, chosen: jax.Array, rejected: jax.Array, ref_w: jax.Array, ref_l: jax.Array,
+                       weight: jax.Array, prompt_len: int, beta: float, rpo_alpha: float = 0.0) -> jax.Array:
+    """`dpo_loss` with π_ref's ln π_ref(y_w), ln π_ref(y_l) [n] given (constants: computed once)."""
+    w, lo = sequence_log_prob(model, params, chosen, prompt_len), sequence_log_prob(model, params, rejected, prompt_len)
     loss = -jax.nn.log_sigmoid(beta * ((w - ref_w) - (lo - ref_l)))
     loss = loss + rpo_alpha * (-w / (chosen.shape[1] - prompt_len))
     return jnp.sum(loss * weight) / jnp.maximum(jnp.sum(weight), 1.0)
+
+
+def reference_log_probs(model, ref_params, tokens: jax.Array, prompt_len: int, chunk: int = 1024) -> jax.Array:
+    """ln π_ref(y|x) of every sequence [n, L] -> [n], in jitted chunks (DPO's fixed reference terms)."""
+    run = jax.jit(lambda x: sequence_log_prob(model, ref_params, x, prompt_len))
+    return jnp.concatenate([run(tokens[i:i + chunk]) for i in range(0, tokens.shape[0], chunk)])
 
 
 def reinforce_loss(model, params, tokens: jax.Array, reward: jax.Array, prompt_len: int) -> jax.Array:
@@ -103,6 +115,8 @@ def make_baseline_step(model, cfg: BaselineConfig, ref_params, prompt_len: int, 
     check_method(cfg.method)
     opt = optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=0.0)
     rollout_policy = policy_log_probs(model, pad, cfg.top_k, cfg.greedy)
+    if cfg.method != "reinforce":   # π_ref's sequence log-probs are constants: one pass, not one per step
+        ref_w, ref_l = (reference_log_probs(model, ref_params, x, prompt_len) for x in data[:2])
 
     def loss_of(params, key):
         i = jax.random.randint(key, (cfg.batch_size,), 0, data[0].shape[0])
@@ -114,8 +128,8 @@ def make_baseline_step(model, cfg: BaselineConfig, ref_params, prompt_len: int, 
             loss = reinforce_loss(model, params, jax.lax.stop_gradient(out.tokens), reward, prompt_len)
             return loss, {"reward": reward.mean()}
         alpha = cfg.rpo_alpha if cfg.method == "rpo" else 0.0
-        return dpo_loss(model, params, ref_params, data[0][i], data[1][i], data[2][i], prompt_len, cfg.beta,
-                        alpha), {}
+        return dpo_loss_given_ref(model, params, data[0][i], data[1][i], ref_w[i], ref_l[i], data[2][i], prompt_len,
+                                  cfg.beta, alpha), {}
 
     @jax.jit
     def step(params, opt_state, key):
@@ -222,6 +236,6 @@ def run_baselines(base: BaselineConfig, methods, seeds, model, ref_params, log_r
     return out
 
 
-__all__ = ["BaselineConfig", "METHODS", "check_method", "dpo_loss", "finetune", "make_baseline_step",
-           "policy_log_probs", "policy_samples", "pool_seeds", "reinforce_loss", "run_baseline", "run_baselines",
-           "sequence_log_prob", "step_data"]
+__all__ = ["BaselineConfig", "METHODS", "check_method", "dpo_loss", "dpo_loss_given_ref", "finetune",
+           "make_baseline_step", "policy_log_probs", "policy_samples", "pool_seeds", "reference_log_probs",
+           "reinforce_loss", "run_baseline", "run_baselines", "sequence_log_prob", "step_data"]
