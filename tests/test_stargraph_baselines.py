@@ -106,7 +106,8 @@ def test_pool_seeds_averages_means_and_combines_prompt_cis():
 @pytest.mark.slow
 def test_dpo_widens_the_chosen_vs_rejected_margin():
     g, chosen, rejected, model, ref, starts, pairs = _setup()
-    margin = lambda p: float(jnp.mean(sequence_log_prob(model, p, chosen, P) - sequence_log_prob(model, p, rejected, P)))  # noqa: E731
+    def margin(p):
+        return float(jnp.mean(sequence_log_prob(model, p, chosen, P) - sequence_log_prob(model, p, rejected, P)))
     params, history = finetune(BaselineConfig("dpo", steps=5, batch_size=16, lr=1e-2), model, ref,
                                step_data("dpo", pairs), P, ELL, VOC.pad, log=QUIET)
     assert margin(params) > margin(ref) + 0.1 and history[-1]["loss"] < math.log(2)
@@ -128,7 +129,12 @@ def test_rpo_then_reinforce_raise_the_exact_success_probability():
     cfg = BaselineConfig("reinforce", steps=30, batch_size=32, lr=3e-3, greedy=False, top_k=V)
     tuned, history = finetune(cfg, model, sft, (starts, path), P, ELL, VOC.pad, log=QUIET)
     assert p0(tuned) > p0(sft) + 0.05 and all(0.0 <= r["reward"] <= 1.0 for r in history)
-    out = run_baseline(BaselineConfig("reinforce", steps=4, batch_size=32, lr=1e-3), model, sft, None,
-                       (starts, path), starts, path, P, VOC.pad, log=QUIET)
+    def run(seed):
+        return run_baseline(BaselineConfig("reinforce", steps=4, batch_size=32, lr=1e-3, seed=seed), model, sft, None,
+                            (starts, path), starts, path, P, VOC.pad, log=QUIET)
+    out, again, other = run(0), run(0), run(1)      # the second and third reuse the compiled programs
     assert 0.0 <= out["accuracy"]["mean"] <= 1.0 and out["kl"]["mean"] > 0.0 and np.isfinite(out["kl"]["ci95"])
     assert len(out["train"]) == 4 and out["seed"] == 0
+    def numbers(r):
+        return r["accuracy"], r["kl"], [(x["loss"], x["reward"]) for x in r["train"]]
+    assert numbers(out) == numbers(again) and numbers(other) != numbers(out)           # same seed, same numbers

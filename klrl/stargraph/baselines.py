@@ -109,16 +109,24 @@ def check_method(method: str) -> None:
 
 
 def make_baseline_step(model, cfg: BaselineConfig, ref_params, prompt_len: int, ell: int, pad: int, data):
-    """(optimizer init, jitted step(params, opt_state, key) -> (params, opt_state, stats)), `stats`
+    """(optimizer init, step(params, opt_state, key) -> (params, opt_state, stats)), `stats`
     = {"loss"} (+ "reward", the rollouts' mean exact-match reward, for REINFORCE).
-    `data`: (starts [n, L], path [n, ℓ]) for REINFORCE, (chosen, rejected, weight) for DPO/RPO."""
+    `data`: (starts [n, L], path [n, ℓ]) for REINFORCE, (chosen, rejected, weight) for DPO/RPO.
+    The jitted program takes the data as arguments, so seeds and datasets of one shape share one compile."""
     check_method(cfg.method)
+    init, program = _step_program(model, cfg._replace(steps=0, seed=0), prompt_len, ell, pad)
+    if cfg.method != "reinforce":   # π_ref's sequence log-probs are constants: one pass, not one per step
+        data = tuple(data) + tuple(reference_log_probs(model, ref_params, x, prompt_len) for x in data[:2])
+    return init, lambda params, opt_state, key: program(params, opt_state, key, data)
+
+
+@functools.lru_cache(maxsize=None)
+def _step_program(model, cfg: BaselineConfig, prompt_len: int, ell: int, pad: int):
+    """(optimizer init, jitted step(params, opt_state, key, data)) of `make_baseline_step`."""
     opt = optax.adamw(cfg.lr, b1=0.9, b2=0.999, weight_decay=0.0)
     rollout_policy = policy_log_probs(model, pad, cfg.top_k, cfg.greedy)
-    if cfg.method != "reinforce":   # π_ref's sequence log-probs are constants: one pass, not one per step
-        ref_w, ref_l = (reference_log_probs(model, ref_params, x, prompt_len) for x in data[:2])
 
-    def loss_of(params, key):
+    def loss_of(params, key, data):
         i = jax.random.randint(key, (cfg.batch_size,), 0, data[0].shape[0])
         if cfg.method == "reinforce":
             starts, path = data[0][i], data[1][i]
@@ -127,13 +135,14 @@ def make_baseline_step(model, cfg: BaselineConfig, ref_params, prompt_len: int, 
             reward = sampler.exact_match(out.tokens, path, prompt_len)
             loss = reinforce_loss(model, params, jax.lax.stop_gradient(out.tokens), reward, prompt_len)
             return loss, {"reward": reward.mean()}
+        chosen, rejected, weight, ref_w, ref_l = (x[i] for x in data)
         alpha = cfg.rpo_alpha if cfg.method == "rpo" else 0.0
-        return dpo_loss_given_ref(model, params, data[0][i], data[1][i], ref_w[i], ref_l[i], data[2][i], prompt_len,
-                                  cfg.beta, alpha), {}
+        return dpo_loss_given_ref(model, params, chosen, rejected, ref_w, ref_l, weight, prompt_len, cfg.beta,
+                                  alpha), {}
 
     @jax.jit
-    def step(params, opt_state, key):
-        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params, key)
+    def step(params, opt_state, key, data):
+        (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(params, key, data)
         updates, opt_state = opt.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, {"loss": loss, **aux}
 
@@ -174,14 +183,28 @@ def finetune(cfg: BaselineConfig, model, ref_params, data: tuple, prompt_len: in
     return params, history
 
 
-def policy_samples(key, model, params, log_ref: Callable, starts: jax.Array, prompt_len: int, ell: int, pad: int,
-                   top_k: int) -> sampler.Samples:
-    """One sample per prompt from π_θ's own top-k at temperature 1 (compiled once per call), with
-    the exact per-episode KL against `log_ref` (klrl.stargraph.sampler.sample)."""
+def policy_samples(key, model, params, log_ref: Callable | None, starts: jax.Array, prompt_len: int, ell: int,
+                   pad: int, top_k: int, ref_params=None) -> sampler.Samples:
+    """One sample per prompt from π_θ's own top-k at temperature 1, with the exact per-episode KL
+    against `log_ref` (klrl.stargraph.sampler.sample); `log_ref=None`: against the untruncated
+    π_ref of `ref_params` (one compiled program per model and shape, shared by every call)."""
+    if log_ref is None:
+        return _untruncated_program(model, pad, prompt_len, ell, top_k)(params, ref_params, key, starts)
+    return jax.jit(_sample_program(model, pad, prompt_len, ell, top_k), static_argnums=1)(params, log_ref, key, starts)
+
+
+def _sample_program(model, pad: int, prompt_len: int, ell: int, top_k: int):
     log_pi = policy_log_probs(model, pad, top_k, greedy=False)
-    run = jax.jit(lambda p, k, s: sampler.sample(k, s, log_ref, lambda tokens, t, lref: log_pi(p)(tokens),
-                                                 prompt_len, ell))
-    return run(params, key, starts)
+
+    def run(params, log_ref, key, starts):
+        return sampler.sample(key, starts, log_ref, lambda tokens, t, lref: log_pi(params)(tokens), prompt_len, ell)
+    return run
+
+
+@functools.lru_cache(maxsize=None)
+def _untruncated_program(model, pad: int, prompt_len: int, ell: int, top_k: int):
+    run, lm = _sample_program(model, pad, prompt_len, ell, top_k), lm_log_probs(model, pad)
+    return jax.jit(lambda params, ref_params, key, starts: run(params, functools.partial(lm, ref_params), key, starts))
 
 
 def run_baseline(cfg: BaselineConfig, model, ref_params, log_ref: Callable | None, train_data, test_starts,
@@ -198,11 +221,9 @@ def run_baseline(cfg: BaselineConfig, model, ref_params, log_ref: Callable | Non
     data = step_data(cfg.method, train_data)
     ell = int(test_path.shape[-1])
     params, history = finetune(cfg, model, ref_params, data, prompt_len, ell, pad, log)
-    if log_ref is None:
-        log_ref = functools.partial(lm_log_probs(model, pad), ref_params)
     test_starts = jnp.asarray(test_starts, jnp.int32)
     out = policy_samples(jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 1), model, params, log_ref, test_starts,
-                         prompt_len, ell, pad, cfg.top_k)
+                         prompt_len, ell, pad, cfg.top_k, ref_params)
     success = sampler.exact_match(out.tokens, jnp.asarray(test_path), prompt_len)
     result = {"method": cfg.method, "seed": cfg.seed, "train": history, "accuracy": mean_ci(success),
               "kl": mean_ci(out.kl), "n": int(success.shape[0]), "seconds": round(time.time() - start, 1)}
