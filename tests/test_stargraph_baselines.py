@@ -101,6 +101,8 @@ def test_pool_seeds_averages_means_and_combines_prompt_cis():
     assert out["family"] == "policy" and out["n"] == 10 and [r["seed"] for r in out["seeds"]] == [0, 1]
     np.testing.assert_allclose([out["accuracy"]["mean"], out["accuracy"]["ci95"], out["kl"]["mean"]],
                                [0.4, math.sqrt(0.18) / 2, 0.8])
+    one = pool_seeds(rows[:1])
+    assert "seeds" not in one and one["accuracy"] == {"mean": 0.2, "ci95": 0.3}
 
 
 @pytest.mark.slow

@@ -156,7 +156,7 @@ def step_data(method: str, train_data) -> tuple:
     if method == "reinforce":
         if isinstance(train_data, Labelled) or len(train_data) != 2:
             raise ConfigError("baselines.train_data: reinforce takes (starts [n, L], path [n, ℓ]); "
-                              "got labelled pairs")
+                              f"got {type(train_data).__name__} of {len(train_data)}")
         return jnp.asarray(train_data[0], jnp.int32), jnp.asarray(train_data[1])
     if not isinstance(train_data, Labelled):
         raise ConfigError(f"baselines.train_data: {method} takes a Labelled (offline pairs); "
@@ -169,7 +169,8 @@ def step_data(method: str, train_data) -> tuple:
 def finetune(cfg: BaselineConfig, model, ref_params, data: tuple, prompt_len: int, ell: int, pad: int,
              log: Callable = print, rows: int = 10):
     """θ ← π_ref's parameters, then `cfg.steps` baseline steps on `data` (`step_data`); returns
-    (params, history): about `rows` rows of (step, loss[, reward], seconds since the first step)."""
+    (params, history): about `rows` rows of (step, loss[, reward], seconds from the start of the
+    first step, its compile included)."""
     init, step = make_baseline_step(model, cfg, ref_params, prompt_len, ell, pad, data)
     key = jax.random.fold_in(jax.random.PRNGKey(cfg.seed), 0)
     params, history, every, start = ref_params, [], max(cfg.steps // rows, 1), time.time()
@@ -234,13 +235,13 @@ def run_baseline(cfg: BaselineConfig, model, ref_params, log_ref: Callable | Non
 def pool_seeds(results: list[dict]) -> dict:
     """Several seeds' `run_baseline` results as one method entry: the mean over seeds of each
     mean, its 95% half-width √(Σ_s ci_s²)/S (prompt noise of the seed average; the spread across
-    seeds is in "seeds"), and the per-seed rows."""
+    seeds is in "seeds"), and the per-seed rows (only where more than one seed ran)."""
     pooled = {}
     for key in ("accuracy", "kl"):
         means, cis = np.array([r[key]["mean"] for r in results]), np.array([r[key]["ci95"] for r in results])
         pooled[key] = {"mean": float(means.mean()), "ci95": float(np.sqrt(np.sum(cis ** 2)) / len(results))}
     seeds = [{k: r[k] for k in ("seed", "accuracy", "kl", "train", "seconds")} for r in results]
-    return {**pooled, "n": results[0]["n"], "family": "policy", "seeds": seeds}
+    return {**pooled, "n": results[0]["n"], "family": "policy", **({"seeds": seeds} if len(seeds) > 1 else {})}
 
 
 def run_baselines(base: BaselineConfig, methods, seeds, model, ref_params, log_ref, reinforce_data,
