@@ -80,8 +80,11 @@ def dpo_loss_given_ref(model, params, chosen: jax.Array, rejected: jax.Array, re
 
 def reference_log_probs(model, ref_params, tokens: jax.Array, prompt_len: int, chunk: int = 1024) -> jax.Array:
     """ln π_ref(y|x) of every sequence [n, L] -> [n], in jitted chunks (DPO's fixed reference terms)."""
-    run = jax.jit(lambda x: sequence_log_prob(model, ref_params, x, prompt_len))
-    return jnp.concatenate([run(tokens[i:i + chunk]) for i in range(0, tokens.shape[0], chunk)])
+    return jnp.concatenate([_sequence_log_prob_jit(model, ref_params, tokens[i:i + chunk], prompt_len)
+                            for i in range(0, tokens.shape[0], chunk)])
+
+
+_sequence_log_prob_jit = jax.jit(sequence_log_prob, static_argnums=(0, 3))   # one compile per model and shape
 
 
 def reinforce_loss(model, params, tokens: jax.Array, reward: jax.Array, prompt_len: int) -> jax.Array:
