@@ -15,5 +15,6 @@ One concept per module:
 - `critic`: the success classifier (V- and Q-type heads, BCE at every target position);
 - `offline`: the paper's one offline round (correct path = 1, first π_ref failure = 0);
 - `evaluate`: accuracy and KL with 95% CIs, calibration against the exact p;
-- `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`).
+- `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`);
+- `baselines`: REINFORCE, DPO and RPO fine-tuning of π_ref, end to end (`run_baseline`).
 """
