@@ -17,5 +17,6 @@ One concept per module:
 - `rounds`: the paper's Algorithm 1 (roll in with the guided policy, switch to π_ref, label,
   aggregate, refit; per-position weights);
 - `evaluate`: accuracy and KL with 95% CIs, calibration against the exact p;
-- `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`).
+- `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`);
+- `baselines`: REINFORCE, DPO and RPO fine-tuning of π_ref, end to end (`run_baseline`).
 """
