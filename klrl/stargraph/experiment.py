@@ -160,9 +160,12 @@ def part_rounds(ctx: Context, exp: Experiment, out_dir: str, log: Callable) -> d
 
 
 def part_baseline(ctx: Context, exp: Experiment, out_dir: str, method: str, seed: int, log: Callable) -> dict:
-    cfg = exp.baseline._replace(method=method, seed=seed, top_k=exp.eval.top_k)
+    lr = exp.baselines.reinforce_lr if method == "reinforce" else exp.baseline.lr
+    cfg = exp.baseline._replace(method=method, seed=seed, top_k=exp.eval.top_k, lr=lr)
     data = ctx.post if method == "reinforce" else offline_pairs(ctx, exp, out_dir)
-    return baselines.run_baseline(cfg, ctx.model, ctx.params, data, *ctx.test, ctx.prompt_len, ctx.pad, log=log)
+    # log_ref None: the KL against the UNtruncated π_ref (a fine-tuned top-k may leave π_ref's)
+    return baselines.run_baseline(cfg, ctx.model, ctx.params, None, data, *ctx.test, ctx.prompt_len, ctx.pad,
+                                  log=log)
 
 
 def _ensure_reference(exp: Experiment, out_dir: str, ref_dir: str | None, log: Callable) -> str:

@@ -7,7 +7,7 @@ what is allowed), resolved to the NamedTuples the pieces take.
     [critic]     CriticConfig's fields (the success classifier of the offline round and of Algorithm 1)
     [offline]    posttrain_size, tries, seed (the paper's one offline round)
     [rounds]     RoundsConfig's fields (Algorithm 1)
-    [baselines]  methods, seeds, and BaselineConfig's other fields (REINFORCE / RPO / DPO)
+    [baselines]  methods, seeds, reinforce_lr, and BaselineConfig's other fields (REINFORCE / RPO / DPO)
     [eval]       test_size, top_k, eta (the comparison's η), etas (the frontier), seed
     [run]        parts: which parts to run, in order (PARTS)
 """
@@ -37,6 +37,7 @@ class OfflineSection(NamedTuple):
 class BaselinesSection(NamedTuple):
     methods: tuple = METHODS
     seeds: tuple = (0, 1, 2)
+    reinforce_lr: float = 1e-5   # the paper's; `lr` (BaselineConfig's) is DPO's and RPO's
 
 
 class EvalSection(NamedTuple):

@@ -39,11 +39,15 @@ def first_failures(key, log_ref: Callable, starts: jax.Array, path: jax.Array, p
 
 
 def labelled_pairs(key, log_ref: Callable, starts: jax.Array, path: jax.Array, prompt_len: int,
-                   tries: int = 8) -> Labelled:
-    """The offline dataset (see module docstring)."""
+                   tries: int = 8, chunk: int = 4096) -> Labelled:
+    """The offline dataset (see module docstring). π_ref is sampled `chunk` prompts at a time
+    (memory grows with chunk·tries); chunk i draws from fold_in(key, i), a single chunk from key."""
     correct = starts.at[:, prompt_len:].set(path.astype(starts.dtype))
-    failures, found = jax.jit(lambda k: first_failures(k, log_ref, starts, path, prompt_len, tries))(key)
+    fail = jax.jit(lambda k, s, p: first_failures(k, log_ref, s, p, prompt_len, tries))
     n = path.shape[0]
+    parts = [fail(key if n <= chunk else jax.random.fold_in(key, i // chunk), starts[i:i + chunk], path[i:i + chunk])
+             for i in range(0, n, chunk)]
+    failures, found = (jnp.concatenate([p[j] for p in parts]) for j in (0, 1))
     return Labelled(jnp.concatenate([correct, failures]), jnp.concatenate([jnp.ones(n), jnp.zeros(n)]),
                     jnp.concatenate([found, found]).astype(jnp.float32))
 

@@ -45,6 +45,7 @@ class RoundsConfig(NamedTuple):
     eta: float = 0.1
     refit: str = "scratch"         # REFITS: each round's fit starts from the critic's initial parameters, or the last fit
     seed: int = 0                  # folded into the run's key (the prompts' order, switch points, samples)
+    steps: int = 0                 # critic steps per round's refit (0: the critic config's own `steps`)
 
 
 def check_rounds(cfg: RoundsConfig, available: int) -> None:
@@ -56,6 +57,8 @@ def check_rounds(cfg: RoundsConfig, available: int) -> None:
                          f"({available} post-training prompts over {cfg.rounds} rounds, fresh each round)")
     if cfg.guidance not in GUIDANCES:
         raise ValueError(f"rounds.guidance: got {cfg.guidance!r}; allowed one of {', '.join(GUIDANCES)}")
+    if cfg.steps < 0:
+        raise ValueError(f"rounds.steps: got {cfg.steps!r}; allowed an integer >= 0 (0: the critic's own steps)")
     if not cfg.eta > 0:
         raise ValueError(f"rounds.eta: got {cfg.eta!r}; allowed a number > 0")
     if cfg.refit not in REFITS:
@@ -117,6 +120,8 @@ def run_rounds(key, task, critic_cfg: CriticConfig, rounds_cfg: RoundsConfig, lo
     starts round 1's fit. Returns (model, params, history: one JSON-ready dict per round)."""
     check_rounds(rounds_cfg, starts.shape[0])
     key, ell, m = jax.random.fold_in(key, rounds_cfg.seed), task.path_length, rounds_cfg.prompts
+    if rounds_cfg.steps:
+        critic_cfg = critic_cfg._replace(steps=rounds_cfg.steps)
     model = critic_model(task, critic_cfg)
     order = jax.random.permutation(jax.random.fold_in(key, 0), starts.shape[0])
     guided = guided_policy(model, critic_cfg.head, pad, top_k, rounds_cfg.eta, rounds_cfg.guidance)
