@@ -110,3 +110,22 @@ def test_critic_init_from_ref_copies_the_trunk_and_refuses_other_sizes():
     wide = cfg._replace(width=32, heads=2)
     with pytest.raises(ValueError, match="critic.init"):
         init_critic(critic_model(TINY, wide), wide, jax.random.PRNGKey(4), tokens, ref)
+
+
+def test_pairs_sampled_in_chunks_are_labelled_the_same_way():
+    """Chunked sampling (memory) keeps the dataset's meaning: rows [0, n) the correct paths, rows
+    [n, 2n) failures wherever one was found; one chunk reproduces the unchunked draw exactly."""
+    g = dataset(TINY, "posttrain", 20, 0)
+    starts, path = jnp.asarray(initial_states(TINY, g), jnp.int32), jnp.asarray(g.path)
+    ref = _ref(jax.random.PRNGKey(1))
+    whole = labelled_pairs(jax.random.PRNGKey(0), ref, starts, path, P, tries=2)
+    assert jnp.array_equal(labelled_pairs(jax.random.PRNGKey(0), ref, starts, path, P, tries=2, chunk=20).tokens,
+                           whole.tokens)
+    chunked = labelled_pairs(jax.random.PRNGKey(0), ref, starts, path, P, tries=2, chunk=8)
+    n = 20
+    np.testing.assert_array_equal(chunked.tokens[:n], whole.tokens[:n])
+    assert np.all(np.asarray(sampler.exact_match(chunked.tokens[:n], path, P)) == 1.0)
+    found = np.asarray(chunked.weight[n:]) > 0
+    assert found.any()
+    assert np.all(np.asarray(sampler.exact_match(chunked.tokens[n:], path, P))[found] == 0.0)
+    np.testing.assert_array_equal(chunked.tokens[n:, :P], starts[:, :P])
