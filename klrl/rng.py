@@ -21,8 +21,9 @@ straight-line program that XLA fuses, with the same bits.
 
 Fallback: when the same bits are not guaranteed by this formula, `uniform` returns
 `jax.random.uniform(key, shape)` itself: `jax_threefry_partitionable` set to False (a user
-flag; the non-partitionable layout splits counters differently), a key of another PRNG
-implementation (typed or via `jax_default_prng_impl`), or 2^32 elements or more.
+flag; the non-partitionable layout splits counters differently), `jax_enable_x64` (then JAX's
+default is float64 from 64-bit draws), a key of another PRNG implementation (typed or via
+`jax_default_prng_impl`) or not a raw uint32 [2] key, or 2^32 elements or more.
 """
 
 from __future__ import annotations
@@ -63,14 +64,15 @@ def _raw_threefry_key(key: jax.Array) -> jax.Array | None:
         if str(jax.random.key_impl(key)) != "threefry2x32":
             return None
         return jax.random.key_data(key)
-    if jax.config.jax_default_prng_impl != "threefry2x32" or key.shape != (2,):
-        return None
-    return key.astype(jnp.uint32)
+    if jax.config.jax_default_prng_impl != "threefry2x32" or key.shape != (2,) or key.dtype != jnp.uint32:
+        return None   # not a raw threefry key: JAX says what is wrong with it, or draws its own way
+    return key
 
 
 def _supported(key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
     """The raw key when this module reproduces JAX's bits for (key, shape), else None."""
-    if not jax.config.jax_threefry_partitionable or math.prod(shape) >= 2**32:
+    if (not jax.config.jax_threefry_partitionable or jax.config.jax_enable_x64
+            or math.prod(shape) >= 2**32):
         return None
     return _raw_threefry_key(key)
 

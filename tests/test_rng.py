@@ -56,6 +56,14 @@ def test_other_prng_impl_falls_back_to_jax():
     assert _same(rng.uniform(key, (5, 3)), jax.random.uniform(key, (5, 3)))
 
 
+def test_x64_falls_back_to_jax(x64):
+    # Under x64 JAX's default draw is float64 from 64-bit bits: not this module's float32s.
+    key = jax.random.PRNGKey(4)
+    ours, theirs = rng.uniform(key, (6,)), jax.random.uniform(key, (6,))
+    assert theirs.dtype == jnp.float64 and _same(ours, theirs)
+    assert _same(rng.bits(key, (6,)), jax.random.bits(key, (6,)))
+
+
 def test_non_partitionable_flag_falls_back_to_jax():
     key, shape = jax.random.PRNGKey(7), (4, 33)
     partitionable = jax.random.uniform(key, shape)
