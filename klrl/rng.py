@@ -64,8 +64,10 @@ def _raw_threefry_key(key: jax.Array) -> jax.Array | None:
         if str(jax.random.key_impl(key)) != "threefry2x32":
             return None
         return jax.random.key_data(key)
-    if jax.config.jax_default_prng_impl != "threefry2x32" or key.shape != (2,) or key.dtype != jnp.uint32:
-        return None   # not a raw threefry key: JAX says what is wrong with it, or draws its own way
+    # Not a raw threefry key: JAX says what is wrong with it, or draws its own way.
+    if (jax.config.jax_default_prng_impl != "threefry2x32" or key.shape != (2,)
+            or key.dtype != jnp.uint32):
+        return None
     return key
 
 
