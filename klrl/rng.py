@@ -92,7 +92,7 @@ def bits(key: jax.Array, shape: Sequence[int] = ()) -> jax.Array:
 
 
 def uniform(key: jax.Array, shape: Sequence[int] = ()) -> jax.Array:
-    """float32 `shape` in [0, 1): the same as `jax.random.uniform(key, shape)` (module docstring)."""
+    """float32 `shape` in [0, 1): exactly `jax.random.uniform(key, shape)` (module docstring)."""
     shape = tuple(shape)
     if _supported(key, shape) is None:
         return jax.random.uniform(key, shape)
