@@ -18,5 +18,7 @@ One concept per module:
   aggregate, refit; per-position weights);
 - `evaluate`: accuracy and KL with 95% CIs, calibration against the exact p;
 - `protocol`: the end-to-end oracle and offline runs (`python -m klrl.stargraph`);
-- `baselines`: REINFORCE, DPO and RPO fine-tuning of π_ref, end to end (`run_baseline`).
+- `baselines`: REINFORCE, DPO and RPO fine-tuning of π_ref, end to end (`run_baseline`);
+- `experiment_config`, `experiment`, `summary`: the whole experiment from one TOML file
+  (`python -m klrl.stargraph run`), its resumable parts and its summary.json.
 """
