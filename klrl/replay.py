@@ -45,7 +45,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from klrl import rng
 from klrl.envs.base import EnvStep
 
 MODES = ("per-member", "shared")
@@ -151,7 +150,7 @@ def _draw(key: jax.Array, valid: jax.Array, pos: jax.Array, lo: jax.Array, n: ja
     weight 0 everywhere with ages clamped to lo.
     """
     T, C = valid.shape
-    u = rng.uniform(key, (2, batch_size, candidates))   # jax.random.uniform's bits, no while loop
+    u = jax.random.uniform(key, (2, batch_size, candidates))
     age = lo + _uniform_int(u[0], n)                    # [B, K]
     col = _uniform_int(u[1], jnp.int32(C))
     ok = valid[_time_index(pos, age, T), col] & (n > 0)
