@@ -4,9 +4,6 @@
                                      degree=, path_length=, num_nodes=) and save it to OUT_DIR
   oracle REF_DIR OUT.json [test_size= top_k= seed=]
                                      π_ref, and Q♯ / CD with the exact p, η ∈ {0.03, 0.1, 0.3, 1}
-  offline REF_DIR OUT.json [key=value ...]
-                                     the one offline round: CriticConfig's keys and
-                                     posttrain_size= test_size= eta= top_k= tries=
 
   run CONFIG.toml OUT_DIR [--ref REF_DIR] [section.key=value ...]
                                      the whole experiment (klrl.stargraph.experiment): the
@@ -23,7 +20,6 @@ import sys
 from typing import NamedTuple
 
 from klrl.errors import ConfigError
-from klrl.stargraph.critic import HEADS, INITS, CriticConfig
 from klrl.stargraph.graphs import StarGraphTask
 from klrl.stargraph.pretrain import PretrainConfig
 
@@ -33,15 +29,6 @@ TASK_KEYS = StarGraphTask._fields
 class OracleArgs(NamedTuple):
     test_size: int = 2000
     top_k: int = 10
-    seed: int = 0
-
-
-class OfflineArgs(NamedTuple):
-    posttrain_size: int = 20_000
-    test_size: int = 2000
-    eta: float = 0.1
-    top_k: int = 10
-    tries: int = 8
     seed: int = 0
 
 
@@ -99,22 +86,13 @@ def _run(argv: list[str]) -> int:
             del overrides[i:i + 2]
         run(load_experiment(rest[0], overrides), rest[1], ref, log=log)
         return 0
-    if cmd in ("oracle", "offline") and len(rest) >= 2:
-        from klrl.stargraph.protocol import offline_run, oracle_run
+    if cmd == "oracle" and len(rest) >= 2:
+        from klrl.stargraph.protocol import oracle_run
 
         if not os.path.isfile(os.path.join(rest[0], "lm.json")):
             raise ConfigError(f"REF_DIR: got {rest[0]!r}; allowed a directory written by `pretrain`")
-        if cmd == "oracle":
-            (a,) = parse(rest[2:], OracleArgs())
-            result = oracle_run(rest[0], a.test_size, top_k=a.top_k, seed=a.seed, log=log)
-        else:
-            critic, a = parse(rest[2:], CriticConfig(), OfflineArgs())
-            if critic.head not in HEADS:
-                raise ConfigError(f"stargraph.head: got {critic.head!r}; allowed {', '.join(HEADS)}")
-            if critic.init not in INITS:
-                raise ConfigError(f"stargraph.init: got {critic.init!r}; allowed {', '.join(INITS)}")
-            result = offline_run(rest[0], critic, a.posttrain_size, a.test_size, a.eta, a.top_k, a.tries, a.seed,
-                                 log=log)
+        (a,) = parse(rest[2:], OracleArgs())
+        result = oracle_run(rest[0], a.test_size, top_k=a.top_k, seed=a.seed, log=log)
         with open(rest[1], "w") as fh:
             json.dump(result, fh, indent=1)
         return 0
