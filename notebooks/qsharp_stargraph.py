@@ -314,7 +314,7 @@ else:
     ax.set_ylabel("exact-match accuracy (test prompts)")
     ax.set_ylim(0, 1.05)
     ax.set_title(f"Star graph {TASK}: accuracy vs KL over η (95% CI)")
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     fig.tight_layout()
     fig.savefig(os.path.join(FIGURES, "stargraph_frontier.png"), dpi=120)
     print("wrote", os.path.join(FIGURES, "stargraph_frontier.png"))
