@@ -112,3 +112,22 @@ def two_processes(cfg, out, *flags, kill_second_after=None, devices=2):
         _, err = p.communicate(timeout=900)
         results.append((p.returncode, err))
     return results
+
+
+# The smallest CartPole run the CLI tests share; a test appends its own [train] keys and tables.
+TINY_CARTPOLE_TOML = """
+[env]
+name = "CartPole-v1"
+num_envs = 4
+
+[agent]
+name = "dqn"
+hidden = [16]
+
+[train]
+total_steps = 800
+chunk_steps = 200
+buffer_size = 256
+batch_size = 16
+learning_starts = 100
+"""

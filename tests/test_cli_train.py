@@ -32,28 +32,13 @@ from klrl.rundir import resolve_out_dir
 from klrl.stopping import PAUSE_ENV
 from klrl.tracking import installed
 
-from engine_helpers import ROOT, cli_in_process
+from engine_helpers import TINY_CARTPOLE_TOML, ROOT, cli_in_process
 from engine_helpers import run_cli as _klrl
 
 # One xdist worker runs this module (make test: --dist loadgroup): the `tiny` run is made once.
 pytestmark = pytest.mark.xdist_group("cli_train")
 
-TINY = """
-[env]
-name = "CartPole-v1"
-num_envs = 4
-
-[agent]
-name = "dqn"
-hidden = [16]
-
-[train]
-total_steps = 800
-chunk_steps = 200
-buffer_size = 256
-batch_size = 16
-learning_starts = 100
-target_update_every = 100
+TINY = TINY_CARTPOLE_TOML + """target_update_every = 100
 seeds = 2
 replay_mode = "shared"
 

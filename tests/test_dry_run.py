@@ -9,27 +9,12 @@ import os
 
 import pytest
 
-from engine_helpers import cli_in_process
+from engine_helpers import TINY_CARTPOLE_TOML, cli_in_process
 from klrl.config import load_experiment
 from klrl.dryrun import ignored_notice, ignored_sweeps
 from klrl.estimate import slice_experiment, slice_steps
 
-TOML = """
-[env]
-name = "CartPole-v1"
-num_envs = 4
-
-[agent]
-name = "dqn"
-hidden = [16]
-
-[train]
-total_steps = 800
-chunk_steps = 200
-buffer_size = 256
-batch_size = 16
-learning_starts = 100
-seeds = 2
+TOML = TINY_CARTPOLE_TOML + """seeds = 2
 
 [sweep]
 "agent.name" = ["dqn", "mdqn", "mvi"]

@@ -14,7 +14,7 @@ import pytest
 
 from klrl.errors import ConfigError
 from klrl.stargraph import exact
-from klrl.stargraph.baselines import (BaselineConfig, dpo_loss, finetune, policy_samples, pool_seeds, run_baseline,
+from klrl.stargraph.baselines import (BaselineConfig, dpo_loss, finetune, policy_samples, run_baseline,
                                       sequence_log_prob, step_data)
 from klrl.stargraph.env import initial_states
 from klrl.stargraph.graphs import StarGraphTask, dataset
@@ -92,17 +92,6 @@ def test_bad_method_or_data_is_a_one_line_config_error():
         step_data("dpo", (starts, jnp.asarray(g.path)))
     c, r, w = step_data("rpo", pairs)
     np.testing.assert_array_equal(c, chosen) and np.testing.assert_array_equal(r, rejected)
-
-
-def test_pool_seeds_averages_means_and_combines_prompt_cis():
-    rows = [{"seed": s, "accuracy": {"mean": m, "ci95": 0.3}, "kl": {"mean": 2 * m, "ci95": 0.4}, "n": 10,
-             "train": [], "seconds": 1.0} for s, m in [(0, 0.2), (1, 0.6)]]
-    out = pool_seeds(rows)
-    assert out["family"] == "policy" and out["n"] == 10 and [r["seed"] for r in out["seeds"]] == [0, 1]
-    np.testing.assert_allclose([out["accuracy"]["mean"], out["accuracy"]["ci95"], out["kl"]["mean"]],
-                               [0.4, math.sqrt(0.18) / 2, 0.8])
-    one = pool_seeds(rows[:1])
-    assert "seeds" not in one and one["accuracy"] == {"mean": 0.2, "ci95": 0.3}
 
 
 @pytest.mark.slow

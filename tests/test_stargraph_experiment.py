@@ -85,3 +85,20 @@ def test_driver_at_tiny_size_writes_every_part_and_resumes(tmp_path):
     assert again["methods"] == summary["methods"]
     with pytest.raises(ConfigError, match="OUT_DIR"):
         run(load_experiment("experiments/qsharp_stargraph.toml", TINY + ["critic.steps=21"]), out, log=logs.append)
+
+
+def test_summary_pools_seeds_as_mean_and_band_over_seeds():
+    """Several seeds: the mean of the seed means, half-width 1.96·sd/√S over seeds; one seed
+    keeps its own prompt CI."""
+    import math
+
+    from klrl.stargraph.summary import _over_seeds
+
+    rows = [{"seed": s, "accuracy": {"mean": m, "ci95": 0.3}, "kl": {"mean": 2 * m, "ci95": 0.4}, "n": 10}
+            for s, m in [(0, 0.2), (1, 0.6), (2, 0.4)]]
+    out = _over_seeds(rows)
+    assert out["family"] == "policy" and out["n"] == 10 and [r["seed"] for r in out["seeds"]] == [0, 1, 2]
+    assert math.isclose(out["accuracy"]["mean"], 0.4) and math.isclose(out["kl"]["mean"], 0.8)
+    assert math.isclose(out["accuracy"]["ci95"], 1.96 * 0.2 / math.sqrt(3))
+    one = _over_seeds(rows[:1])
+    assert one["accuracy"] == {"mean": 0.2, "ci95": 0.3} and len(one["seeds"]) == 1

@@ -27,7 +27,6 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from klrl.errors import ConfigError
@@ -235,32 +234,6 @@ def run_baseline(cfg: BaselineConfig, model, ref_params, log_ref: Callable | Non
     return result
 
 
-def pool_seeds(results: list[dict]) -> dict:
-    """Several seeds' `run_baseline` results as one method entry: the mean over seeds of each
-    mean, its 95% half-width √(Σ_s ci_s²)/S (prompt noise of the seed average; the spread across
-    seeds is in "seeds"), and the per-seed rows (only where more than one seed ran)."""
-    pooled = {}
-    for key in ("accuracy", "kl"):
-        means, cis = np.array([r[key]["mean"] for r in results]), np.array([r[key]["ci95"] for r in results])
-        pooled[key] = {"mean": float(means.mean()), "ci95": float(np.sqrt(np.sum(cis ** 2)) / len(results))}
-    seeds = [{k: r[k] for k in ("seed", "accuracy", "kl", "train", "seconds")} for r in results]
-    return {**pooled, "n": results[0]["n"], "family": "policy", **({"seeds": seeds} if len(seeds) > 1 else {})}
-
-
-def run_baselines(base: BaselineConfig, methods, seeds, model, ref_params, log_ref, reinforce_data,
-                  pairs: Labelled, test_starts, test_path, prompt_len: int, pad: int, log: Callable = print) -> dict:
-    """`run_baseline` for every method × seed (`base` with method and seed replaced); returns
-    {method: `pool_seeds` entry}. REINFORCE trains on `reinforce_data`, DPO/RPO on `pairs`."""
-    for method in methods:
-        check_method(method)
-    out = {}
-    for method in methods:
-        data = reinforce_data if method == "reinforce" else pairs
-        out[method] = pool_seeds([run_baseline(base._replace(method=method, seed=seed), model, ref_params, log_ref,
-                                               data, test_starts, test_path, prompt_len, pad, log) for seed in seeds])
-    return out
-
-
 __all__ = ["BaselineConfig", "METHODS", "check_method", "dpo_loss", "dpo_loss_given_ref", "finetune",
-           "make_baseline_step", "policy_log_probs", "policy_samples", "pool_seeds", "reference_log_probs",
-           "reinforce_loss", "run_baseline", "run_baselines", "sequence_log_prob", "step_data"]
+           "make_baseline_step", "policy_log_probs", "policy_samples", "reference_log_probs",
+           "reinforce_loss", "run_baseline", "sequence_log_prob", "step_data"]
