@@ -11,6 +11,19 @@
 # PYTHON's own packages instead of the kits, e.g. PYTHON=.venv/bin/python on a CPU machine),
 # KLRL_DEVICE_SITE (where the kits go, default /tmp/site).
 
+# choose_out QUICK_DEFAULT FULL_DEFAULT: OUT (unless set) for quick mode or the real run; quick
+# mode never writes into results/ (exit 2).
+choose_out() {
+  if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
+    OUT=${OUT:-$1}
+    case "$(realpath -m "$OUT")/" in
+      "$(realpath -m results)"/*) echo "quick mode never writes into results/ (OUT=$OUT)" >&2; exit 2 ;;
+    esac
+  else
+    OUT=${OUT:-$2}
+  fi
+}
+
 # device_start: the clock, PYTHON, WALL and the output folder (OUT must be set).
 device_start() {
   : "${OUT:?set OUT to the output directory}"

@@ -38,14 +38,7 @@ pretrain.test_size=64 pretrain.eval_every=20 pretrain.warmup=2 critic.layers=1 c
 critic.steps=10 critic.batch_size=16 critic.warmup=2 offline.posttrain_size=64 offline.tries=2 rounds.rounds=2
 rounds.prompts=32 baselines.steps=3 baselines.batch_size=8 baselines.seeds=[0] eval.test_size=64
 eval.etas=[0.1,1.0]"
-if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
-  OUT=${OUT:-${TMPDIR:-/tmp}/klrl-stargraph-gpu-quick}
-  case "$(realpath -m "$OUT")/" in
-    "$(realpath -m results)"/*) echo "quick mode never writes into results/ (OUT=$OUT)" >&2; exit 2 ;;
-  esac
-else
-  OUT=${OUT:-results/qsharp_stargraph_gpu}
-fi
+choose_out "${TMPDIR:-/tmp}/klrl-stargraph-gpu-quick" results/qsharp_stargraph_gpu
 device_start
 
 # run_task NAME SETTINGS TIMEOUT: the driver on one task; a cut or failed run's written parts are

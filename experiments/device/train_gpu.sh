@@ -22,14 +22,7 @@
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh"
 MARGIN=${KLRL_DEVICE_MARGIN:-15}   # seconds between the suite's budget and the wall limit (exit, last write)
-if [ -n "${KLRL_DEVICE_QUICK:-}" ]; then
-  OUT=${OUT:-${TMPDIR:-/tmp}/klrl-train-gpu-quick}
-  case "$(realpath -m "$OUT")/" in
-    "$(realpath -m results)"/*) echo "quick mode never writes into results/ (OUT=$OUT)" >&2; exit 2 ;;
-  esac
-else
-  OUT=${OUT:-results/bench}
-fi
+choose_out "${TMPDIR:-/tmp}/klrl-train-gpu-quick" results/bench
 device_start
 
 run() {
