@@ -18,6 +18,7 @@ import jax
 import jax.numpy as jnp
 
 from klrl import replay as rb
+from klrl import rng
 from klrl.envs.base import EnvStep
 
 # Salt of the network's forward key inside an acting key (agents whose forward pass samples,
@@ -75,9 +76,9 @@ def make_acting(forward: Callable, actor, eval_actor, env_of: Callable[[int], An
 
     def step(a: ActorState, env_state, params, hp: dict, env_steps, ctx):
         M = a.key.shape[0]
-        split = jax.vmap(lambda kk: jax.random.split(kk, 5))(a.key)                     # [M, 5, 2]
+        split = jax.vmap(lambda kk: rng.split(kk, 5))(a.key)                     # [M, 5, 2]
         new_key, k_act, k_test, k_env, k_obs = (split[:, i] for i in range(5))
-        fwd_key = jax.vmap(jax.random.fold_in, in_axes=(0, None))(k_act, FORWARD_SALT)
+        fwd_key = jax.vmap(rng.fold_in, in_axes=(0, None))(k_act, FORWARD_SALT)
         out = forward(params, a.obs, fwd_key)                                           # one forward, all envs
         actions, _ = jax.vmap(actor.act, in_axes=(0, 0, 0, 0, 0, None, None))(
             out[:, :E], a.obs[:, :E], a.carry, k_act, hp, env_steps, ctx)
@@ -86,7 +87,7 @@ def make_acting(forward: Callable, actor, eval_actor, env_of: Callable[[int], An
             test_actions, test_log_probs = jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(
                 out[:, E:], a.obs[:, E:], (), k_test, hp, env_steps, ctx)
             actions_all = jnp.concatenate([actions, test_actions], axis=1)
-        env_keys = jax.vmap(lambda kk: jax.random.split(kk, E_all))(k_env) if in_graph_reset else None
+        env_keys = jax.vmap(lambda kk: rng.split(kk, E_all))(k_env) if in_graph_reset else None
         env_state, st = env_of(M).step(env_state, actions_all, env_keys)
         st_train = jax.tree.map(lambda x: x[:, :E], st)
         carry = jax.vmap(actor.observe)(a.carry, a.obs[:, :E], actions, st_train, k_obs)

@@ -20,6 +20,7 @@ from typing import Any, Callable, NamedTuple
 import jax
 
 from klrl import replay as rb
+from klrl import rng
 
 # Salt of the loss key inside a member's sampling key (a fold_in: the sampling streams are unchanged).
 LOSS_SALT = 0x6C6F7373
@@ -38,7 +39,7 @@ def newest_frame(stack: jax.Array, frame_channels: int, frame_stack: int) -> jax
 
 
 def _loss_keys(keys: jax.Array) -> jax.Array:
-    return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, LOSS_SALT)
+    return jax.vmap(rng.fold_in, in_axes=(0, None))(keys, LOSS_SALT)
 
 
 def make_data(cfg, spec, own_data: Callable | None) -> Data:
@@ -56,7 +57,7 @@ def make_data(cfg, spec, own_data: Callable | None) -> Data:
 
     if own_data is not None:
         def sample_own(replay, sample_keys, shared_key, carry):
-            split = jax.vmap(jax.random.split)(sample_keys)
+            split = jax.vmap(rng.split)(sample_keys)
             batch = jax.vmap(own_data, in_axes=(0, 0, None))(carry, split[:, 1], B)
             return batch, split[:, 0], shared_key, _loss_keys(split[:, 1])
 
@@ -70,9 +71,9 @@ def make_data(cfg, spec, own_data: Callable | None) -> Data:
 
     def sample(replay, sample_keys, shared_key, carry):
         store = store_for(sample_keys.shape[0])
-        split = jax.vmap(jax.random.split)(sample_keys)
+        split = jax.vmap(rng.split)(sample_keys)
         if shared:
-            shared_key, sub = jax.random.split(shared_key)
+            shared_key, sub = rng.split(shared_key)
             batch, _ = store.sample(replay, sub, B)
         else:
             batch, _ = store.sample(replay, split[:, 1], B)

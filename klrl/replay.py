@@ -33,11 +33,13 @@ Sampling. `age` = how many adds ago a slot was written (newest = 0); time index
 batch element and the first valid one is taken: conditional on success this is exactly
 uniform over the valid slots in range. If none is valid (rare: P = (1 - valid fraction)^K)
 the last candidate is returned with weight 0, so the learner can mask it without a
-data-dependent batch size.
+data-dependent batch size. Only the candidates that are looked at are hashed (klrl.rng):
+candidate 0 of every element, the others for the few elements whose candidate 0 is invalid.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, NamedTuple
 
 import chex
@@ -45,6 +47,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from klrl import rng
 from klrl.envs.base import EnvStep
 
 MODES = ("per-member", "shared")
@@ -138,44 +141,104 @@ def _time_index(pos: jax.Array, age: jax.Array, T: int) -> jax.Array:
     return jnp.mod(pos - 1 - age, T)
 
 
-def _draw(key: jax.Array, valid: jax.Array, pos: jax.Array, lo: jax.Array, n: jax.Array,
-          batch_size: int, candidates: int, first: jax.Array | None = None
-          ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
-    """Pick B slots uniformly among valid ones with age in [lo, lo + n - 1].
+def _candidates(key: jax.Array, index: jax.Array, batch_size: int, candidates: int,
+                lo: jax.Array, n: jax.Array, columns: int) -> tuple[jax.Array, jax.Array]:
+    """(age, column) of the candidates at flat positions `index` (b·K + k) of the draw
+    u = uniform(key, [2, B, K]): age = lo + ⌊u[0]·n⌋, column = ⌊u[1]·C⌋. Hashes only those."""
+    shape = (2, batch_size, candidates)
+    age = lo + _uniform_int(rng.uniform_at(key, shape, index), n)
+    col = _uniform_int(rng.uniform_at(key, shape, index + batch_size * candidates), jnp.int32(columns))
+    return age, col
 
-    valid: bool [T, C] of one store. With `first` (frames store), a slot whose NEXT slot is an
-    episode start is excluded too: normally only autoreset slots (already invalid) precede one,
-    but a host pool re-reset on resume starts an episode without one (klrl.runner).
-    Returns (age, time_index, column, weight), each [B]. n <= 0 (too little data yet) yields
-    weight 0 everywhere with ages clamped to lo.
-    """
-    T, C = valid.shape
-    u = jax.random.uniform(key, (2, batch_size, candidates))
-    age = lo + _uniform_int(u[0], n)                    # [B, K]
-    col = _uniform_int(u[1], jnp.int32(C))
+
+def _usable(valid: jax.Array, first: jax.Array | None, pos: jax.Array, n: jax.Array,
+            age: jax.Array, col: jax.Array) -> jax.Array:
+    """Whether the slots (age, col) of one store [T, C] can be sampled: valid, in range (n > 0)
+    and, with `first` (frames store), not followed by an episode start. Normally only autoreset
+    slots (already invalid) precede one, but a host pool re-reset on resume starts an episode
+    without one (klrl.runner)."""
+    T = valid.shape[0]
     ok = valid[_time_index(pos, age, T), col] & (n > 0)
     if first is not None:
         ok = ok & ~first[_time_index(pos, age - 1, T), col]
-    # First valid candidate; argmax of an all-False row is 0, so fall back to the last one.
+    return ok
+
+
+def _first_usable(age: jax.Array, col: jax.Array, ok: jax.Array
+                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Along the last (candidate) axis: the first usable candidate, or the last one if none is
+    (then ok = False). Returns (age, col, ok) without that axis."""
+    K = ok.shape[-1]
     any_ok = ok.any(axis=-1)
-    pick = jnp.where(any_ok, jnp.argmax(ok, axis=-1), candidates - 1)[:, None]
+    pick = jnp.where(any_ok, jnp.argmax(ok, axis=-1), K - 1)[..., None]
     # The picked candidate as a masked integer sum (exact): it fuses with the draw, a gather would not.
-    chosen = jnp.arange(candidates) == pick
-    age = jnp.sum(jnp.where(chosen, age, 0), axis=-1)
-    col = jnp.sum(jnp.where(chosen, col, 0), axis=-1)
-    return age, _time_index(pos, age, T), col, any_ok.astype(jnp.float32)
+    chosen = jnp.arange(K) == pick
+    return jnp.sum(jnp.where(chosen, age, 0), -1), jnp.sum(jnp.where(chosen, col, 0), -1), any_ok
 
 
-def _sample_frames(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, batch_size: int,
-                   k: int, candidates: int) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
-    """One frames store [T, C, ...] -> a batch [B, ...] with stacks rebuilt from single frames.
+def _draw_all(key, valid, first, pos, lo, n, batch_size: int, candidates: int):
+    """Every candidate of every batch element -> (age, col, ok), each [B]."""
+    index = jnp.arange(batch_size * candidates).reshape(batch_size, candidates)
+    age, col = _candidates(key, index, batch_size, candidates, lo, n, valid.shape[1])
+    return _first_usable(age, col, _usable(valid, first, pos, n, age, col))
 
-    Ages are restricted to [1, size - k]: age >= 1 so next obs (age - 1) exists, and
-    age + k - 1 <= size - 1 so the stack window never reaches unwritten or overwritten slots.
+
+def _draw_first(key, valid, first, pos, lo, n, batch_size: int, candidates: int):
+    """Candidate 0 of every batch element -> (age, col, ok), each [B]."""
+    index = jnp.arange(batch_size) * candidates
+    age, col = _candidates(key, index, batch_size, candidates, lo, n, valid.shape[1])
+    return age, col, _usable(valid, first, pos, n, age, col)
+
+
+def _redraw(key, valid, first, pos, lo, n, batch_size: int, candidates: int, spare: int, drawn):
+    """`_draw_first`'s result completed to `_draw_all`'s when at most `spare` elements have an
+    unusable candidate 0: those elements (only) draw candidates 1..K-1 and take the first
+    usable one."""
+    age, col, ok = drawn
+    rows = jnp.nonzero(~ok, size=spare, fill_value=batch_size)[0]      # fill: out of range, dropped
+    index = rows[:, None] * candidates + jnp.arange(1, candidates)      # [spare, K - 1]
+    a, c = _candidates(key, index, batch_size, candidates, lo, n, valid.shape[1])
+    a, c, o = _first_usable(a, c, _usable(valid, first, pos, n, a, c))
+    put = lambda x, y: x.at[rows].set(y, mode="drop")                   # noqa: E731
+    return put(age, a), put(col, c), put(ok, o)
+
+
+def _draw(keys: jax.Array, valid: jax.Array, first: jax.Array | None, pos: jax.Array,
+          lo: jax.Array, n: jax.Array, batch_size: int, candidates: int
+          ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Pick B slots per store uniformly among the usable ones with age in [lo, lo + n - 1].
+
+    keys [G, 2] and stores valid / first [G, T, C] (G stores: the members, or the one shared
+    store). `candidates` = K independent uniform (age, column) pairs u = uniform(key, [2, B, K])
+    per batch element; the first usable one is taken (exactly uniform over the usable slots,
+    given success); if none is, the last one with weight 0. Candidate 0 is usable for nearly
+    every element, so candidates 1..K-1 are drawn only for the few elements whose candidate 0
+    is not (when more than `spare` of some store's are not, for all elements): the same
+    numbers as drawing everything, at ~1/K of the hashing and gathers.
+    Returns (age, time_index, column, weight), each [G, B]. n <= 0 (too little data yet)
+    yields weight 0 everywhere with ages clamped to lo.
     """
+    T = valid.shape[1]
+    bound = dict(pos=pos, lo=lo, n=n, batch_size=batch_size, candidates=candidates)
+    each = lambda f, **kw: jax.vmap(functools.partial(f, **bound, **kw))   # noqa: E731 (over the G stores)
+    if candidates == 1:
+        age, col, ok = each(_draw_all)(keys, valid, first)
+    else:
+        spare = min(batch_size, max(8, batch_size // 8))
+        drawn = each(_draw_first)(keys, valid, first)
+        few = jnp.all(jnp.sum(~drawn[2], axis=-1) <= spare)
+        age, col, ok = jax.lax.cond(few, lambda: each(_redraw, spare=spare)(keys, valid, first, drawn=drawn),
+                                    lambda: each(_draw_all)(keys, valid, first))
+    return age, _time_index(pos, age, T), col, ok.astype(jnp.float32)
+
+
+def _gather_frames(data: dict, pos: jax.Array, age: jax.Array, ti: jax.Array, col: jax.Array,
+                   weight: jax.Array, k: int) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
+    """One frames store [T, C, ...] and its drawn slots [B] -> a batch [B, ...] with stacks
+    rebuilt from single frames (ages drawn in [1, size - k]: age >= 1 so next obs (age - 1)
+    exists, and age + k - 1 <= size - 1 so the stack window never reaches unwritten or
+    overwritten slots)."""
     T = data["valid"].shape[0]
-    age, ti, col, weight = _draw(key, data["valid"], pos, jnp.int32(1), size - k,
-                                 batch_size, candidates, data["first"])
     # Window of k + 1 frames, oldest first: ages a+k-1 .. a (obs) and a+k-2 .. a-1 (next obs).
     ages = age[:, None] + (k - 1 - jnp.arange(k + 1))          # [B, k+1]
     wt = _time_index(pos, ages, T)
@@ -199,11 +262,9 @@ def _sample_frames(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, 
     return batch, (ti, col)
 
 
-def _sample_transitions(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array,
-                        batch_size: int, candidates: int) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
-    """One transitions store [T, C, ...] -> a batch [B, ...]; ages in [0, size - 1]."""
-    _, ti, col, weight = _draw(key, data["valid"], pos, jnp.int32(0), size,
-                               batch_size, candidates)
+def _gather_transitions(data: dict, pos: jax.Array, age: jax.Array, ti: jax.Array, col: jax.Array,
+                        weight: jax.Array) -> tuple[Batch, tuple[jax.Array, jax.Array]]:
+    """One transitions store [T, C, ...] and its drawn slots [B] -> a batch [B, ...]."""
     batch = Batch(
         obs=data["obs"][ti, col],
         action=data["action"][ti, col],
@@ -306,17 +367,22 @@ def make_replay(store: str, *, obs_shape: tuple[int, ...], obs_dtype: Any, frame
         data = {name: write(state.data[name], items[name]) for name in state.data}
         return ReplayState(data, (state.pos + 1) % T, jnp.minimum(state.size + 1, T))
 
-    def sample_one(data: dict, pos: jax.Array, size: jax.Array, key: jax.Array, batch_size: int):
-        if store == "frames":
-            return _sample_frames(data, pos, size, key, batch_size, k, candidates)
-        return _sample_transitions(data, pos, size, key, batch_size, candidates)
-
     def sample(state: ReplayState, key: jax.Array, batch_size: int) -> tuple[Batch, Any]:
         """per-member: key [M, 2] -> leaves [M, B, ...]; shared: key [2] -> leaves [B, ...]."""
-        if mode == "shared":
-            return sample_one(state.data, state.pos, state.size, key, batch_size)
-        chex.assert_axis_dimension(key, 0, M)
-        return jax.vmap(lambda d, kk: sample_one(d, state.pos, state.size, kk, batch_size))(
-            state.data, key)
+        shared = mode == "shared"
+        if not shared:
+            chex.assert_axis_dimension(key, 0, M)
+        # One code path: the shared store is a population of one store.
+        data = jax.tree.map(lambda x: x[None], state.data) if shared else state.data
+        keys = key[None] if shared else key
+        lo, n = (jnp.int32(1), state.size - k) if store == "frames" else (jnp.int32(0), state.size)
+        age, ti, col, weight = _draw(keys, data["valid"], data.get("first"), state.pos, lo, n,
+                                     batch_size, candidates)
+        if store == "frames":
+            gather = lambda d, *slot: _gather_frames(d, state.pos, *slot, k)   # noqa: E731
+        else:
+            gather = lambda d, *slot: _gather_transitions(d, state.pos, *slot)  # noqa: E731
+        out = jax.vmap(gather)(data, age, ti, col, weight)
+        return jax.tree.map(lambda x: x[0], out) if shared else out
 
     return Replay(init=init, add=add, sample=sample, bytes_per_transition=bytes_per_transition)

@@ -293,3 +293,44 @@ def test_bad_input_rejected():
         rb.make_replay("frames", frame_stack=4, capacity=17, mode="per-member", **kw)
     with pytest.raises(ValueError, match=r"buffer_size.*capacity >= 36"):
         rb.make_replay("frames", frame_stack=4, capacity=35, mode="shared", **kw)
+
+
+def _draw_everything(key, valid, first, pos, lo, n, batch_size, K):
+    """The specification of the draw: all K candidates u = uniform(key, [2, B, K]), the first
+    usable one, else the last with weight 0 (what `_draw` returned before it became lazy)."""
+    Tn, C = valid.shape
+    u = jax.random.uniform(key, (2, batch_size, K))
+    age = lo + jnp.clip((u[0] * n).astype(jnp.int32), 0, jnp.maximum(n - 1, 0))
+    col = jnp.clip((u[1] * C).astype(jnp.int32), 0, C - 1)
+    ok = valid[(pos - 1 - age) % Tn, col] & (n > 0)
+    if first is not None:
+        ok = ok & ~first[(pos - age) % Tn, col]
+    pick = jnp.where(ok.any(-1), jnp.argmax(ok, -1), K - 1)
+    take = lambda x: jnp.take_along_axis(x, pick[:, None], -1)[:, 0]   # noqa: E731
+    return take(age), take(col), ok.any(-1).astype(jnp.float32)
+
+
+@pytest.mark.parametrize("with_first", [True, False])
+def test_lazy_draw_equals_drawing_every_candidate(with_first):
+    # Invalid fractions from none to all: the lazy path (few unusable candidate 0s) and the
+    # full path (many) must both give exactly the specification's slots and weights.
+    G, Tn, C, Bn, K = 3, 50, 7, 64, 4            # spare = max(8, 64 // 8) = 8
+    draw = jax.jit(rb._draw, static_argnums=(6, 7))
+    spec = jax.jit(jax.vmap(_draw_everything, in_axes=(0, 0, 0 if with_first else None) + (None,) * 5),
+                   static_argnums=(6, 7))
+    gen = np.random.default_rng(0)
+    lazy_used = 0
+    for trial, bad in enumerate([0.0, 0.01, 0.03, 0.06, 0.2, 0.5, 1.0] * 3):
+        valid = jnp.asarray(gen.random((G, Tn, C)) >= bad)
+        first = jnp.asarray(gen.random((G, Tn, C)) < bad / 4) if with_first else None
+        keys = jax.random.split(jax.random.PRNGKey(trial), G)
+        pos, lo, n = jnp.int32(trial % Tn), jnp.int32(1), jnp.int32(Tn - 3 if trial % 7 else 0)
+        age, ti, col, w = draw(keys, valid, first, pos, lo, n, Bn, K)
+        want_age, want_col, want_w = spec(keys, valid, first, pos, lo, n, Bn, K)
+        np.testing.assert_array_equal(age, want_age)
+        np.testing.assert_array_equal(col, want_col)
+        np.testing.assert_array_equal(w, want_w)
+        np.testing.assert_array_equal(ti, (pos - 1 - age) % Tn)
+        cand0 = np.asarray(spec(keys, valid, first, pos, lo, n, Bn, 1)[2])
+        lazy_used += bool(((cand0 == 0).sum(-1) <= 8).all()) and 0 < (cand0 == 0).sum() and n > 0
+    assert lazy_used >= 3   # the redraw of unusable first candidates was exercised, not only skipped

@@ -1,0 +1,132 @@
+"""JAX's own random numbers for raw threefry keys, from a straight-line threefry-2x32.
+
+- `uniform_at(key, shape, index)`: `jax.random.uniform(key, shape).reshape(-1)[index]` bit for
+  bit, hashing only the counters in `index`. The replay uses it to look at the first of its
+  candidate slots per batch element and to draw the others only for the rare elements whose
+  first candidate is not usable (klrl.replay).
+- `split(key, num)` and `fold_in(key, data)`: `jax.random.split` / `jax.random.fold_in`, bit for
+  bit, for the keys the trainer derives at every vector step and update.
+
+Threefry-2x32 (Salmon, Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3",
+SC'11) hashes a 64-bit counter (x0, x1) under a 64-bit key (k0, k1) in 20 rounds of
+
+    x0 <- x0 + x1;  x1 <- rotl32(x1, R[r mod 8]) XOR x0,   R = (13, 15, 26, 6, 17, 29, 16, 24)
+
+with the key injected before round 0 and after every 4 rounds (s = 1..5):
+
+    x0 <- x0 + ks[s mod 3];  x1 <- x1 + ks[(s + 1) mod 3] + s,   ks = (k0, k1, k0 ^ k1 ^ 0x1BD11BDA)
+
+(all arithmetic mod 2^32). Under `jax_threefry_partitionable` (JAX's default), the 32 random
+bits of element i of a shape (flat row-major index i) are `y0 ^ y1` where
+(y0, y1) = threefry2x32(key, (hi32(i), lo32(i))), and a uniform float32 in [0, 1) takes the 23
+high bits as its mantissa: bitcast((bits >> 9) | 0x3F800000) - 1.
+
+Why a second threefry: JAX hashes every counter of a shape at once, and on CPU lowers the
+hash as a rolled 5-iteration `while` loop of small kernels. Here each element's counter is
+an input (so any subset can be hashed), and the 20 rounds are plain jnp ops that XLA fuses.
+
+Fallback: when the same bits are not guaranteed by this formula, `uniform_at` indexes
+JAX's own draw: `jax_threefry_partitionable` set to False (a user
+flag; the non-partitionable layout splits counters differently), `jax_enable_x64` (then JAX's
+default is float64 from 64-bit draws), a key of another PRNG implementation (typed or via
+`jax_default_prng_impl`) or not a raw uint32 [2] key, or 2^32 elements or more.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+ROTATIONS = (13, 15, 26, 6, 17, 29, 16, 24)
+PARITY = 0x1BD11BDA
+
+
+def _rotl(x: jax.Array, r: int) -> jax.Array:
+    """32-bit rotate left by a constant r in 1..31."""
+    return lax.shift_left(x, jnp.uint32(r)) | lax.shift_right_logical(x, jnp.uint32(32 - r))
+
+
+def threefry2x32(k0: jax.Array, k1: jax.Array, x0: jax.Array, x1: jax.Array
+                 ) -> tuple[jax.Array, jax.Array]:
+    """Threefry-2x32, 20 rounds (module docstring), unrolled; uint32 scalars/arrays broadcast."""
+    ks = (k0, k1, k0 ^ k1 ^ jnp.uint32(PARITY))
+    x0, x1 = x0 + ks[0], x1 + ks[1]
+    for s in range(1, 6):                                # 5 blocks of 4 rounds each
+        for r in range(4):
+            x0 = x0 + x1
+            x1 = _rotl(x1, ROTATIONS[(4 * (s - 1) + r) % 8]) ^ x0
+        x0 = x0 + ks[s % 3]
+        x1 = x1 + ks[(s + 1) % 3] + jnp.uint32(s)
+    return x0, x1
+
+
+def _typed(key: jax.Array) -> bool:
+    """A typed key array (jax.random.key): split/fold_in return JAX's typed keys for it."""
+    return jnp.issubdtype(key.dtype, jax.dtypes.prng_key)
+
+
+def _raw_threefry_key(key: jax.Array) -> jax.Array | None:
+    """uint32 [2] key data when `key` is a threefry key, else None (another PRNG impl)."""
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):
+        if str(jax.random.key_impl(key)) != "threefry2x32":
+            return None
+        return jax.random.key_data(key)
+    # Not a raw threefry key: JAX says what is wrong with it, or draws its own way.
+    if (jax.config.jax_default_prng_impl != "threefry2x32" or key.shape != (2,)
+            or key.dtype != jnp.uint32):
+        return None
+    return key
+
+
+def _supported(key: jax.Array, shape: tuple[int, ...]) -> jax.Array | None:
+    """The raw key when this module reproduces JAX's bits for (key, shape), else None."""
+    if (not jax.config.jax_threefry_partitionable or jax.config.jax_enable_x64
+            or math.prod(shape) >= 2**32):
+        return None
+    return _raw_threefry_key(key)
+
+
+def _to_unit_float(b: jax.Array) -> jax.Array:
+    """uint32 bits -> float32 in [0, 1): the 23 high bits as the mantissa of [1, 2), minus 1."""
+    mantissa = lax.shift_right_logical(b, jnp.uint32(9)) | jnp.uint32(0x3F800000)
+    return lax.bitcast_convert_type(mantissa, jnp.float32) - jnp.float32(1.0)
+
+
+def uniform_at(key: jax.Array, shape: Sequence[int], index: jax.Array) -> jax.Array:
+    """float32 like `index`: `jax.random.uniform(key, shape).reshape(-1)[index]`, hashing only
+    the counters in `index` (int, each in [0, prod(shape)); an index outside gives some
+    uniform float, never an error)."""
+    shape = tuple(shape)
+    raw = _supported(key, shape)
+    if raw is None:
+        flat = jax.random.uniform(key, shape).reshape(-1)
+        return flat[jnp.clip(index, 0, flat.shape[0] - 1)]
+    lo = index.astype(jnp.uint32)
+    y0, y1 = threefry2x32(raw[0], raw[1], jnp.zeros_like(lo), lo)
+    return _to_unit_float(y0 ^ y1)
+
+
+def fold_in(key: jax.Array, data: int | jax.Array) -> jax.Array:
+    """uint32 [2]: exactly `jax.random.fold_in(key, data)` for a raw threefry key and data
+    in [0, 2^32): the hash of the counter (0, data). Other keys or the flag off: JAX's own."""
+    if _typed(key) or _raw_threefry_key(key) is None or not jax.config.jax_threefry_partitionable:
+        return jax.random.fold_in(key, data)
+    y0, y1 = threefry2x32(key[0], key[1], jnp.uint32(0), jnp.uint32(data))
+    return jnp.stack([y0, y1])
+
+
+def split(key: jax.Array, num: int = 2) -> jax.Array:
+    """uint32 [num, 2]: exactly `jax.random.split(key, num)` for a raw threefry key: under
+    `jax_threefry_partitionable`, subkey i is the hash of the counter (0, i), the same as
+    fold_in(key, i). Other keys or the flag off: JAX's own."""
+    if _typed(key) or _raw_threefry_key(key) is None or not jax.config.jax_threefry_partitionable:
+        return jax.random.split(key, num)
+    y0, y1 = threefry2x32(key[0], key[1], jnp.uint32(0), lax.iota(jnp.uint32, num))
+    return jnp.stack([y0, y1], axis=-1)
+
+
+__all__ = ["PARITY", "ROTATIONS", "fold_in", "split", "threefry2x32", "uniform_at"]
