@@ -76,7 +76,7 @@ def make_acting(forward: Callable, actor, eval_actor, env_of: Callable[[int], An
 
     def step(a: ActorState, env_state, params, hp: dict, env_steps, ctx):
         M = a.key.shape[0]
-        split = jax.vmap(lambda kk: rng.split(kk, 5))(a.key)                     # [M, 5, 2]
+        split = jax.vmap(lambda kk: rng.split(kk, 5))(a.key)                            # [M, 5, 2]
         new_key, k_act, k_test, k_env, k_obs = (split[:, i] for i in range(5))
         fwd_key = jax.vmap(rng.fold_in, in_axes=(0, None))(k_act, FORWARD_SALT)
         out = forward(params, a.obs, fwd_key)                                           # one forward, all envs
