@@ -25,11 +25,12 @@ Why a second threefry: JAX hashes every counter of a shape at once, and on CPU l
 hash as a rolled 5-iteration `while` loop of small kernels. Here each element's counter is
 an input (so any subset can be hashed), and the 20 rounds are plain jnp ops that XLA fuses.
 
-Fallback: when the same bits are not guaranteed by this formula, `uniform_at` indexes
-JAX's own draw: `jax_threefry_partitionable` set to False (a user
-flag; the non-partitionable layout splits counters differently), `jax_enable_x64` (then JAX's
-default is float64 from 64-bit draws), a key of another PRNG implementation (typed or via
-`jax_default_prng_impl`) or not a raw uint32 [2] key, or 2^32 elements or more.
+Fallback: where this formula does not give JAX's bits, each function returns JAX's own
+(`uniform_at` indexes JAX's whole draw): `jax_threefry_partitionable` set to False (a user
+flag; the non-partitionable layout splits counters differently), a key of another PRNG
+implementation (typed or via `jax_default_prng_impl`) or not a raw uint32 [2] key; for
+`uniform_at` also `jax_enable_x64` (then JAX's default draw is float64 from 64-bit bits) and
+2^32 elements or more. Typed threefry keys get typed keys back from `split` / `fold_in`.
 """
 
 from __future__ import annotations

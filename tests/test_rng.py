@@ -125,3 +125,9 @@ def test_typed_threefry_keys_get_typed_keys_back():
     assert jax.dtypes.issubdtype(rng.split(key).dtype, jax.dtypes.prng_key)
     assert _same(jax.random.key_data(rng.split(key, 3)), jax.random.key_data(jax.random.split(key, 3)))
     assert _same(jax.random.key_data(rng.fold_in(key, 2)), jax.random.key_data(jax.random.fold_in(key, 2)))
+
+
+def test_split_and_fold_in_equal_jax_under_x64(x64):
+    key = jax.random.PRNGKey(13)
+    assert _same(rng.split(key, 5), jax.random.split(key, 5))
+    assert _same(rng.fold_in(key, 7), jax.random.fold_in(key, 7))
