@@ -100,7 +100,7 @@ def make_acting(forward: Callable, actor, eval_actor, env_of: Callable[[int], An
         """Continue on freshly reset envs (a resumed host pool): every env starts an episode, so
         the stacks restart; the actor key advances so restarted episodes draw fresh randomness."""
         obs, first = first_stack(frame, a.obs.dtype, frame_stack)
-        split = jax.vmap(jax.random.split)(a.key)
+        split = jax.vmap(rng.split)(a.key)
         carry = jax.vmap(actor.restart)(a.carry, split[:, 1])
         return a._replace(obs=obs, first=first, carry=carry, key=split[:, 0])
 

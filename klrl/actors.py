@@ -20,6 +20,8 @@ from typing import Any, Callable, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from klrl import rng
+
 ACTING = ("epsilon_greedy", "softmax")
 
 
@@ -54,7 +56,7 @@ def epsilon_greedy_act(q: jax.Array, key: jax.Array, eps: jax.Array) -> tuple[ja
 
     ln π = ln((1 − ε)·1[a = argmax] + ε/A)."""
     num_actions = q.shape[-1]
-    k1, k2 = jax.random.split(key)
+    k1, k2 = jax.random.split(rng.wrap(key))
     greedy = jnp.argmax(q, axis=-1).astype(jnp.int32)
     explore = jax.random.uniform(k1, q.shape[:-1]) < eps
     random_a = jnp.minimum((jax.random.uniform(k2, q.shape[:-1]) * num_actions).astype(jnp.int32), num_actions - 1)
@@ -64,7 +66,7 @@ def epsilon_greedy_act(q: jax.Array, key: jax.Array, eps: jax.Array) -> tuple[ja
 
 def sample_logits(key: jax.Array, logits: jax.Array) -> tuple[jax.Array, jax.Array]:
     """a ~ softmax(logits); returns (a, ln π)."""
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32), jax.nn.log_softmax(logits, axis=-1)
+    return jax.random.categorical(rng.wrap(key), logits, axis=-1).astype(jnp.int32), jax.nn.log_softmax(logits, axis=-1)
 
 
 def epsilon_greedy(q_values: Callable, total_steps: int) -> Actor:

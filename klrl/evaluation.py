@@ -27,6 +27,7 @@ import jax.numpy as jnp
 
 from klrl import actors as act_lib
 from klrl import replay as rb
+from klrl import rng
 from klrl.acting import FORWARD_SALT, first_stack
 
 # The env reset of the final evaluation: a salt no resume (salt = chunks done) ever uses.
@@ -47,7 +48,7 @@ def mean_or_nan(total: jax.Array, count: jax.Array) -> jax.Array:
 
 def _act_eval(forward, eval_actor, params, obs, key, hp, ctx):
     """The evaluation actor on [M, n] envs: (actions, ln π), one forward pass."""
-    out = forward(params, obs, jax.vmap(jax.random.fold_in, in_axes=(0, None))(key, FORWARD_SALT))
+    out = forward(params, obs, jax.vmap(rng.fold_in, in_axes=(0, None))(key, FORWARD_SALT))
     return jax.vmap(eval_actor.act, in_axes=(0, 0, None, 0, 0, None, None))(out, obs, (), key, hp, 0, ctx)
 
 
@@ -86,7 +87,7 @@ def episodes(n: int, forward: Callable, eval_actor, make_env: Callable[[int, int
     def play(params, key, hp, ctx):
         M = key.shape[0]
         env = make_env(M, n)
-        split = jax.vmap(lambda kk: jax.random.split(kk, n + 1))(key)                  # [M, n+1, 2]
+        split = jax.vmap(lambda kk: rng.split(kk, n + 1))(key)                  # [M, n+1, 2]
         env_state, frame = env.reset(split[:, 1:])
         obs, _ = first_stack(frame, spec.obs_dtype, spec.frame_stack)
 
@@ -95,7 +96,7 @@ def episodes(n: int, forward: Callable, eval_actor, make_env: Callable[[int, int
 
         def body(c):
             t, env_state, obs, done, ret, key, kl_sum, kl_n = c
-            s = jax.vmap(lambda kk: jax.random.split(kk, n + 2))(key)
+            s = jax.vmap(lambda kk: rng.split(kk, n + 2))(key)
             actions, log_probs = _act_eval(forward, eval_actor, params, obs, s[:, n + 1], hp, ctx)
             env_state, st = env.step(env_state, actions, s[:, 1:n + 1])
             ret = jnp.where(~done & st.done, st.episode_return, ret)
@@ -142,9 +143,9 @@ def make_final_eval(forward: Callable, eval_actor, env_of: Callable[[int], Any],
 
         def body(c):
             t, env_state, obs, ret_sum, count, key = c
-            s = jax.vmap(lambda kk: jax.random.split(kk, 3))(key)
+            s = jax.vmap(lambda kk: rng.split(kk, 3))(key)
             actions, _ = _act_eval(forward, eval_actor, params, obs, s[:, 1], hp, ctx)
-            env_keys = jax.vmap(lambda kk: jax.random.split(kk, envs))(s[:, 2]) if in_graph_reset else None
+            env_keys = jax.vmap(lambda kk: rng.split(kk, envs))(s[:, 2]) if in_graph_reset else None
             env_state, st = env.step(env_state, actions, env_keys)
             take = st.episode_end & (count < n_per_env)
             ret_sum = ret_sum + jnp.where(take, st.episode_return, 0.0)

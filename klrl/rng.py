@@ -6,6 +6,11 @@
   first candidate is not usable (klrl.replay).
 - `split(key, num)` and `fold_in(key, data)`: `jax.random.split` / `jax.random.fold_in`, bit for
   bit, for the keys the trainer derives at every vector step and update.
+- `THREEFRY` and `wrap(key)`: a JAX PRNG implementation (jax.extend.random) that is JAX's
+  threefry with the hash below, and raw keys wrapped as its typed keys. Every jax.random
+  function given a wrapped key, in klrl or in a library (gymnax's resets), returns what it
+  returns for the raw key. Actors, in-graph envs and the losses that sample (IQN's
+  fractions) draw through it.
 
 Threefry-2x32 (Salmon, Moraes, Dror & Shaw 2011, "Parallel random numbers: as easy as 1, 2, 3",
 SC'11) hashes a 64-bit counter (x0, x1) under a 64-bit key (k0, k1) in 20 rounds of
@@ -22,15 +27,18 @@ bits of element i of a shape (flat row-major index i) are `y0 ^ y1` where
 high bits as its mantissa: bitcast((bits >> 9) | 0x3F800000) - 1.
 
 Why a second threefry: JAX hashes every counter of a shape at once, and on CPU lowers the
-hash as a rolled 5-iteration `while` loop of small kernels. Here each element's counter is
+hash as a rolled 5-iteration `while` loop of small kernels (one loop per draw: five per vector
+step of an ε-greedy gymnax run). Here each element's counter is
 an input (so any subset can be hashed), and the 20 rounds are plain jnp ops that XLA fuses.
 
 Fallback: where this formula does not give JAX's bits, each function returns JAX's own
-(`uniform_at` indexes JAX's whole draw): `jax_threefry_partitionable` set to False (a user
-flag; the non-partitionable layout splits counters differently), a key of another PRNG
-implementation (typed or via `jax_default_prng_impl`) or not a raw uint32 [2] key; for
-`uniform_at` also `jax_enable_x64` (then JAX's default draw is float64 from 64-bit bits) and
-2^32 elements or more. Typed threefry keys get typed keys back from `split` / `fold_in`.
+(`uniform_at` indexes JAX's whole draw; THREEFRY calls JAX's threefry): `jax_threefry_partitionable`
+set to False (a user flag; the non-partitionable layout splits counters differently) and 2^32
+elements or more; for `split`, `fold_in` and `uniform_at` a key of another PRNG implementation
+(typed or via `jax_default_prng_impl`) or not a raw uint32 [2] key (`wrap` returns such keys
+unchanged); for `uniform_at` also `jax_enable_x64` (then JAX's default draw is float64 from
+64-bit bits; THREEFRY gives those bits itself). Typed threefry keys get typed keys back from
+`split` / `fold_in`.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ import math
 from collections.abc import Sequence
 
 import jax
+import jax.extend
 import jax.numpy as jnp
 from jax import lax
 
@@ -111,23 +120,87 @@ def uniform_at(key: jax.Array, shape: Sequence[int], index: jax.Array) -> jax.Ar
     return _to_unit_float(y0 ^ y1)
 
 
-def fold_in(key: jax.Array, data: int | jax.Array) -> jax.Array:
-    """uint32 [2]: exactly `jax.random.fold_in(key, data)` for a raw threefry key and data
-    in [0, 2^32): the hash of the counter (0, data). Other keys or the flag off: JAX's own."""
-    if _typed(key) or _raw_threefry_key(key) is None or not jax.config.jax_threefry_partitionable:
-        return jax.random.fold_in(key, data)
-    y0, y1 = threefry2x32(key[0], key[1], jnp.uint32(0), jnp.uint32(data))
-    return jnp.stack([y0, y1])
+def _counters(shape: tuple[int, ...]) -> jax.Array:
+    """uint32 of `shape`: each element's flat row-major index (the low word of its counter)."""
+    return lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
 
 
-def split(key: jax.Array, num: int = 2) -> jax.Array:
-    """uint32 [num, 2]: exactly `jax.random.split(key, num)` for a raw threefry key: under
-    `jax_threefry_partitionable`, subkey i is the hash of the counter (0, i), the same as
-    fold_in(key, i). Other keys or the flag off: JAX's own."""
-    if _typed(key) or _raw_threefry_key(key) is None or not jax.config.jax_threefry_partitionable:
-        return jax.random.split(key, num)
-    y0, y1 = threefry2x32(key[0], key[1], jnp.uint32(0), lax.iota(jnp.uint32, num))
+def _jax_threefry(key: jax.Array) -> jax.Array:
+    """`key` (uint32 [2]) as a typed key of JAX's own threefry implementation."""
+    return jax.random.wrap_key_data(key, impl="threefry2x32")
+
+
+def _partitionable(shape: tuple[int, ...] = ()) -> bool:
+    """Whether the counters of `shape` are (0, flat index): JAX's default layout, under 2^32 elements."""
+    return bool(jax.config.jax_threefry_partitionable) and math.prod(shape) < 2**32
+
+
+def _split_data(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
+    """uint32 [*shape, 2]: JAX's threefry split of key data [2] into `shape` subkeys."""
+    if not _partitionable(shape):
+        return jax.random.key_data(jax.random.split(_jax_threefry(key), shape))
+    y0, y1 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), _counters(shape))
     return jnp.stack([y0, y1], axis=-1)
 
 
-__all__ = ["PARITY", "ROTATIONS", "fold_in", "split", "threefry2x32", "uniform_at"]
+def _fold_in_data(key: jax.Array, data: jax.Array) -> jax.Array:
+    """uint32 [2]: JAX's threefry fold_in of uint32 `data` into key data [2]."""
+    if not _partitionable():
+        return jax.random.key_data(jax.random.fold_in(_jax_threefry(key), data))
+    y0, y1 = threefry2x32(key[0], key[1], jnp.uint32(0), jnp.asarray(data, jnp.uint32))
+    return jnp.stack([y0, y1])
+
+
+def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.Array:
+    """uint{bit_width} of `shape`: JAX's threefry random bits from key data [2]. With
+    (y0, y1) the hash of each element's counter: 32 bits are y0 ^ y1, 8 and 16 its low
+    bits, 64 bits y0·2^32 + y1."""
+    dtype = jnp.dtype(f"uint{bit_width}")
+    if not _partitionable(shape):
+        return jax.random.bits(_jax_threefry(key), shape, dtype)
+    y0, y1 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), _counters(shape))
+    if bit_width == 64:
+        return lax.shift_left(y0.astype(dtype), dtype.type(32)) | y1.astype(dtype)
+    return (y0 ^ y1).astype(dtype)
+
+
+def _seed(seed: jax.Array) -> jax.Array:
+    return jax.random.key_data(jax.random.key(seed, impl="threefry2x32"))
+
+
+# JAX's threefry-2x32 generator with the hash written out (module docstring): keys of this
+# implementation give every jax.random function JAX's own threefry numbers.
+THREEFRY = jax.extend.random.define_prng_impl(
+    key_shape=(2,), seed=_seed, split=_split_data, random_bits=_random_bits, fold_in=_fold_in_data,
+    name="klrl_threefry2x32", tag="kfry")
+
+
+def wrap(key: jax.Array) -> jax.Array:
+    """`key` as a typed key of THREEFRY when it is raw threefry key data (uint32 [..., 2] with
+    JAX's default implementation threefry), so that any jax.random call on it, inside klrl or a
+    library (gymnax's reset and autoreset), draws JAX's numbers for `key` without the rolled
+    hash loop. Any other key is returned as it is."""
+    if (_typed(key) or key.dtype != jnp.uint32 or key.shape[-1:] != (2,)
+            or jax.config.jax_default_prng_impl != "threefry2x32"):
+        return key
+    return jax.random.wrap_key_data(key, impl=THREEFRY)
+
+
+def fold_in(key: jax.Array, data: int | jax.Array) -> jax.Array:
+    """uint32 [2]: exactly `jax.random.fold_in(key, data)` for a raw threefry key (under
+    `jax_threefry_partitionable`, the hash of the counter (0, data)). Other keys: JAX's own."""
+    if _typed(key) or _raw_threefry_key(key) is None:
+        return jax.random.fold_in(key, data)
+    return _fold_in_data(key, data)
+
+
+def split(key: jax.Array, num: int = 2) -> jax.Array:
+    """uint32 [num, 2]: exactly `jax.random.split(key, num)` for a raw threefry key (under
+    `jax_threefry_partitionable`, subkey i is the hash of the counter (0, i), the same as
+    fold_in(key, i)). Other keys: JAX's own."""
+    if _typed(key) or _raw_threefry_key(key) is None:
+        return jax.random.split(key, num)
+    return _split_data(key, (num,))
+
+
+__all__ = ["PARITY", "ROTATIONS", "THREEFRY", "fold_in", "split", "threefry2x32", "uniform_at", "wrap"]

@@ -148,6 +148,13 @@ def _put(x: np.ndarray, sharding) -> Any:
     return jax.make_array_from_callback(x.shape, sharding, lambda idx: x[idx])
 
 
+def _same_tree(a: Any, b: Any) -> bool:
+    """Whether two layouts (pytrees of kinds) have the same structure and kinds."""
+    import jax
+
+    return jax.tree.structure(a) == jax.tree.structure(b) and jax.tree.leaves(a) == jax.tree.leaves(b)
+
+
 class ShardedTrainer:
     """`trainer` (klrl.train.Trainer) for a population of `members` on `mesh` (default: every
     device). Its functions take and return global arrays laid out as the module docstring says;
@@ -240,8 +247,10 @@ class ShardedTrainer:
 
         args = (keys, hparams, ref_params, env_start_state, self.active())
         local = shard_view(args, self.signatures["init"].args, self.shards)
-        self.layout = self.trainer.layout(jax.eval_shape(self.trainer.init, *local))
-        self._programs = {}           # programs built for an earlier layout
+        layout = self.trainer.layout(jax.eval_shape(self.trainer.init, *local))
+        if not _same_tree(layout, self.layout):
+            self._programs = {}       # programs built for an earlier layout
+        self.layout = layout
         return self.program("init")(*args)
 
     def run_chunk(self):

@@ -131,3 +131,55 @@ def test_split_and_fold_in_equal_jax_under_x64(x64):
     key = jax.random.PRNGKey(13)
     assert _same(rng.split(key, 5), jax.random.split(key, 5))
     assert _same(rng.fold_in(key, 7), jax.random.fold_in(key, 7))
+
+
+# ---- wrap: typed keys of rng.THREEFRY draw JAX's own numbers ---------------------------------
+
+def _draws(key):
+    """Every kind of draw a library makes from a key (bits of 8/16/32 bits, floats, ints, keys)."""
+    unwrap = lambda k: k if k.dtype == jnp.uint32 else jax.random.key_data(k)  # noqa: E731
+    return (jax.random.uniform(key, (3, 5)), jax.random.normal(key, (4,)), jax.random.randint(key, (6,), 0, 9),
+            jax.random.categorical(key, jnp.arange(6.0)), jax.random.bernoulli(key, 0.3, (7,)),
+            jax.random.bits(key, (5,), jnp.uint8), jax.random.bits(key, (5,), jnp.uint16),
+            jax.random.permutation(key, 10), jax.random.choice(key, 20, (3,), replace=False),
+            unwrap(jax.random.split(key, 3)), unwrap(jax.random.fold_in(key, 7)))
+
+
+def _all_same(a, b) -> bool:
+    return all(_same(x, y) for x, y in zip(a, b, strict=True))
+
+
+def test_wrapped_keys_draw_what_raw_keys_draw_under_jit_and_vmap():
+    keys = _keys()
+    assert jax.random.key_impl(rng.wrap(keys[0])) == rng.THREEFRY
+    ours = jax.jit(jax.vmap(lambda k: _draws(rng.wrap(k))))(keys)
+    assert _all_same(ours, jax.vmap(_draws)(keys))
+    # A batch of keys wraps at once; draws in a library's own nested vmap agree too.
+    wrapped = rng.wrap(keys.reshape(2, 8, 2))
+    assert wrapped.shape == (2, 8)
+    assert _same(jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (3,))))(wrapped),
+                 jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (3,))))(keys.reshape(2, 8, 2)))
+
+
+def test_wrapped_keys_agree_with_the_flag_off_and_under_x64(x64):
+    keys = _keys()[:4]
+    ours = jax.vmap(lambda k: _draws(rng.wrap(k)))(keys)
+    assert _all_same(ours, jax.vmap(_draws)(keys))
+    assert ours[0].dtype == jnp.float64        # 64-bit draws came from 64-bit bits
+    with jax.threefry_partitionable(False):
+        off = jax.jit(jax.vmap(lambda k: _draws(rng.wrap(k))))(keys)
+        assert _all_same(off, jax.vmap(_draws)(keys))
+    assert not _same(off[0], ours[0])         # the flag changes the bits, so this checks something
+
+
+def test_wrap_leaves_other_keys_alone():
+    typed = jax.random.key(1)
+    assert rng.wrap(typed) is typed
+    not_a_key = jnp.zeros((3,), jnp.uint32)
+    assert rng.wrap(not_a_key) is not_a_key
+
+
+def test_wrapped_draw_compiles_without_a_while_loop():
+    key = jax.random.PRNGKey(0)
+    hlo = jax.jit(lambda k: jax.random.uniform(rng.wrap(k), (8, 10))).lower(key).compile().as_text()
+    assert not re.search(r"\swhile\(", hlo)

@@ -100,3 +100,32 @@ def test_signatures_match_the_trainer_functions():
         if name != "init":
             with pytest.raises(RuntimeError, match="call init first"):
                 sharded.program(name)
+
+
+def test_a_second_init_of_the_same_layout_reuses_the_compiled_programs():
+    """`init` rebuilds the programs only when the state's layout changes (a bench that starts
+    the same population several times compiles once)."""
+    import jax
+    import numpy as np
+
+    from klrl.sharding import ShardedTrainer, population_mesh
+    from klrl.train import StaticConfig, make_train
+
+    cfg = StaticConfig(env={"name": "CartPole-v1", "num_envs": 2}, agent={"name": "dqn", "hidden": (8,)},
+                       train={"total_steps": 40, "chunk_steps": 20, "buffer_size": 32, "batch_size": 4,
+                              "learning_starts": 8}, eval={"episodes": 1})
+    sharded = ShardedTrainer(make_train(cfg), 2, mesh=population_mesh(jax.devices()[:1]))
+    host_keys = np.asarray(jax.random.split(jax.random.PRNGKey(0), 2))
+    keys = sharded.put_members(host_keys)
+
+    def start():
+        return sharded.init(keys, {}, sharded.put_replicated(()), sharded.env_start(host_keys, keys, 0))
+
+    first = start()
+    programs = dict(sharded._programs)
+    again = start()
+    assert sharded._programs["init"] is programs["init"]
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(first), jax.tree.leaves(again)))
+    sharded.layout = None      # as if an earlier layout were different: the programs are rebuilt
+    start()
+    assert sharded._programs["init"] is not programs["init"]

@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 
 from klrl import operators as ops
+from klrl import rng
 from klrl.agents.base import AgentSpec, discount, weighted_mean
 from klrl.errors import ConfigError
 from klrl.networks import ImplicitQuantileNetwork
@@ -61,7 +62,7 @@ def network(cfg, num_actions: int) -> Network:
 
 def forward(apply, obs, key, cfg):
     """q(s, ·) = the mean of Z_τ(s, ·) over K fractions τ ~ U(0, 1) (shared by a member's envs)."""
-    taus = jax.random.uniform(key, (cfg.section("iqn").num_act_quantiles,))
+    taus = jax.random.uniform(rng.wrap(key), (cfg.section("iqn").num_act_quantiles,))
     return jnp.mean(apply(obs, taus), axis=-2)
 
 
@@ -69,7 +70,7 @@ def _loss(munchausen: bool):
     def loss(nets, batch, hp, cfg, ctx, key):
         o = cfg.section("iqn")
         B = batch.reward.shape[0]
-        k_online, k_target = jax.random.split(key)
+        k_online, k_target = jax.random.split(rng.wrap(key))
         taus = jax.random.uniform(k_online, (B, o.num_quantiles))
         z_sa = ops.select_action(nets.online(batch.obs, taus), jnp.broadcast_to(batch.action[:, None], taus.shape))
         taus_t = jax.random.uniform(k_target, (2 * B, o.num_target_quantiles))

@@ -59,6 +59,7 @@ import jax.numpy as jnp
 
 from klrl import actors
 from klrl import operators as ops
+from klrl import rng
 from klrl.agents.base import AgentSpec, discount, regression_loss, weighted_mean
 from klrl.agents.c51 import atoms, categorical_network  # the same fixed support as C51
 from klrl.errors import ConfigError
@@ -151,7 +152,7 @@ def rollout_actor(policy_logits, cfg, spec) -> actors.Actor:
     horizon = cfg.agent.qsharp_switch_horizon or spec.max_episode_steps
 
     def draw_h(key, n):
-        return jnp.minimum((jax.random.uniform(key, (n,)) * horizon).astype(jnp.int32), horizon - 1)
+        return jnp.minimum((jax.random.uniform(rng.wrap(key), (n,)) * horizon).astype(jnp.int32), horizon - 1)
 
     def init(key, num_envs):
         K = max(1, cfg.train.buffer_size // num_envs)
@@ -205,7 +206,7 @@ def rollout_actor(policy_logits, cfg, spec) -> actors.Actor:
 
 def sample_labels(carry: RolloutCarry, key, batch_size):
     """Uniform over all labels of this member: env e ∝ its label count, then a slot."""
-    k_env, k_slot = jax.random.split(key)
+    k_env, k_slot = jax.random.split(rng.wrap(key))
     sizes = carry.store_size.astype(jnp.float32)
     has = jnp.sum(sizes) > 0
     logits = jnp.where(sizes > 0, jnp.log(jnp.maximum(sizes, 1.0)), -jnp.inf)

@@ -6,6 +6,7 @@ from typing import Any
 
 import jax
 
+from klrl import rng
 from klrl.envs.base import EnvSpec
 from klrl.envs.in_graph import InGraphEnv, OneStep
 
@@ -19,11 +20,11 @@ def gymnax_env(spec: EnvSpec, env: Any, params: Any, members: int, envs: int) ->
     """
 
     def reset_one(key: jax.Array):
-        obs, inner = env.reset(key, params)
+        obs, inner = env.reset(rng.wrap(key), params)
         return inner, obs
 
     def step_one(key: jax.Array, inner: Any, action: jax.Array) -> OneStep:
-        obs, inner, reward, terminated, truncated, info = env.step(key, inner, action, params)
+        obs, inner, reward, terminated, truncated, info = env.step(rng.wrap(key), inner, action, params)
         return OneStep(inner, obs, info["final_observation"], reward, terminated, truncated)
 
     return InGraphEnv(spec, members, envs, reset_one, step_one)

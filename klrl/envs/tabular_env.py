@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from klrl import rng
 from klrl.envs.base import EnvSpec
 from klrl.envs.in_graph import InGraphEnv, OneStep
 
@@ -78,7 +79,7 @@ def tabular_env(name: str, members: int, envs: int, mdp=None, max_episode_steps:
         s, t = inner
         P, r, terminal = jnp.asarray(P_np), jnp.asarray(r_np), jnp.asarray(terminal_np)
         # log(0) = -inf excludes impossible successors; deterministic rows are exact.
-        s_next = jax.random.categorical(key, jnp.log(P[s, action])).astype(jnp.int32)
+        s_next = jax.random.categorical(rng.wrap(key), jnp.log(P[s, action])).astype(jnp.int32)
         terminated = terminal[s_next]
         truncated = (t + 1 >= cap) & ~terminated
         done = terminated | truncated
