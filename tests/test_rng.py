@@ -153,7 +153,7 @@ def test_wrapped_keys_draw_what_raw_keys_draw_under_jit_and_vmap():
     keys = _keys()
     assert jax.random.key_impl(rng.wrap(keys[0])) == rng.THREEFRY
     ours = jax.jit(jax.vmap(lambda k: _draws(rng.wrap(k))))(keys)
-    assert _all_same(ours, jax.vmap(_draws)(keys))
+    assert _all_same(ours, jax.jit(jax.vmap(_draws))(keys))
     # A batch of keys wraps at once; draws in a library's own nested vmap agree too.
     wrapped = rng.wrap(keys.reshape(2, 8, 2))
     assert wrapped.shape == (2, 8)
@@ -163,12 +163,13 @@ def test_wrapped_keys_draw_what_raw_keys_draw_under_jit_and_vmap():
 
 def test_wrapped_keys_agree_with_the_flag_off_and_under_x64(x64):
     keys = _keys()[:4]
-    ours = jax.vmap(lambda k: _draws(rng.wrap(k)))(keys)
-    assert _all_same(ours, jax.vmap(_draws)(keys))
+    # Jitted both ways (one compile each, not one per eager op).
+    ours = jax.jit(jax.vmap(lambda k: _draws(rng.wrap(k))))(keys)
+    assert _all_same(ours, jax.jit(jax.vmap(_draws))(keys))
     assert ours[0].dtype == jnp.float64        # 64-bit draws came from 64-bit bits
     with jax.threefry_partitionable(False):
         off = jax.jit(jax.vmap(lambda k: _draws(rng.wrap(k))))(keys)
-        assert _all_same(off, jax.vmap(_draws)(keys))
+        assert _all_same(off, jax.jit(jax.vmap(_draws))(keys))
     assert not _same(off[0], ours[0])         # the flag changes the bits, so this checks something
 
 
