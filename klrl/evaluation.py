@@ -87,7 +87,7 @@ def episodes(n: int, forward: Callable, eval_actor, make_env: Callable[[int, int
     def play(params, key, hp, ctx):
         M = key.shape[0]
         env = make_env(M, n)
-        split = jax.vmap(lambda kk: rng.split(kk, n + 1))(key)                  # [M, n+1, 2]
+        split = jax.vmap(lambda kk: rng.split(kk, n + 1))(key)                         # [M, n+1, 2]
         env_state, frame = env.reset(split[:, 1:])
         obs, _ = first_stack(frame, spec.obs_dtype, spec.frame_stack)
 

@@ -120,9 +120,11 @@ def uniform_at(key: jax.Array, shape: Sequence[int], index: jax.Array) -> jax.Ar
     return _to_unit_float(y0 ^ y1)
 
 
-def _counters(shape: tuple[int, ...]) -> jax.Array:
-    """uint32 of `shape`: each element's flat row-major index (the low word of its counter)."""
-    return lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+def _hash_counters(key: jax.Array, shape: tuple[int, ...]) -> tuple[jax.Array, jax.Array]:
+    """(y0, y1) of `shape`: the hash under key data [2] of each element's counter (0, flat
+    row-major index), the layout of split and random bits under the partitionable flag."""
+    index = lax.iota(jnp.uint32, math.prod(shape)).reshape(shape)
+    return threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), index)
 
 
 def _jax_threefry(key: jax.Array) -> jax.Array:
@@ -139,7 +141,7 @@ def _split_data(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
     """uint32 [*shape, 2]: JAX's threefry split of key data [2] into `shape` subkeys."""
     if not _partitionable(shape):
         return jax.random.key_data(jax.random.split(_jax_threefry(key), shape))
-    y0, y1 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), _counters(shape))
+    y0, y1 = _hash_counters(key, shape)
     return jnp.stack([y0, y1], axis=-1)
 
 
@@ -158,7 +160,7 @@ def _random_bits(key: jax.Array, bit_width: int, shape: tuple[int, ...]) -> jax.
     dtype = jnp.dtype(f"uint{bit_width}")
     if not _partitionable(shape):
         return jax.random.bits(_jax_threefry(key), shape, dtype)
-    y0, y1 = threefry2x32(key[0], key[1], jnp.zeros(shape, jnp.uint32), _counters(shape))
+    y0, y1 = _hash_counters(key, shape)
     if bit_width == 64:
         return lax.shift_left(y0.astype(dtype), dtype.type(32)) | y1.astype(dtype)
     return (y0 ^ y1).astype(dtype)
