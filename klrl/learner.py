@@ -28,6 +28,7 @@ import jax.numpy as jnp
 import optax
 
 from klrl.agents.base import Context, Nets, bind
+from klrl.operators.checks import trusted_actions
 
 
 class Learner(NamedTuple):
@@ -73,7 +74,8 @@ def make_update(cfg, network, agent) -> Callable:
             nets = Nets(online=bind(network, p), online_frozen=bind(network, jax.lax.stop_gradient(p)),
                         target=bind(network, learner.target_params),
                         prev_target=bind(network, learner.prev_target_params))
-            return agent.loss(nets, batch, hp, cfg, ctx, key)
+            with trusted_actions():   # the batch's actions are the actor's own, in [0, A)
+                return agent.loss(nets, batch, hp, cfg, ctx, key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
         ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))

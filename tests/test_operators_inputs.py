@@ -172,6 +172,26 @@ def test_traced_out_of_range_action_is_refused_under_checkify(name):
     np.testing.assert_array_equal(y, jax.jit(target)(ACTION))
 
 
+def test_trusted_actions_drop_only_the_traced_check():
+    """Inside `trusted_actions()` a traced out-of-range action passes checkify (the caller
+    vouches for its range) while a concrete one is still refused; outside, checkify refuses it
+    again."""
+    from jax.experimental import checkify
+
+    from klrl.operators.checks import trusted_actions
+
+    bad = ACTION.at[2].set(3)
+    # Fresh functions: jit reuses a trace of the same function from any earlier call.
+    with trusted_actions():
+        err, _ = checkify.checkify(jax.jit(lambda q, a: ops.select_action(q, a)))(Q, bad)
+        assert err.get() is None
+        with pytest.raises(ValueError, match=r"^action: values in \[0, 3\]; allowed 0..2$"):
+            ops.select_action(Q, bad)
+    err, _ = checkify.checkify(jax.jit(lambda q, a: ops.select_action(q, a) + 0.0))(Q, bad)
+    with pytest.raises(checkify.JaxRuntimeError, match=r"action: a value outside 0\.\.2"):
+        err.throw()
+
+
 def test_categorical_cross_entropy_checks_its_action():
     from jax.experimental import checkify
 

@@ -553,6 +553,21 @@ def test_every_agent_traces_end_to_end(name):
     assert state.learner.diverged.shape == (2,)
 
 
+@pytest.mark.parametrize("name", ["mdqn", "iqn", "c51"])
+def test_two_traces_of_a_trainer_are_one_program(name):
+    """The same trainer traced twice in one process lowers to the same StableHLO, so JAX's
+    persistent compilation cache serves the second trace (array-job tasks, notebooks, a resumed
+    run). The operators' traced action checks would leave checkify's process-wide check numbers
+    in it; the learner traces its losses in `trusted_actions()` (klrl.operators.checks)."""
+    cfg = TINY.replace(agent={"name": name, "num_atoms": 11})
+    keys = _keys(0, 1)
+
+    def text():
+        return jax.jit(make_train(cfg).train).lower(keys, {}).as_text()
+
+    assert text() == text()
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ENGINE_AGENTS)
 def test_every_agent_runs_end_to_end(name):

@@ -5,17 +5,43 @@ are checked when they are concrete (eager calls: a ValueError). Traced actions (
 `vmap`, `scan`) cannot raise a Python error; for them an action in [0, A) is a precondition,
 checked by `jax.experimental.checkify`: wrapped in `checkify.checkify(fn)`, a program whose
 actions leave the range returns an error (`err.throw()` raises "action: a value outside
-0..A-1"). Without checkify the check is a no-op that XLA removes, so the trainer's program and
-its numbers are unchanged; an unchecked out-of-range action reads NaN (≥ A, a non-finite loss
-the trainer reports as divergence) or counts from the end (< 0). Nothing here changes a result.
+0..A-1"). Without checkify the check is a no-op that XLA removes; an unchecked out-of-range
+action reads NaN (≥ A, a non-finite loss the trainer reports as divergence) or counts from
+the end (< 0). Nothing here changes a result.
+
+`trusted_actions()`: a context in which traced actions get no check, for a caller whose actions
+are in range by construction. The trainer traces its losses in it (its actions are its own
+actor's draws in [0, A), read back from replay). Why: checkify numbers every check from a
+process-wide counter and the number stays in the lowered program as a constant, so two
+traces of the same trainer in one process (or in two processes that traced other checks
+first) were different programs to JAX's persistent compilation cache, and each recompiled.
 """
 
 from __future__ import annotations
+
+import contextlib
+import contextvars
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import checkify
+
+_TRUSTED = contextvars.ContextVar("klrl_trusted_actions", default=False)
+
+
+@contextlib.contextmanager
+def trusted_actions():
+    """Within: traced actions are taken to be in [0, A) and get no checkify check (concrete
+    ones are still checked). For callers whose actions are in range by construction; it keeps
+    their lowered program free of checkify's process-wide check numbers (module docstring).
+    It acts at trace time: a jitted function traced inside keeps no check when jit reuses that
+    trace outside."""
+    token = _TRUSTED.set(True)
+    try:
+        yield
+    finally:
+        _TRUSTED.reset(token)
 
 
 def _shape(x) -> tuple[int, ...]:
@@ -50,7 +76,8 @@ def check_action(action, num_actions: int, lead: tuple[int, ...]) -> None:
 
     Raises:
       ValueError: on a wrong shape or dtype, or (concrete actions) an out-of-range action.
-        A traced action's range is a `checkify.debug_check` (see the module docstring).
+        A traced action's range is a `checkify.debug_check` (see the module docstring), left
+        out inside `trusted_actions()`.
     """
     if _shape(action) != tuple(lead):
         raise ValueError(f"action: shape {_shape(action)} does not match the leading shape {tuple(lead)}")
@@ -60,6 +87,8 @@ def check_action(action, num_actions: int, lead: tuple[int, ...]) -> None:
     if np.size(action) == 0:
         return
     if isinstance(action, jax.core.Tracer):
+        if _TRUSTED.get():
+            return
         checkify.debug_check(jnp.all((action >= 0) & (action < num_actions)),
                              f"action: a value outside 0..{num_actions - 1}")
         return
