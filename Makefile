@@ -26,8 +26,8 @@ run: $(STAMP)
 
 # Fast suite (slow-marked tests excluded) on both cores (pytest-xdist); notebooks run in quick mode inside it.
 # Its tiny runs are compile-bound, so it compiles with XLA's backend (LLVM) optimisation off: the
-# same HLO programs and assertions, less optimised machine code (8 min 54 s -> 6 min 42 s on the
-# 2-core VM). `make test-all` compiles as a user's run does.
+# same HLO programs and assertions, less optimised machine code (8 min 54 s -> 6 min 37 s on the
+# 2-core VM, same hour). `make test-all` compiles as a user's run does.
 test: $(STAMP)
 	XLA_FLAGS="--xla_backend_optimization_level=0 $$XLA_FLAGS" $(PY) -m pytest -q -n 2 --dist loadgroup -m "not slow" tests
 
