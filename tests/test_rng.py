@@ -31,6 +31,21 @@ def _same(a, b) -> bool:
     return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
 
 
+def test_threefry_takes_python_ints_and_arrays_and_is_jaxs_hash():
+    """The public hash against JAX's own (jax.extend.random.threefry_2x32), for Python ints up
+    to 2^32 − 1 and for broadcasting arrays."""
+    from jax.extend.random import threefry_2x32
+
+    for k0, k1, x0, x1 in [(0, 0, 0, 0), (0xFFFFFFFF, 1, 0, 0xFFFFFFFF), (7, 0xFFFFFFFF, 0xFFFFFFFF, 12)]:
+        want = threefry_2x32(jnp.array([k0, k1], jnp.uint32), jnp.array([x0, x1], jnp.uint32))
+        got = rng.threefry2x32(k0, k1, x0, x1)
+        assert got[0].dtype == jnp.uint32 and _same(jnp.stack(got), want)
+    x1 = jnp.arange(6, dtype=jnp.uint32).reshape(2, 3)
+    y0, y1 = rng.threefry2x32(jnp.uint32(5), jnp.uint32(9), 0, x1)
+    want = threefry_2x32(jnp.array([5, 9], jnp.uint32), jnp.concatenate([jnp.zeros(6, jnp.uint32), x1.ravel()]))
+    assert _same(jnp.concatenate([y0.ravel(), y1.ravel()]), want)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_every_element_equals_jax_under_jit_and_vmap(shape):
     n = int(np.prod(shape))
