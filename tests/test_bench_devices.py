@@ -22,8 +22,8 @@ def test_rounds_alternate_the_order():
 
 
 def _fake_run(calls):
-    def run(devices, env, members, quick, total_steps, repeats):
-        calls.append(devices)
+    def run(devices, env, members, quick, total_steps, repeats, cores=None):
+        calls.append(devices if cores is None else (devices, cores, members))
         k = len(calls)
         return [{"devices": devices, "members": m, "seconds": m / devices + 0.1 * k, "compile_seconds": 1.0,
                  "total_steps": 1000} for m in members]
@@ -43,6 +43,40 @@ def test_bench_devices_writes_medians_and_speedups(tmp_path):
     assert row[(2, 8)]["speedup_vs_1_device"] == pytest.approx(8.25 / 4.25)
     assert row[(1, 1)]["speedup_vs_1_device"] == 1.0
     assert row[(2, 8)]["agent_steps_per_second"] == pytest.approx(8 * 1000 / 4.25)
+
+
+def test_shard_alone_rows_give_the_sharding_efficiency(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+    calls = []
+    r = bd.bench_devices("purejaxrl", (1, 2, 4), (8,), quick=True, rounds=1, out_path=str(tmp_path / "d.json"),
+                         run=_fake_run(calls), shard_alone=True)
+    # each count N > 1 is followed by one device on 4 // N cores running ceil(8 / N) members
+    assert calls == [1, 2, (1, 2, (4,)), 4, (1, 1, (2,))]
+    row = {x["devices"]: x for x in r["rows"]}
+    assert "sharding_efficiency" not in row[1]
+    assert (row[2]["shard_alone_members"], row[2]["shard_alone_cores"]) == (4, 2)
+    assert row[2]["shard_alone_seconds"] == pytest.approx(4 + 0.3)      # third call: 4 members / 1 device + 0.3
+    assert row[2]["sharding_efficiency"] == pytest.approx(4.3 / row[2]["seconds"])
+    assert row[4]["shard_alone_seconds"] == pytest.approx(2 + 0.5)
+    assert row[4]["sharding_efficiency"] == pytest.approx(2.5 / row[4]["seconds"])
+
+
+def test_shard_alone_plan_pads_like_the_sharded_population():
+    assert bd.shard_alone_plan(2, (1, 8, 9), cpus=2) == (1, (1, 4, 5))
+    assert bd.shard_alone_plan(4, (2,), cpus=2) == (1, (1,))            # never fewer than one core
+
+
+def test_pin_cores_restricts_this_process_and_refuses_too_many(monkeypatch):
+    if not hasattr(bd.os, "sched_setaffinity"):
+        pytest.skip("needs Linux's sched_setaffinity")
+    got = []
+    monkeypatch.setattr(bd.os, "sched_getaffinity", lambda pid: {3, 1, 2})
+    monkeypatch.setattr(bd.os, "sched_setaffinity", lambda pid, cpus: got.append(list(cpus)))
+    bd.pin_cores(2)
+    assert got == [[1, 2]]
+    from klrl.errors import ConfigError
+    with pytest.raises(ConfigError, match=r"--cores: got 4; allowed 1\.\.3"):
+        bd.pin_cores(4)
 
 
 def test_purejaxrl_preset_is_the_cartpole_reference_as_dqn():

@@ -12,9 +12,18 @@ drifts biases no count; a row's `seconds` is the median over the rounds of each 
 run (each child compiles once and runs `repeats` times). `speedup_vs_1_device` = the
 1-device row's seconds over this row's, same members.
 
+With `shard_alone` (`--shard-alone`), each round also times, for every count N > 1, ONE shard
+alone: a child on one host device whose process is pinned (sched_setaffinity) to its share of
+the cores, C // N of C, running ceil(M / N) members. That is what each of the N shards would
+take if the shards shared nothing; `sharding_efficiency` = its median seconds over the N-device
+row's. Near 1, sharding costs nothing, and the N-device speed-up is bounded by how well the
+one-device program already uses all the cores (speedup ≈ efficiency × N × t(M/N members, C/N
+cores) / t(M members, C cores)); well below 1, the shards get in each other's way.
+
 Output (results/bench/train_<preset>_devices.json): header, "env", "config", "hparams",
 "devices", "rounds", "rows": [{"devices", "members", "seconds", "all_round_seconds",
-"compile_seconds", "agent_steps_per_second", "speedup_vs_1_device"}].
+"compile_seconds", "agent_steps_per_second", "speedup_vs_1_device"}, plus "shard_alone_seconds",
+"shard_alone_cores", "shard_alone_members", "sharding_efficiency" on N > 1 rows when measured].
 """
 
 from __future__ import annotations
@@ -37,6 +46,25 @@ def child_env(devices: int, environ: dict | None = None) -> dict:
     flags = [f for f in env.get("XLA_FLAGS", "").split() if not f.startswith(DEVICE_FLAG)]
     env["XLA_FLAGS"] = " ".join(flags + [f"{DEVICE_FLAG}={int(devices)}"])
     return env
+
+
+def pin_cores(cores: int) -> None:
+    """Restrict this process (and the threads it starts later: call before JAX starts) to its
+    first `cores` allowed CPUs."""
+    from klrl.errors import ConfigError
+
+    if not hasattr(os, "sched_setaffinity"):
+        raise ConfigError("--cores: got a pinning request; allowed only where os.sched_setaffinity exists (Linux)")
+    allowed = sorted(os.sched_getaffinity(0))
+    if not 1 <= cores <= len(allowed):
+        raise ConfigError(f"--cores: got {cores}; allowed 1..{len(allowed)} (the CPUs this process may use)")
+    os.sched_setaffinity(0, allowed[:cores])
+
+
+def shard_alone_plan(devices: int, members: tuple[int, ...], cpus: int) -> tuple[int, tuple[int, ...]]:
+    """(cores, members) of one of `devices` shards alone: its share of `cpus` (at least 1) and
+    the padded shard size ceil(M / devices) of each population (klrl.sharding's layout)."""
+    return max(1, cpus // devices), tuple(sorted({-(-m // devices) for m in members}))
 
 
 def round_orders(devices: tuple[int, ...], rounds: int) -> list[tuple[int, ...]]:
@@ -78,11 +106,12 @@ def sharded_rows(env: str, members: tuple[int, ...], quick: bool, total_steps: i
 
 
 def run_child(devices: int, env: str, members: tuple[int, ...], quick: bool, total_steps: int | None,
-              repeats: int) -> list[dict]:
-    """One subprocess on `devices` host devices; its rows (raises with its stderr on failure)."""
+              repeats: int, cores: int | None = None) -> list[dict]:
+    """One subprocess on `devices` host devices (pinned to its first `cores` CPUs when given);
+    its rows (raises with its stderr on failure)."""
     argv = [sys.executable, "-m", "klrl.bench.devices", "--child", "--env", env, "--repeats", str(repeats),
             "--members", ",".join(map(str, members))] + (["--quick"] if quick else []) + \
-        (["--total-steps", str(total_steps)] if total_steps else [])
+        (["--total-steps", str(total_steps)] if total_steps else []) + (["--cores", str(cores)] if cores else [])
     done = subprocess.run(argv, env=child_env(devices), capture_output=True, text=True)
     if done.returncode != 0:
         raise RuntimeError(f"bench devices child ({devices} devices) failed: {done.stderr.strip()[-2000:]}")
@@ -92,9 +121,10 @@ def run_child(devices: int, env: str, members: tuple[int, ...], quick: bool, tot
     return rows
 
 
-def combine(rounds: list[list[dict]]) -> list[dict]:
+def combine(rounds: list[list[dict]], alone: list[tuple[int, int, list[dict]]] = ()) -> list[dict]:
     """Rows of every round -> one row per (devices, members): the median of the rounds' best
-    seconds, and the speed-up over the 1-device row of the same members."""
+    seconds, and the speed-up over the 1-device row of the same members. `alone` holds
+    (devices, cores, rows) of shard-alone children (see the module docstring)."""
     by_key: dict[tuple[int, int], list[dict]] = {}
     for rows in rounds:
         for r in rows:
@@ -109,15 +139,22 @@ def combine(rounds: list[list[dict]]) -> list[dict]:
     one = {r["members"]: r["seconds"] for r in out if r["devices"] == 1}
     for r in out:
         r["speedup_vs_1_device"] = one[r["members"]] / r["seconds"] if r["members"] in one else None
+        shard = -(-r["members"] // r["devices"])
+        secs = [x["seconds"] for d, _, rows in alone if d == r["devices"] for x in rows if x["members"] == shard]
+        if r["devices"] > 1 and secs:
+            r.update(shard_alone_seconds=statistics.median(secs), shard_alone_all_round_seconds=secs,
+                     shard_alone_members=shard, shard_alone_cores=next(c for d, c, _ in alone if d == r["devices"]),
+                     sharding_efficiency=statistics.median(secs) / r["seconds"])
     return out
 
 
 def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), members: tuple[int, ...] | None = None,
                   quick: bool = False, total_steps: int | None = None, rounds: int = 2, repeats: int = 1,
-                  out_path: str | None = None, run=run_child) -> dict:
+                  out_path: str | None = None, run=run_child, shard_alone: bool = False) -> dict:
     """Every device count in `rounds` alternating rounds (each a subprocess per count, see
     `run_child`, injectable), combined and written to `out_path` (default
-    results/bench/train_<env>_devices[_quick].json), rewritten after every round."""
+    results/bench/train_<env>_devices[_quick].json), rewritten after every round. With
+    `shard_alone`, each count N > 1 is followed by one shard alone (module docstring)."""
     from klrl.bench.harness import header, write_json
     from klrl.bench.train import PRESETS, preset_config
     from klrl.errors import ConfigError
@@ -131,13 +168,20 @@ def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), mem
     result = {**header(f"{PRESETS[env].benchmark}; on 1..N host devices, one subprocess per count", quick),
               "env": env, "config": cfg.to_dict(), "hparams": hparams, "devices": list(devices),
               "rounds": rounds, "repeats": repeats, "rows": []}
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     done: list[list[dict]] = []
+    alone: list[tuple[int, int, list[dict]]] = []
     for order in round_orders(tuple(devices), rounds):
         for d in order:
             done.append(run(d, env, members, quick, total_steps, repeats))
             print(f"{env} devices={d} " + "  ".join(f"M={r['members']}: {r['seconds']:.2f}s" for r in done[-1]),
                   flush=True)
-        result["rows"] = combine(done)
+            if shard_alone and d > 1:
+                cores, shard = shard_alone_plan(d, members, cpus)
+                alone.append((d, cores, run(1, env, shard, quick, total_steps, repeats, cores=cores)))
+                print(f"{env} one of {d} shards alone ({cores} core(s)) " +
+                      "  ".join(f"M={r['members']}: {r['seconds']:.2f}s" for r in alone[-1][2]), flush=True)
+        result["rows"] = combine(done, alone)
         write_json(out_path, result)
     print(f"wrote {out_path}")
     return result
@@ -156,17 +200,23 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds (default 2)")
     p.add_argument("--repeats", type=int, default=1, help="timed runs per child, best kept (default 1)")
     p.add_argument("--quick", action="store_true", help="tiny sizes, for smoke tests")
+    p.add_argument("--shard-alone", action="store_true",
+                   help="also time one shard alone per count N > 1 (one device, cores/N cores, ceil(M/N) members)")
     p.add_argument("--out", default=None, help="output JSON path")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--cores", type=int, default=None, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
     try:
         members = parse_members(a.members)
+        if a.cores is not None:
+            pin_cores(a.cores)
         if a.child:
             for row in sharded_rows(a.env, members, a.quick, a.total_steps, a.repeats):
                 print(json.dumps(row), flush=True)
             return 0
         devices = parse_members(a.devices, "--devices")
-        bench_devices(a.env, devices, members, a.quick, a.total_steps, a.rounds, a.repeats, a.out)
+        bench_devices(a.env, devices, members, a.quick, a.total_steps, a.rounds, a.repeats, a.out,
+                      shard_alone=a.shard_alone)
     except ConfigError as err:
         print(f"klrl: error: {err}", file=sys.stderr)
         return 2
