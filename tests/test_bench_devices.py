@@ -3,6 +3,9 @@ child's XLA_FLAGS, the alternating rounds, the combined rows and the JSON on fak
 (nothing compiled), the option errors."""
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -45,11 +48,10 @@ def test_bench_devices_writes_medians_and_speedups(tmp_path):
     assert row[(2, 8)]["agent_steps_per_second"] == pytest.approx(8 * 1000 / 4.25)
 
 
-def test_shard_alone_rows_give_the_sharding_efficiency(tmp_path, monkeypatch):
-    monkeypatch.setattr(bd.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3}, raising=False)
+def test_shard_alone_rows_give_the_sharding_efficiency(tmp_path):
     calls = []
     r = bd.bench_devices("purejaxrl", (1, 2, 4), (8,), quick=True, rounds=1, out_path=str(tmp_path / "d.json"),
-                         run=_fake_run(calls), shard_alone=True)
+                         run=_fake_run(calls), shard_alone=True, cpus=4)
     # each count N > 1 is followed by one device on 4 // N cores running ceil(8 / N) members
     assert calls == [1, 2, (1, 2, (4,)), 4, (1, 1, (2,))]
     row = {x["devices"]: x for x in r["rows"]}
@@ -66,17 +68,20 @@ def test_shard_alone_plan_pads_like_the_sharded_population():
     assert bd.shard_alone_plan(4, (2,), cpus=2) == (1, (1,))            # never fewer than one core
 
 
-def test_pin_cores_restricts_this_process_and_refuses_too_many(monkeypatch):
-    if not hasattr(bd.os, "sched_setaffinity"):
-        pytest.skip("needs Linux's sched_setaffinity")
-    got = []
-    monkeypatch.setattr(bd.os, "sched_getaffinity", lambda pid: {3, 1, 2})
-    monkeypatch.setattr(bd.os, "sched_setaffinity", lambda pid, cpus: got.append(list(cpus)))
-    bd.pin_cores(2)
-    assert got == [[1, 2]]
+def test_pinned_cpus_takes_the_first_allowed_and_refuses_too_many():
     from klrl.errors import ConfigError
-    with pytest.raises(ConfigError, match=r"--cores: got 4; allowed 1\.\.3"):
-        bd.pin_cores(4)
+
+    assert bd.pinned_cpus(2, {3, 1, 2}) == [1, 2]
+    for bad in (0, 4):
+        with pytest.raises(ConfigError, match=rf"--cores: got {bad}; allowed 1\.\.3"):
+            bd.pinned_cpus(bad, {3, 1, 2})
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="pinning needs Linux's sched_setaffinity")
+def test_pin_cores_leaves_a_child_process_one_cpu():
+    code = "import os; from klrl.bench.devices import pin_cores; pin_cores(1); print(len(os.sched_getaffinity(0)))"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "1"
 
 
 def test_purejaxrl_preset_is_the_cartpole_reference_as_dqn():

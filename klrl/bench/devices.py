@@ -48,6 +48,17 @@ def child_env(devices: int, environ: dict | None = None) -> dict:
     return env
 
 
+def pinned_cpus(cores: int, allowed: set[int] | list[int]) -> list[int]:
+    """The first `cores` of the `allowed` CPUs (sorted); a count outside 1..len(allowed) is a
+    ConfigError."""
+    from klrl.errors import ConfigError
+
+    allowed = sorted(allowed)
+    if not 1 <= cores <= len(allowed):
+        raise ConfigError(f"--cores: got {cores}; allowed 1..{len(allowed)} (the CPUs this process may use)")
+    return allowed[:cores]
+
+
 def pin_cores(cores: int) -> None:
     """Restrict this process (and the threads it starts later: call before JAX starts) to its
     first `cores` allowed CPUs."""
@@ -55,10 +66,7 @@ def pin_cores(cores: int) -> None:
 
     if not hasattr(os, "sched_setaffinity"):
         raise ConfigError("--cores: got a pinning request; allowed only where os.sched_setaffinity exists (Linux)")
-    allowed = sorted(os.sched_getaffinity(0))
-    if not 1 <= cores <= len(allowed):
-        raise ConfigError(f"--cores: got {cores}; allowed 1..{len(allowed)} (the CPUs this process may use)")
-    os.sched_setaffinity(0, allowed[:cores])
+    os.sched_setaffinity(0, pinned_cpus(cores, os.sched_getaffinity(0)))
 
 
 def shard_alone_plan(devices: int, members: tuple[int, ...], cpus: int) -> tuple[int, tuple[int, ...]]:
@@ -150,11 +158,13 @@ def combine(rounds: list[list[dict]], alone: list[tuple[int, int, list[dict]]] =
 
 def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), members: tuple[int, ...] | None = None,
                   quick: bool = False, total_steps: int | None = None, rounds: int = 2, repeats: int = 1,
-                  out_path: str | None = None, run=run_child, shard_alone: bool = False) -> dict:
+                  out_path: str | None = None, run=run_child, shard_alone: bool = False,
+                  cpus: int | None = None) -> dict:
     """Every device count in `rounds` alternating rounds (each a subprocess per count, see
     `run_child`, injectable), combined and written to `out_path` (default
     results/bench/train_<env>_devices[_quick].json), rewritten after every round. With
-    `shard_alone`, each count N > 1 is followed by one shard alone (module docstring)."""
+    `shard_alone`, each count N > 1 is followed by one shard alone (module docstring) on its
+    share of `cpus` (default: the CPUs this process may use)."""
     from klrl.bench.harness import header, write_json
     from klrl.bench.train import PRESETS, preset_config
     from klrl.errors import ConfigError
@@ -168,7 +178,8 @@ def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), mem
     result = {**header(f"{PRESETS[env].benchmark}; on 1..N host devices, one subprocess per count", quick),
               "env": env, "config": cfg.to_dict(), "hparams": hparams, "devices": list(devices),
               "rounds": rounds, "repeats": repeats, "rows": []}
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus is None:
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     done: list[list[dict]] = []
     alone: list[tuple[int, int, list[dict]]] = []
     for order in round_orders(tuple(devices), rounds):
