@@ -16,7 +16,8 @@ Divergence guard: an update whose loss or gradient norm is not finite is not app
 member is flagged `diverged` and frozen from then on; the others are unaffected. It costs one
 finiteness test of two scalars and one select per parameter, fused into the `p + u` kernel
 the update runs anyway (no select over gradients or optimizer state: a frozen member's
-optimizer state may become non-finite, and it is never read again).
+optimizer state may become non-finite, and it is never read again), plus the gradient's sum of
+squares where no clip computes it already (`grads_finite`).
 """
 
 from __future__ import annotations
@@ -62,6 +63,20 @@ def init_learner(network, keys: jax.Array, obs: jax.Array, max_grad_norm: float,
                    opt_state=opt_state, diverged=diverged)
 
 
+def grads_finite(grads, clipped: bool) -> jax.Array:
+    """True when ‖g‖² = Σ g² over every leaf is finite (every entry finite, no overflow).
+
+    With a global-norm clip (`clipped`), optax's `clip_by_global_norm` computes
+    `optax.tree.norm(grads)` anyway and XLA computes the identical expression once. Without,
+    one reduction over the concatenated leaves: one kernel instead of one per leaf and their
+    sum (the per-leaf form cost ~7% of a 4-member CartPole DQN run on one CPU core).
+    """
+    if clipped:
+        return jnp.isfinite(optax.tree.norm(grads))
+    flat = jnp.concatenate([jnp.ravel(g) for g in jax.tree.leaves(grads)])
+    return jnp.isfinite(jnp.sum(jnp.square(flat)))
+
+
 def make_update(cfg, network, agent) -> Callable:
     """One member's gradient step `(learner, batch, hp, key, ctx) -> (learner, loss, aux)`:
     ∇ of `agent.loss(nets, batch, hp, cfg, ctx, key)`, the optax chain, the divergence guard,
@@ -78,7 +93,7 @@ def make_update(cfg, network, agent) -> Callable:
                 return agent.loss(nets, batch, hp, cfg, ctx, key)
 
         (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-        ok = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
+        ok = jnp.isfinite(loss) & grads_finite(grads, cfg.train.max_grad_norm > 0)
         updates, opt_state = make_optimizer(hp, cfg.train.max_grad_norm).update(grads, learner.opt_state, params)
         apply = ok & ~learner.diverged
         params = jax.tree.map(lambda p, u: jnp.where(apply, p + u, p), params, updates)
@@ -131,5 +146,5 @@ def run_updates(n_updates: jax.Array, per_step: int | None, one_update: Callable
     return jax.lax.fori_loop(0, n_updates, one_update, carried)
 
 
-__all__ = ["Learner", "crossings", "init_learner", "make_optimizer", "make_update", "run_updates", "target_due",
+__all__ = ["Learner", "crossings", "grads_finite", "init_learner", "make_optimizer", "make_update", "run_updates", "target_due",
            "target_step", "updates_due"]

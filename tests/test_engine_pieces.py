@@ -11,7 +11,7 @@ from klrl import evaluation as ev
 from klrl.acting import make_acting
 from klrl.envs import make_env, env_spec
 from klrl.envs.base import EnvStep
-from klrl.learner import Learner, init_learner, target_step, updates_due, target_due
+from klrl.learner import Learner, grads_finite, init_learner, target_step, updates_due, target_due
 
 
 @pytest.mark.parametrize("E,period,starts", [(10, 10, 0), (4, 10, 20), (3, 2, 5), (1, 1, 0)])
@@ -37,6 +37,20 @@ def test_target_step_hard_polyak_and_previous():
     soft = target_step(lr, hard=False, keep_prev=False)
     np.testing.assert_array_equal(soft.target_params, [2, 2])
     np.testing.assert_array_equal(soft.prev_target_params, [3, 3])
+
+
+@pytest.mark.parametrize("clipped", [False, True])
+def test_grads_finite_refuses_a_non_finite_entry_or_norm_per_member(clipped):
+    # both forms (one reduction over the concatenated leaves; optax's per-leaf norm, shared
+    # with the clip) give the guard the same verdict, per member under vmap
+    g = {"w": jnp.ones((3, 2)), "b": (jnp.zeros(4), jnp.full((2,), 2.0))}
+    check = jax.jit(lambda t: grads_finite(t, clipped))
+    assert bool(check(g))
+    for bad in (jnp.nan, jnp.inf, -jnp.inf, 3e19):                 # (3e19)² overflows float32
+        assert not bool(check({"w": g["w"].at[1, 0].set(bad), "b": g["b"]}))
+        assert not bool(check({"w": g["w"], "b": (g["b"][0], g["b"][1].at[0].set(bad))}))
+    members = jax.tree.map(lambda x: jnp.stack([x, x.at[0].set(jnp.nan), x]), g)
+    np.testing.assert_array_equal(jax.vmap(check)(members), [True, False, True])
 
 
 def test_init_learner_members_differ_and_padding_is_frozen():
