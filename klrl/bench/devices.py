@@ -16,9 +16,9 @@ With `shard_alone` (`--shard-alone`), each round also times, for every count N >
 alone: a child on one host device whose process is pinned (sched_setaffinity) to its share of
 the cores, C // N of C, running ceil(M / N) members. That is what each of the N shards would
 take if the shards shared nothing; `sharding_efficiency` = its median seconds over the N-device
-row's. Near 1, sharding costs nothing, and the N-device speed-up is bounded by how well the
-one-device program already uses all the cores (speedup ≈ efficiency × N × t(M/N members, C/N
-cores) / t(M members, C cores)); well below 1, the shards get in each other's way.
+row's, and the speed-up = efficiency × t(M members, 1 device, C cores) / t(shard alone). Near
+1, sharding costs nothing and the speed-up is bounded by how well the one-device program already
+uses all the cores; well below 1, the shards get in each other's way.
 
 Output (results/bench/train_<preset>_devices.json): header, "env", "config", "hparams",
 "devices", "rounds", "rows": [{"devices", "members", "seconds", "all_round_seconds",
