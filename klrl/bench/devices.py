@@ -23,7 +23,8 @@ uses all the cores; well below 1, the shards get in each other's way.
 Output (results/bench/train_<preset>_devices.json): header, "env", "config", "hparams",
 "devices", "rounds", "rows": [{"devices", "members", "seconds", "all_round_seconds",
 "compile_seconds", "agent_steps_per_second", "speedup_vs_1_device"}, plus "shard_alone_seconds",
-"shard_alone_cores", "shard_alone_members", "sharding_efficiency" on N > 1 rows when measured].
+"shard_alone_all_round_seconds", "shard_alone_cores", "shard_alone_members",
+"sharding_efficiency" on N > 1 rows when measured].
 """
 
 from __future__ import annotations
@@ -179,7 +180,8 @@ def bench_devices(env: str = "purejaxrl", devices: tuple[int, ...] = (1, 2), mem
               "env": env, "config": cfg.to_dict(), "hparams": hparams, "devices": list(devices),
               "rounds": rounds, "repeats": repeats, "rows": []}
     if cpus is None:
-        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        from klrl.placement import host_cores
+        cpus = host_cores()
     done: list[list[dict]] = []
     alone: list[tuple[int, int, list[dict]]] = []
     for order in round_orders(tuple(devices), rounds):
