@@ -94,6 +94,34 @@ def test_purejaxrl_preset_is_the_cartpole_reference_as_dqn():
     assert cfg.eval.episodes == 1 and hp == {"learning_rate": 2.5e-4}
 
 
+def test_same_process_rows_are_combined_per_count_and_written(tmp_path):
+    seen = []
+
+    def run_same(devices, env, members, quick, total_steps, repeats, rounds):
+        seen.append((devices, members, rounds))
+        secs = {(0, 1): 8.0, (0, 2): 4.0, (1, 2): 5.0, (1, 1): 9.0}      # (round, count) -> seconds
+        return [[{"devices": n, "members": m, "seconds": secs[r, n], "compile_seconds": 1.0, "total_steps": 1000,
+                  "round": r} for m in members] for r, order in enumerate(bd.round_orders(devices, rounds))
+                for n in order]
+
+    out = tmp_path / "s.json"
+    r = bd.bench_devices("purejaxrl", (1, 2), (8,), quick=True, rounds=2, out_path=str(out), same_process=True,
+                         run=lambda *a, **k: pytest.fail("no subprocess per count"), run_same=run_same)
+    assert seen == [((1, 2), (8,), 2)]
+    row = {x["devices"]: x for x in r["rows"]}
+    assert row[1]["all_round_seconds"] == [8.0, 9.0] and row[2]["all_round_seconds"] == [4.0, 5.0]
+    assert row[2]["speedup_vs_1_device"] == pytest.approx(8.5 / 4.5)
+    saved = json.loads(out.read_text())
+    assert saved["protocol"] == "same-process" and saved["rows"] == r["rows"]
+
+
+def test_same_process_refuses_shard_alone_before_any_work(tmp_path, capsys):
+    out = tmp_path / "x.json"
+    assert bd.main(["--same-process", "--shard-alone", "--quick", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "--same-process" in err and not out.exists()
+
+
 @pytest.mark.parametrize("argv", [["--devices", "2,4"], ["--devices", "0"], ["--env", "pong"]])
 def test_bad_options_fail_before_any_work(tmp_path, argv, capsys):
     out = tmp_path / "x.json"
@@ -110,6 +138,16 @@ def test_quick_run_on_one_and_two_host_devices(tmp_path):
     assert all(x["seconds"] > 0 and x["compile_seconds"] > 0 for x in r["rows"])
     assert r["rows"][0]["speedup_vs_1_device"] == 1.0
     assert json.loads(out.read_text())["rows"] == r["rows"]
+
+
+# one subprocess on two host devices compiling both counts: ~20 s quiet
+@pytest.mark.slow
+def test_quick_same_process_run_times_both_counts(tmp_path):
+    out = tmp_path / "s.json"
+    r = bd.bench_devices("purejaxrl", (1, 2), (2,), quick=True, rounds=2, out_path=str(out), same_process=True)
+    assert [(x["devices"], x["members"], len(x["all_round_seconds"])) for x in r["rows"]] == [(1, 2, 2), (2, 2, 2)]
+    assert all(x["seconds"] > 0 and x["compile_seconds"] > 0 for x in r["rows"])
+    assert json.loads(out.read_text())["protocol"] == "same-process"
 
 
 @pytest.mark.parametrize("argv,needle", [(["bench", "atari", "--devices", "1,2"], "allowed only with bench train"),
