@@ -22,9 +22,8 @@ uses all the cores; well below 1, the shards get in each other's way.
 
 With `same_process` (`--same-process`), ONE subprocess on max(N) host devices compiles every
 (count, size) first and then times them in the alternating rounds, N devices being its first N
-(a one-device program in a process of two devices runs as in a process of one: measured with
-PureJaxRL's dqn.py, 11.6-11.8 s against 10.4-14.9 s across one-device processes on the same
-VM). The counts then share the process's state and the machine's drift within a round, which
+(a one-device program times the same in a process of two host devices as in a process of one;
+checked in docs/performance.md). The counts then share the process's state and the machine's drift within a round, which
 separate processes do not. Not with `shard_alone` (a shard alone needs its own pinned process).
 Output: results/bench/train_<preset>_devices_same_process.json, the same rows.
 
